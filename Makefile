@@ -1,0 +1,29 @@
+# Two entry points, both self-contained on a fresh machine (see README):
+#   make run   — set up .venv and launch the app on the embedded demo model
+#   make test  — set up .venv and run the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: run test setup clean
+
+setup: $(VENV)/.installed
+
+# torch goes first and pinned: it is the CPU build on this machine kind; letting the resolver pick
+# `torch` would download a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/knn-explorer gui
+
+test: setup
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,311 @@
+"""`knn-explorer`: the headless face of the core. No subcommand opens the GUI.
+
+Every failure is one line on stderr and a non-zero exit status (1: the request failed, 2: bad
+usage, 130: interrupted); set KNN_EXPLORER_DEBUG=1 to see tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "gui"
+    try:
+        return COMMANDS[command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the one place where any failure becomes a one-line message
+        if os.environ.get("KNN_EXPLORER_DEBUG"):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def one_line(exc: BaseException) -> str:
+    from .core.datastore import DatastoreError
+    from .core.library import LibraryError
+    from .core.models import ModelLoadError
+    from .core.progress import Cancelled
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError)):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+# ---- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="knn-explorer", description="See inside kNN-augmented language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("gui", help="open the desktop app (the default)")
+
+    build = sub.add_parser("build", help="build a datastore from documents")
+    build.add_argument("--name", required=True)
+    build.add_argument("--model", required=True, help="demo, a local model folder, or a hub id")
+    build.add_argument("--docs", required=True, nargs="+", metavar="PATH", help="files and/or folders")
+    build.add_argument("--index", default="auto", choices=["auto", "flat", "ivfpq", "hnsw"])
+    build.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    build.add_argument("--context", type=int, default=256, help="window length in tokens (default 256)")
+    build.add_argument("--stride", type=int, default=128, help="window step in tokens (default 128)")
+    build.add_argument("--batch-size", type=int, default=8)
+    build.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this")
+    _common_model_flags(build)
+    _json_flag(build)
+
+    listing = sub.add_parser("list", help="list datastores and unfinished builds")
+    _json_flag(listing)
+
+    generate = sub.add_parser("generate", help="generate text token by token")
+    generate.add_argument("--model", required=True)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=40)
+    mode = generate.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="always take the most likely token (default)")
+    mode.add_argument("--seed", type=int, help="sample from p_final with this seed")
+    generate.add_argument("--neighbours", type=int, default=16, help="neighbours described per token")
+    _method_flags(generate)
+    _common_model_flags(generate)
+    _json_flag(generate)
+
+    evaluate = sub.add_parser("eval", help="perplexity with and without retrieval over the same tokens")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
+    evaluate.add_argument("--context", type=int, default=256)
+    evaluate.add_argument("--stride", type=int, default=128)
+    _method_flags(evaluate)
+    _common_model_flags(evaluate)
+    _json_flag(evaluate)
+
+    remove = sub.add_parser("remove", help="delete a datastore (or an unfinished build)")
+    remove.add_argument("name")
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+
+
+def _common_model_flags(parser: argparse.ArgumentParser) -> None:
+    if not any(a.dest == "device" for a in parser._actions):
+        parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code to run")
+
+
+def _method_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datastore", help="datastore name (see `knn-explorer list`)")
+    parser.add_argument("--method", default=None, choices=["none", "knnlm"],
+                        help="default: knnlm with a datastore, none without")
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
+    parser.add_argument("--lambda-mode", default="fixed", choices=["fixed", "entropy"])
+    parser.add_argument("--temperature", type=float, default=1.0, help="kNN softmax temperature T")
+    parser.add_argument("--approximate", action="store_true",
+                        help="use the index's distances instead of recomputing them from stored keys")
+
+
+# ---- commands --------------------------------------------------------------------------------
+def cmd_gui(_args) -> int:
+    from .gui.app import run
+
+    return run()
+
+
+def cmd_build(args) -> int:
+    from .core.catalog import Catalog
+    from .core.datastore_builder import BuildParameters
+    from .core.library import build_datastore
+
+    if args.context < 2 or args.stride < 1 or args.batch_size < 1 or args.max_file_mb <= 0:
+        raise UsageError("--context must be >= 2, --stride and --batch-size >= 1, --max-file-mb > 0")
+    model = _load_model(args)
+    params = BuildParameters(
+        context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,
+        device=str(model.device.type), max_file_bytes=int(args.max_file_mb * 1024 * 1024),
+    )
+    report = build_datastore(Catalog(), args.name, model, args.docs, params, on_progress=_progress_printer())
+    m = report.manifest
+    summary = {
+        "name": m["name"], "folder": str(report.folder), "model": m["model"]["name"], "entries": m["entries"],
+        "tokens": m["tokens"], "dim": m["dim"], "key_site": m["key_site"]["description"],
+        "index": m["index_description"], "seconds": report.seconds, "resumed_from": report.resumed_from,
+        "documents": [{"path": d["path"], "status": "indexed", "tokens": d["token_count"]} for d in report.documents],
+        "skipped": [{"path": s["path"], "status": "skipped", "reason": s["reason"]} for s in report.skipped],
+    }
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    resumed = f" (resumed from {report.resumed_from})" if report.resumed_from else ""
+    print(f"built '{m['name']}'{resumed}: {m['entries']:,} entries × {m['dim']} from {len(report.documents)} documents, "
+          f"index {m['index_description']}")
+    for s in report.skipped:
+        print(f"  skipped {s['path']}: {s['reason']}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .core.catalog import Catalog
+
+    catalog = Catalog()
+    datastores = [
+        {
+            "name": row.name, "model": row.model_name, "entries": row.entries, "dim": row.dim,
+            "size_mb": round(row.size_bytes / 2**20, 2), "index": row.index_description,
+            "created": row.created.isoformat(timespec="seconds"), "status": "complete", "folder": row.folder,
+            "documents": [
+                {"path": d.path, "status": d.status, **({"reason": d.reason} if d.reason else {"tokens": d.tokens})}
+                for d in row.documents
+            ],
+        }
+        for row in catalog.datastores()
+    ]
+    unfinished = [
+        {"name": b.name, "status": "interrupted" if b.status == "running" else b.status, "folder": b.folder,
+         "started": b.started.isoformat(timespec="seconds"), "error": b.error}
+        for b in catalog.unfinished_builds()
+    ]
+    if args.json:
+        print(json.dumps({"datastores": datastores, "unfinished_builds": unfinished}, ensure_ascii=False))
+        return 0
+    if not datastores and not unfinished:
+        print("no datastores yet; build one with: knn-explorer build --name NAME --model demo --docs FOLDER")
+    for d in datastores:
+        skipped = sum(doc["status"] == "skipped" for doc in d["documents"])
+        print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}\tmodel {d['model']}\t"
+              f"{len(d['documents']) - skipped} documents, {skipped} skipped")
+    for b in unfinished:
+        print(f"{b['name']}\t{b['status']} build (run the same build command to resume, or remove it)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .core.generation import GenerationSettings, StepGenerator
+
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    method = _method(args)
+    model = _load_model(args)
+    knn = _knn(args, model, method)
+    settings = GenerationSettings(method=method, max_new_tokens=args.max_new_tokens, greedy=args.seed is None,
+                                  seed=args.seed or 0, neighbours_shown=args.neighbours)
+    generator = StepGenerator(model, args.prompt, settings, knn)
+    if not args.json:
+        sys.stdout.write(args.prompt)
+    for record in generator:
+        if args.json:
+            print(json.dumps(record.to_json(), ensure_ascii=False), flush=True)
+        else:
+            sys.stdout.write(record.token)
+            sys.stdout.flush()
+    if not args.json:
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .core.documents import Document, iter_documents
+    from .core.evaluation import evaluate
+
+    method = _method(args)
+    read = list(iter_documents([args.text]))
+    texts = [d.text for d in read if isinstance(d, Document)]
+    if not texts:
+        reasons = "; ".join(f"{d.path.name}: {d.reason}" for d in read) or "nothing to read"
+        raise UsageError(f"no readable text in {args.text} ({reasons})")
+    text = "\n\n".join(texts)
+    model = _load_model(args)
+    knn = _knn(args, model, method)
+    result = evaluate(model, text, knn, context_length=args.context, stride=args.stride,
+                      on_progress=_progress_printer())
+    out = result.to_json()
+    if knn is not None:
+        s = knn.settings
+        out.update(datastore=knn.datastore.name, k=s.k, temperature=s.temperature, lambda_mode=s.lambda_mode,
+                   distance="exact" if s.exact_distances else "approximate", **{"lambda": s.lambda_})
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{result.tokens:,} tokens of {args.text}")
+    print(f"  LM alone      perplexity {result.ppl_lm:10.3f}")
+    if knn is not None:
+        s = knn.settings
+        print(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
+              f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={out['distance']}")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from .core.catalog import Catalog
+    from .core.library import remove_datastore
+
+    folders = remove_datastore(Catalog(), args.name)
+    print(f"removed '{args.name}' ({len(folders)} folder{'s' if len(folders) != 1 else ''} deleted)")
+    return 0
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _load_model(args):
+    from .core.models import load_model
+    from .core.runtime import configure_threads
+
+    configure_threads()
+    return load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _method(args) -> str:
+    method = args.method or ("knnlm" if args.datastore else "none")
+    if method == "knnlm" and not args.datastore:
+        raise UsageError("--method knnlm needs --datastore NAME (see `knn-explorer list`)")
+    if args.k < 1 or not 0 <= args.lambda_ <= 1 or args.temperature <= 0:
+        raise UsageError("--k must be >= 1, --lambda within [0, 1], --temperature > 0")
+    return method
+
+
+def _knn(args, model, method):
+    if method != "knnlm":
+        return None
+    from .core.catalog import Catalog
+    from .core.knnlm import KnnLM, KnnLmSettings
+    from .core.library import open_datastore
+
+    datastore = open_datastore(Catalog(), args.datastore, model)
+    settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
+                             exact_distances=not args.approximate, lambda_mode=args.lambda_mode)
+    return KnnLM(datastore, settings)
+
+
+def _progress_printer():
+    """Progress on stderr, only for a person watching a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(progress) -> None:
+        sys.stderr.write("\r\033[K" + progress.describe())
+        if progress.done >= progress.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
+            "remove": cmd_remove}
+
+if __name__ == "__main__":
+    sys.exit(main())

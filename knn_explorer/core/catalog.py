@@ -1,0 +1,200 @@
+"""The catalog: what datastores exist, what went into them, how each build went, which models were used.
+
+SQLAlchemy 2.x ORM over `$KNN_EXPLORER_HOME/catalog.sqlite` in WAL mode (readers — the GUI — never
+block the writer — a build). A datastore row is written only once its folder is complete, in the
+same transaction as its documents, so the catalog never lists a half-built datastore. Interrupted
+builds are visible through their `Build` row (status `running` with no live process, or `failed`).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from .home import data_home
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DatastoreRow(Base):
+    __tablename__ = "datastores"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    folder: Mapped[str] = mapped_column(String)
+    model_name: Mapped[str] = mapped_column(String)
+    model_fingerprint: Mapped[str] = mapped_column(String)
+    tokenizer_fingerprint: Mapped[str] = mapped_column(String)
+    key_site: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    entries: Mapped[int] = mapped_column(Integer)
+    index_kind: Mapped[str] = mapped_column(String)
+    index_description: Mapped[str] = mapped_column(String)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    documents: Mapped[list["DocumentRow"]] = relationship(
+        back_populates="datastore", cascade="all, delete-orphan", order_by="DocumentRow.id"
+    )
+
+
+class DocumentRow(Base):
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    datastore_id: Mapped[int] = mapped_column(ForeignKey("datastores.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String, nullable=True)
+    status: Mapped[str] = mapped_column(String)  # indexed | skipped
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+    datastore: Mapped[DatastoreRow] = relationship(back_populates="documents")
+
+
+class BuildRow(Base):
+    __tablename__ = "builds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String)  # the datastore name it builds
+    folder: Mapped[str] = mapped_column(String)
+    model_name: Mapped[str] = mapped_column(String)
+    parameters: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String)  # running | complete | failed | cancelled
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # per phase
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    spec: Mapped[str] = mapped_column(String, unique=True)
+    name: Mapped[str] = mapped_column(String)
+    fingerprint: Mapped[str] = mapped_column(String)
+    last_used: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Catalog:
+    """A handle on one catalog file. Use `with catalog.session() as s:` for a transaction."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path is not None else data_home() / "catalog.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 30})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions.begin()  # commits on success, rolls back on error
+
+    # ---- datastores ------------------------------------------------------------------------
+    def datastores(self) -> list[DatastoreRow]:
+        with self._sessions() as s:
+            rows = s.scalars(select(DatastoreRow).order_by(DatastoreRow.name)).all()
+            for row in rows:
+                _ = row.documents  # load while the session is open
+            return list(rows)
+
+    def datastore(self, name: str) -> DatastoreRow | None:
+        with self._sessions() as s:
+            row = s.scalars(select(DatastoreRow).where(DatastoreRow.name == name)).first()
+            if row is not None:
+                _ = row.documents
+            return row
+
+    def register_datastore(self, manifest: dict, folder: Path, documents: list[dict], skipped: list[dict],
+                           size_bytes: int) -> DatastoreRow:
+        with self.session() as s:
+            row = DatastoreRow(
+                name=manifest["name"], folder=str(folder), model_name=manifest["model"]["name"],
+                model_fingerprint=manifest["model"]["fingerprint"],
+                tokenizer_fingerprint=manifest["tokenizer_fingerprint"], key_site=manifest["key_site"]["module"],
+                dim=manifest["dim"], entries=manifest["entries"], index_kind=manifest["index"]["kind"],
+                index_description=manifest["index_description"], size_bytes=size_bytes,
+            )
+            row.documents = [
+                DocumentRow(path=d["path"], size=d["size"], mtime=d["mtime"], sha256=d["sha256"], status="indexed",
+                            tokens=d["token_count"])
+                for d in documents
+            ] + [DocumentRow(path=d["path"], status="skipped", reason=d["reason"]) for d in skipped]
+            s.add(row)
+        return self.datastore(manifest["name"])
+
+    def remove_datastore(self, name: str) -> DatastoreRow | None:
+        with self.session() as s:
+            row = s.scalars(select(DatastoreRow).where(DatastoreRow.name == name)).first()
+            if row is not None:
+                s.delete(row)
+            return row
+
+    # ---- builds ----------------------------------------------------------------------------
+    def start_build(self, name: str, folder: Path, model_name: str, parameters: dict) -> int:
+        with self.session() as s:
+            build = BuildRow(name=name, folder=str(folder), model_name=model_name, parameters=parameters,
+                             status="running")
+            s.add(build)
+            s.flush()
+            return build.id
+
+    def finish_build(self, build_id: int, status: str, error: str | None = None,
+                     seconds: dict | None = None) -> None:
+        with self.session() as s:
+            build = s.get(BuildRow, build_id)
+            build.status, build.error, build.seconds, build.finished = status, error, seconds, utcnow()
+
+    def unfinished_builds(self, name: str | None = None) -> list[BuildRow]:
+        """Builds that never completed and whose folder is still there to resume or clean up."""
+        with self._sessions() as s:
+            query = select(BuildRow).where(BuildRow.status.in_(("running", "failed"))).order_by(BuildRow.id.desc())
+            if name is not None:
+                query = query.where(BuildRow.name == name)
+            return [b for b in s.scalars(query).all() if Path(b.folder).exists()]
+
+    def builds(self, name: str | None = None) -> list[BuildRow]:
+        with self._sessions() as s:
+            query = select(BuildRow).order_by(BuildRow.id)
+            if name is not None:
+                query = query.where(BuildRow.name == name)
+            return list(s.scalars(query).all())
+
+    def abandon_builds(self, name: str) -> list[BuildRow]:
+        """Mark every unfinished build of `name` as failed-and-removed; returns them."""
+        with self.session() as s:
+            rows = s.scalars(select(BuildRow).where(BuildRow.name == name, BuildRow.status.in_(("running", "failed")))).all()
+            for b in rows:
+                b.status, b.finished = "removed", utcnow()
+            return list(rows)
+
+    # ---- models ----------------------------------------------------------------------------
+    def remember_model(self, spec: str, name: str, fingerprint: str) -> None:
+        with self.session() as s:
+            row = s.scalars(select(ModelRow).where(ModelRow.spec == spec)).first()
+            if row is None:
+                s.add(ModelRow(spec=spec, name=name, fingerprint=fingerprint))
+            else:
+                row.name, row.fingerprint, row.last_used = name, fingerprint, utcnow()
+
+    def recent_models(self, limit: int = 10) -> list[ModelRow]:
+        with self._sessions() as s:
+            return list(s.scalars(select(ModelRow).order_by(ModelRow.last_used.desc()).limit(limit)).all())
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,163 @@
+"""The datastore folder format and its reader.
+
+    datastores/<id>/
+      manifest.json     model + tokenizer fingerprints, key site, dim, N, index spec, build state
+      documents.jsonl   one line per source document (id, path, hash, token/entry ranges)
+      skipped.json      files that were not used, each with its reason
+      texts/<id>.txt    the extracted text of each document (offsets point into it)
+      tokens.i32        every document's tokens, concatenated
+      values.i32        N next-token ids
+      positions.i64     N×2: (document id, character offset of the next token)
+      keys.f16          N×d float16 memmap
+      index.faiss       the FAISS index over keys
+      progress.json     how far encoding got (for resuming a killed build)
+
+Entry i means: "after the context that ends just before positions[i], the next token was
+values[i]"; its key is the model's representation of that context. Only a manifest whose state
+is `complete` is usable.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from . import index as faiss_index
+from .index import IndexSpec
+
+FORMAT_VERSION = 1
+COMPLETE = "complete"
+CONTEXT_CHARS = 160  # passage shown on each side of a neighbour
+
+
+class DatastoreError(Exception):
+    """A datastore that cannot be used; str() is a one-line reason."""
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write-then-rename, so a kill never leaves a half-written JSON file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatastoreError(f"{folder} has no manifest.json (not a datastore, or its build never started)") from None
+    except json.JSONDecodeError as exc:
+        raise DatastoreError(f"{folder}/manifest.json is corrupt: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DocumentEntry:
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    kind: str
+    chars: int
+    token_start: int
+    token_count: int
+    entry_start: int  # first datastore entry of this document
+
+    @property
+    def entry_count(self) -> int:
+        return max(0, self.token_count - 1)
+
+
+def read_documents(folder: Path) -> list[DocumentEntry]:
+    lines = (folder / "documents.jsonl").read_text(encoding="utf-8").splitlines()
+    return [DocumentEntry(**json.loads(line)) for line in lines if line.strip()]
+
+
+def check_compatible(manifest: dict, model_fingerprint: str, tokenizer_fingerprint: str, model_name: str) -> None:
+    """Refuse a datastore whose keys came from another model or whose values from another tokenizer."""
+    built_with = manifest["model"]["name"]
+    if manifest["tokenizer_fingerprint"] != tokenizer_fingerprint:
+        raise DatastoreError(
+            f"datastore '{manifest['name']}' was built with the tokenizer of {built_with}; "
+            f"{model_name} uses a different tokenizer, so its token ids would mean other words"
+        )
+    if manifest["model"]["fingerprint"] != model_fingerprint:
+        raise DatastoreError(
+            f"datastore '{manifest['name']}' was built by {built_with}; its keys are not comparable "
+            f"with {model_name}'s representations"
+        )
+
+
+class Datastore:
+    """Read side of a complete datastore: search, exact distances, and neighbour sources."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        if self.manifest.get("state") != COMPLETE:
+            raise DatastoreError(
+                f"datastore '{self.manifest.get('name', self.folder.name)}' is not complete "
+                f"(state: {self.manifest.get('state')}); run the same build again to finish it"
+            )
+        self.name: str = self.manifest["name"]
+        self.dim: int = self.manifest["dim"]
+        self.size: int = self.manifest["entries"]
+        self.index_spec = IndexSpec.from_json(self.manifest["index"])
+        self.keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(self.size, self.dim))
+        self.values = np.fromfile(self.folder / "values.i32", dtype=np.int32)
+        self.positions = np.fromfile(self.folder / "positions.i64", dtype=np.int64).reshape(-1, 2)
+        if len(self.values) != self.size or len(self.positions) != self.size:
+            raise DatastoreError(f"datastore '{self.name}' is damaged: entry files disagree with the manifest")
+        self.documents = {d.id: d for d in read_documents(self.folder)}
+        self.index = faiss.read_index(str(self.folder / "index.faiss"))
+        self._text = lru_cache(maxsize=64)(self._read_text)
+
+    def check_compatible(self, model_fingerprint: str, tokenizer_fingerprint: str, model_name: str) -> None:
+        check_compatible(self.manifest, model_fingerprint, tokenizer_fingerprint, model_name)
+
+    def set_nprobe(self, nprobe: int) -> None:
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = nprobe
+
+    def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each B×k, nearest first. Missing results (fewer than k found) get
+        id -1 and distance +inf. `exact` recomputes squared L2 from the stored fp16 keys."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, self.size)
+        distances, ids = faiss_index.search(self.index, queries, k)
+        if exact:
+            distances = self.exact_distances(queries, ids)
+            order = np.argsort(distances, axis=1, kind="stable")
+            distances = np.take_along_axis(distances, order, axis=1)
+            ids = np.take_along_axis(ids, order, axis=1)
+        distances = np.where(ids < 0, np.inf, distances).astype(np.float32)
+        return distances, ids
+
+    def exact_distances(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        safe = np.where(ids < 0, 0, ids)
+        flat = np.sort(np.unique(safe))  # memmap reads in file order
+        rows = np.asarray(self.keys[flat], dtype=np.float32)
+        lookup = np.searchsorted(flat, safe)
+        neighbours = rows[lookup]  # B×k×d
+        return ((neighbours - queries[:, None, :]) ** 2).sum(axis=2)
+
+    def source(self, entry: int) -> tuple[DocumentEntry, int]:
+        doc_id, offset = self.positions[entry]
+        return self.documents[int(doc_id)], int(offset)
+
+    def passage(self, entry: int, token_chars: int, context_chars: int = CONTEXT_CHARS) -> tuple[str, tuple[int, int]]:
+        """Text around entry's next token, and where that token sits inside it."""
+        document, offset = self.source(entry)
+        text = self._text(document.id)
+        start = max(0, offset - context_chars)
+        end = min(len(text), offset + max(token_chars, 1) + context_chars)
+        return text[start:end], (offset - start, min(end, offset + token_chars) - start)
+
+    def _read_text(self, doc_id: int) -> str:
+        with open(self.folder / "texts" / f"{doc_id}.txt", encoding="utf-8", newline="") as f:
+            return f.read()  # newline="" keeps offsets exact

@@ -1,0 +1,322 @@
+"""Build a datastore folder: documents -> tokens -> keys (model forward) -> FAISS index.
+
+Three phases, each restartable:
+  reading   documents are read and tokenized; tokens, values and positions are appended to disk.
+            Known before any model forward: values are next tokens, positions their offsets.
+  encoding  sliding windows over each document's tokens run through the model in batches; the
+            kNN key of every scored position is written into the keys.f16 memmap.
+            progress.json records how many windows are safely on disk, so a killed build resumes.
+  indexing  the FAISS index is trained on a sample and filled in chunks, then renamed into place.
+The manifest's state moves reading -> encoding -> indexing -> complete; only the last is usable.
+Memory stays flat as the corpus grows: everything per-entry lives in files, not lists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+import torch
+
+from . import documents as docs
+from .datastore import COMPLETE, FORMAT_VERSION, DatastoreError, read_documents, read_manifest, write_json_atomic
+from .index import build_index, choose_index
+from .models import LoadedModel
+from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .windows import sliding_windows
+
+CHECKPOINT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class BuildParameters:
+    context_length: int = 256  # tokens per window (capped by the model's maximum)
+    stride: int = 128  # window step; every position after the first window sees >= length - stride context
+    batch_size: int = 8  # windows per forward pass
+    index: str = "auto"  # auto | flat | ivfpq | hnsw
+    device: str = "cpu"  # where the index is trained (the model's device is where it was loaded)
+    max_file_bytes: int = docs.DEFAULT_MAX_BYTES
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BuildReport:
+    folder: Path
+    manifest: dict
+    documents: list[dict]
+    skipped: list[dict]
+    seconds: dict[str, float] = field(default_factory=dict)
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    doc_index: int
+    begin: int  # first token of the window (document-relative)
+    end: int  # one past the last token
+    first_target: int  # first token whose prediction this window scores
+
+
+class DatastoreBuilder:
+    def __init__(
+        self,
+        folder: Path,
+        name: str,
+        model: LoadedModel,
+        sources: list[str | Path],
+        params: BuildParameters = BuildParameters(),
+        on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.name = name
+        self.model = model
+        self.sources = [str(Path(s).expanduser().resolve()) for s in sources]
+        self.params = params
+        self.on_progress = on_progress
+        self.should_stop = should_stop or (lambda: False)
+        self.context_length = min(params.context_length, model.max_positions)
+        self.stride = max(1, min(params.stride, self.context_length - 1))
+
+    # ---- orchestration -------------------------------------------------------------------
+    def run(self) -> BuildReport:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        seconds: dict[str, float] = {}
+        resumed_from = self._resumable_state()
+        if resumed_from is None:
+            started = time.monotonic()
+            self._read_documents()
+            seconds["reading"] = time.monotonic() - started
+        manifest = read_manifest(self.folder)
+        if manifest["state"] == "encoding":
+            started = time.monotonic()
+            self._encode(manifest)
+            manifest["state"] = "indexing"
+            write_json_atomic(self.folder / "manifest.json", manifest)
+            seconds["encoding"] = time.monotonic() - started
+        if manifest["state"] == "indexing":
+            started = time.monotonic()
+            self._index(manifest)
+            seconds["indexing"] = time.monotonic() - started
+        manifest = read_manifest(self.folder)
+        return BuildReport(
+            folder=self.folder,
+            manifest=manifest,
+            documents=[asdict(d) for d in read_documents(self.folder)],
+            skipped=json.loads((self.folder / "skipped.json").read_text(encoding="utf-8")),
+            seconds=seconds,
+            resumed_from=resumed_from,
+        )
+
+    def _resumable_state(self) -> str | None:
+        """The state a previous, interrupted build of the same thing reached, or None to start over."""
+        try:
+            manifest = read_manifest(self.folder)
+        except DatastoreError:
+            return None
+        same = (
+            manifest.get("model", {}).get("fingerprint") == self.model.model_fingerprint
+            and manifest.get("tokenizer_fingerprint") == self.model.tokenizer_fingerprint
+            and manifest.get("sources") == self.sources
+            and manifest.get("context_length") == self.context_length
+            and manifest.get("stride") == self.stride
+        )
+        if same and manifest.get("state") in ("encoding", "indexing", COMPLETE):
+            return manifest["state"]
+        return None
+
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise Cancelled("build cancelled")
+
+    # ---- phase 1: reading ----------------------------------------------------------------
+    def _read_documents(self) -> None:
+        for stale in ("texts", "tokens.i32", "values.i32", "positions.i64", "keys.f16", "index.faiss", "progress.json"):
+            path = self.folder / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        manifest = self._base_manifest()
+        manifest["state"] = "reading"
+        write_json_atomic(self.folder / "manifest.json", manifest)
+
+        candidates, skipped = docs.discover(self.sources)
+        skipped_rows = [{"path": str(s.path), "reason": s.reason} for s in skipped]
+        (self.folder / "texts").mkdir()
+        meter = PhaseMeter("reading", len(candidates), "files", self.on_progress)
+        token_total = entry_total = 0
+        with open(self.folder / "tokens.i32", "wb") as tokens_out, \
+             open(self.folder / "values.i32", "wb") as values_out, \
+             open(self.folder / "positions.i64", "wb") as positions_out, \
+             open(self.folder / "documents.jsonl", "w", encoding="utf-8") as documents_out:
+            for number, path in enumerate(candidates):
+                self._check_stop()
+                meter.update(number)
+                try:
+                    document = docs.read_document(path, self.params.max_file_bytes)
+                except docs.DocumentError as exc:
+                    skipped_rows.append({"path": str(path), "reason": str(exc)})
+                    continue
+                ids, starts = tokenize_with_offsets(self.model.tokenizer, document.text)
+                if len(ids) < 2:
+                    skipped_rows.append({"path": str(path), "reason": "too short (fewer than 2 tokens)"})
+                    continue
+                doc_id = number
+                with open(self.folder / "texts" / f"{doc_id}.txt", "w", encoding="utf-8", newline="") as f:
+                    f.write(document.text)
+                tokens_out.write(ids.astype(np.int32).tobytes())
+                values_out.write(ids[1:].astype(np.int32).tobytes())
+                positions = np.stack([np.full(len(ids) - 1, doc_id, dtype=np.int64), starts[1:]], axis=1)
+                positions_out.write(positions.astype(np.int64).tobytes())
+                row = {
+                    "id": doc_id, "path": str(document.path), "sha256": document.sha256, "size": document.size,
+                    "mtime": document.mtime, "kind": document.kind, "chars": len(document.text),
+                    "token_start": token_total, "token_count": len(ids), "entry_start": entry_total,
+                }
+                documents_out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                token_total += len(ids)
+                entry_total += len(ids) - 1
+        meter.update(len(candidates), force=True)
+        write_json_atomic(self.folder / "skipped.json", skipped_rows)
+        if entry_total == 0:
+            raise DatastoreError("no usable text in the given documents (every file was skipped or too short)")
+        manifest.update(state="encoding", entries=entry_total, tokens=token_total)
+        write_json_atomic(self.folder / "manifest.json", manifest)
+
+    def _base_manifest(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "model": {"name": self.model.name, "fingerprint": self.model.model_fingerprint},
+            "tokenizer_fingerprint": self.model.tokenizer_fingerprint,
+            "key_site": {"module": self.model.key_site.module_path, "description": self.model.key_site.description},
+            "dim": self.model.key_site.dim,
+            "sources": self.sources,
+            "context_length": self.context_length,
+            "stride": self.stride,
+            "parameters": self.params.to_json(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    # ---- phase 2: encoding ---------------------------------------------------------------
+    def windows(self, documents: list) -> Iterator[Window]:
+        """Every document's sliding windows, in a fixed order (progress counts them)."""
+        for doc_index, doc in enumerate(documents):
+            for span in sliding_windows(doc.token_count, self.context_length, self.stride):
+                yield Window(doc_index, *span)
+
+    def _encode(self, manifest: dict) -> None:
+        documents = read_documents(self.folder)
+        entries, dim = manifest["entries"], manifest["dim"]
+        tokens = np.fromfile(self.folder / "tokens.i32", dtype=np.int32)
+        keys_path = self.folder / "keys.f16"
+        mode = "r+" if keys_path.exists() else "w+"
+        keys = np.memmap(keys_path, dtype=np.float16, mode=mode, shape=(entries, dim))
+        progress = _read_progress(self.folder)
+        windows_done, entries_done = progress["windows"], progress["entries"]
+
+        meter = PhaseMeter("encoding", entries, "tokens", self.on_progress, start_done=entries_done)
+        batch: list[Window] = []
+        last_checkpoint = time.monotonic()
+        for number, window in enumerate(self.windows(documents)):
+            if number < windows_done:
+                continue
+            batch.append(window)
+            if len(batch) < self.params.batch_size:
+                continue
+            entries_done += self._encode_batch(batch, documents, tokens, keys)
+            windows_done = number + 1
+            batch = []
+            meter.update(entries_done)
+            if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                _checkpoint(self.folder, keys, windows_done, entries_done)
+                last_checkpoint = time.monotonic()
+            self._check_stop()
+        if batch:
+            entries_done += self._encode_batch(batch, documents, tokens, keys)
+        _checkpoint(self.folder, keys, windows_done + len(batch), entries_done)
+        meter.update(entries_done, force=True)
+        del keys
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: list[Window], documents, tokens: np.ndarray, keys: np.memmap) -> int:
+        longest = max(w.end - w.begin for w in batch)
+        pad = self.model.tokenizer.pad_token_id
+        ids = torch.full((len(batch), longest), pad if pad is not None else 0, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, w in enumerate(batch):
+            start = documents[w.doc_index].token_start
+            ids[row, : w.end - w.begin] = torch.from_numpy(tokens[start + w.begin : start + w.end].astype(np.int64))
+            mask[row, : w.end - w.begin] = 1
+        hidden = encode_keys(self.model, ids, mask)
+        written = 0
+        for row, w in enumerate(batch):
+            doc = documents[w.doc_index]
+            # The key predicting token t is the representation at position t - 1.
+            rows = hidden[row, w.first_target - 1 - w.begin : w.end - 1 - w.begin]
+            first_entry = doc.entry_start + w.first_target - 1
+            keys[first_entry : first_entry + len(rows)] = rows
+            written += len(rows)
+        return written
+
+    # ---- phase 3: indexing ---------------------------------------------------------------
+    def _index(self, manifest: dict) -> None:
+        entries, dim = manifest["entries"], manifest["dim"]
+        spec = choose_index(self.params.index, entries, dim)
+        keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(entries, dim))
+        meter = PhaseMeter("indexing", entries, "keys", self.on_progress)
+        meter.update(0, force=True)
+        index = build_index(
+            keys, spec, device=self.params.device, on_progress=lambda done, _total: meter.update(done),
+            should_stop=self.should_stop,
+        )
+        meter.update(entries, force=True)
+        tmp = self.folder / "index.faiss.tmp"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, self.folder / "index.faiss")
+        manifest.update(state=COMPLETE, index=spec.to_json(), index_description=spec.describe())
+        write_json_atomic(self.folder / "manifest.json", manifest)
+
+
+def encode_keys(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Run the model over a padded batch and return the kNN keys (B×L×d float16)."""
+    device = model.device
+    with model.capture_keys() as captured:
+        # The key is captured before the output layer unless it *is* the output layer's input.
+        model.forward(ids.to(device), mask.to(device), last_logits_only=model.key_site.module_path != "lm_head")
+    return captured[-1].to(torch.float16).cpu().numpy()
+
+
+def tokenize_with_offsets(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and each token's starting character offset in `text`."""
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+        starts = np.asarray([start for start, _end in encoded["offset_mapping"]], dtype=np.int64)
+        return ids, starts
+    except (NotImplementedError, TypeError, KeyError):
+        # Slow tokenizers have no offsets: measure the decoded length of each prefix instead.
+        ids = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
+        starts, position = [], 0
+        for token_id in ids:
+            starts.append(min(position, len(text)))
+            position += len(tokenizer.decode([int(token_id)]))
+        return ids, np.asarray(starts, dtype=np.int64)
+
+
+def _read_progress(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"windows": 0, "entries": 0}
+
+
+def _checkpoint(folder: Path, keys: np.memmap, windows: int, entries: int) -> None:
+    keys.flush()  # keys first: progress must never claim more than is on disk
+    write_json_atomic(folder / "progress.json", {"windows": windows, "entries": entries})

@@ -1,0 +1,155 @@
+"""The step generator: one forward pass, one retrieval, one `TokenRecord` per token.
+
+`StepGenerator` keeps the model's key/value cache between steps, so each step costs one token's
+forward pass. `step()` may be told which token to take (branching: "continue from this
+alternative"); iterating it yields records until `max_new_tokens` or end-of-text. Pausing is simply
+not asking for the next record; cancelling is dropping the generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator
+
+import torch
+
+from .knnlm import KnnLM, KnnStep
+from .models import LoadedModel
+from .records import Neighbour, RetrievalSettings, TokenProb, TokenRecord
+
+METHODS = ("none", "knnlm")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    method: str = "knnlm"
+    max_new_tokens: int = 40
+    greedy: bool = True
+    seed: int = 0
+    top_shown: int = 10  # entries of each distribution in the record
+    neighbours_shown: int = 16  # neighbours described in full (all k enter p_kNN)
+    stop_at_eos: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+
+
+class StepGenerator:
+    def __init__(self, model: LoadedModel, prompt: str | list[int], settings: GenerationSettings = GenerationSettings(),
+                 knn: KnnLM | None = None):
+        if settings.method == "knnlm" and knn is None:
+            raise ValueError("kNN-LM generation needs a datastore")
+        self.model = model
+        self.settings = settings
+        self.knn = knn if settings.method == "knnlm" else None
+        ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        if not ids:  # an empty prompt starts from end-of-text, the usual document separator
+            ids = [model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0]
+        self.prompt_ids: list[int] = list(ids)
+        self.ids: list[int] = list(ids)
+        self.step_number = 0
+        self._cache = None
+        self._cached_len = 0
+        self._generator = torch.Generator().manual_seed(settings.seed)
+        self._decode = lru_cache(maxsize=65536)(lambda token_id: model.tokenizer.decode([token_id]))
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.ids[len(self.prompt_ids):]
+
+    def text(self) -> str:
+        return self.model.tokenizer.decode(self.ids)
+
+    def __iter__(self) -> Iterator[TokenRecord]:
+        while self.step_number < self.settings.max_new_tokens:
+            record = self.step()
+            yield record
+            if self.settings.stop_at_eos and record.token_id == self.model.tokenizer.eos_token_id:
+                return
+
+    @torch.inference_mode()
+    def step(self, forced_token: int | None = None) -> TokenRecord:
+        log_p_lm, query = self._next_distribution()
+        knn_step: KnnStep | None = None
+        if self.knn is not None:
+            knn_step = self.knn.combine(log_p_lm[None], query[None])
+            log_p_final = knn_step.log_p_final[0]
+        else:
+            log_p_final = log_p_lm.double()
+        token_id = forced_token if forced_token is not None else self._choose(log_p_final)
+        record = self._record(token_id, log_p_lm, log_p_final, knn_step)
+        self.ids.append(token_id)
+        self.step_number += 1
+        return record
+
+    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM log-probabilities for the next token and the kNN key of the current context."""
+        limit = self.model.max_positions
+        if len(self.ids) > limit or self._cache is None or self._cached_len >= limit:
+            # (Re)start the cache over the most recent tokens that fit the model's window.
+            window = self.ids[-(limit - 1):] if len(self.ids) >= limit else self.ids
+            new_ids, self._cache, self._cached_len = window, None, 0
+        else:
+            new_ids = self.ids[self._cached_len:]
+        input_ids = torch.tensor([new_ids], device=self.model.device)
+        with self.model.capture_keys() as captured:
+            out = self.model.forward(input_ids, cache=self._cache, use_cache=True, last_logits_only=True)
+        self._cache = out.past_key_values
+        self._cached_len += len(new_ids)
+        log_p_lm = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+        return log_p_lm, captured[-1][0, -1].float().cpu()
+
+    def _choose(self, log_p: torch.Tensor) -> int:
+        if self.settings.greedy:
+            return int(torch.argmax(log_p))
+        return int(torch.multinomial(log_p.exp().float(), 1, generator=self._generator))
+
+    def _top(self, probs: torch.Tensor) -> list[TokenProb]:
+        values, ids = torch.topk(probs, min(self.settings.top_shown, probs.shape[-1]))
+        return [TokenProb(self._decode(int(i)), int(i), float(v)) for v, i in zip(values, ids) if v > 0]
+
+    def _record(self, token_id: int, log_p_lm: torch.Tensor, log_p_final: torch.Tensor,
+                knn_step: KnnStep | None) -> TokenRecord:
+        p_lm, p_final = log_p_lm.exp(), log_p_final.exp()
+        neighbours, retrieval, p_knn, lam = [], None, None, None
+        if knn_step is not None:
+            s = self.knn.settings
+            neighbours = self._neighbours(knn_step)
+            retrieval = RetrievalSettings(s.k, s.temperature, "exact" if s.exact_distances else "approximate",
+                                          self.knn.datastore.name)
+            p_knn = self._top(knn_step.p_knn[0])
+            lam = float(knn_step.lambdas[0])
+        return TokenRecord(
+            step=self.step_number,
+            token_id=token_id,
+            token=self._decode(token_id),
+            method=self.settings.method,
+            p_lm=self._top(p_lm),
+            p_knn=p_knn,
+            p_final=self._top(p_final),
+            chosen_prob_lm=float(p_lm[token_id]),
+            chosen_prob_final=float(p_final[token_id]),
+            lambda_=lam,
+            neighbours=neighbours,
+            retrieval=retrieval,
+        )
+
+    def _neighbours(self, knn_step: KnnStep) -> list[Neighbour]:
+        r = knn_step.retrieval
+        datastore = self.knn.datastore
+        out = []
+        for rank in range(min(self.settings.neighbours_shown, r.ids.shape[1])):
+            entry = int(r.ids[0, rank])
+            if entry < 0:
+                break
+            token_id = int(r.values[0, rank])
+            token = self._decode(token_id)
+            document, offset = datastore.source(entry)
+            context, highlight = datastore.passage(entry, len(token))
+            out.append(Neighbour(rank=rank + 1, token=token, token_id=token_id, distance=float(r.distances[0, rank]),
+                                 weight=float(r.weights[0, rank]), document=document.path, offset=offset,
+                                 context=context, highlight=highlight))
+        return out

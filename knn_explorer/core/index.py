@@ -1,0 +1,154 @@
+"""FAISS index over datastore keys: which kind for which size, how to train, add and search.
+
+- flat:  exact L2 over the keys stored as float16 (IndexScalarQuantizer QT_fp16) — the same bytes
+         as keys.f16, so "approximate" and "exact" distances coincide. For small datastores.
+- ivfpq: IVF coarse quantizer + product quantization (the kNN-LM paper's IVF4096,PQ64 scaled to
+         the datastore). Trained on a fixed-size random sample, then keys are added in chunks, so
+         memory does not grow with the keys' float size.
+- hnsw:  graph index over float32 vectors; fast queries, more memory. Optional.
+
+Training can run on a GPU: FAISS-GPU when installed, otherwise k-means in torch on CUDA
+(`torch_train_ivfpq`), whose centroids are then handed to the CPU index.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import faiss
+import numpy as np
+import torch
+
+FLAT_MAX_ENTRIES = 200_000  # "auto" switches to IVF-PQ above this
+ADD_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    kind: str  # flat | ivfpq | hnsw
+    nlist: int = 0
+    m: int = 0  # PQ sub-quantizers
+    nbits: int = 8
+    nprobe: int = 0
+    train_size: int = 0
+    hnsw_m: int = 32
+    ef_search: int = 128
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "IndexSpec":
+        return cls(**data)
+
+    def describe(self) -> str:
+        if self.kind == "ivfpq":
+            return f"IVF{self.nlist},PQ{self.m}x{self.nbits} nprobe={self.nprobe}"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m} efSearch={self.ef_search}"
+        return "Flat (exact, fp16)"
+
+
+def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
+    """Resolve `auto` by size and fill in parameters scaled to the datastore."""
+    if kind == "auto":
+        kind = "flat" if entries <= FLAT_MAX_ENTRIES else "ivfpq"
+    if kind == "flat":
+        return IndexSpec("flat")
+    if kind == "hnsw":
+        return IndexSpec("hnsw")
+    if kind != "ivfpq":
+        raise ValueError(f"unknown index kind {kind!r}: use auto, flat, ivfpq or hnsw")
+    # ~4·sqrt(N) lists, a power of two, with >= 39 training points per list as FAISS asks.
+    nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(entries)))))
+    nlist = max(1, min(nlist, entries // 39, 65_536))
+    m = _pq_subquantizers(dim)
+    nbits = 8 if entries >= 256 * 39 else max(1, int(math.log2(max(2, entries // 39))))
+    train_size = min(entries, max(64 * nlist, 2 ** nbits * 39, 50_000), 262_144)
+    return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=min(32, nlist), train_size=train_size)
+
+
+def _pq_subquantizers(dim: int) -> int:
+    """About 8 dimensions per sub-quantizer, at most 64, and it must divide dim."""
+    target = min(64, max(1, dim // 8))
+    for m in range(target, 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def empty_index(spec: IndexSpec, dim: int) -> faiss.Index:
+    if spec.kind == "flat":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
+    if spec.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m)
+        index.hnsw.efSearch = spec.ef_search
+        return index
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.m, spec.nbits)
+    index.nprobe = spec.nprobe
+    return index
+
+
+def sample_rows(keys: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    rows = np.sort(np.random.default_rng(seed).choice(len(keys), size=min(count, len(keys)), replace=False))
+    return np.ascontiguousarray(keys[rows], dtype=np.float32)
+
+
+def build_index(
+    keys: np.ndarray,
+    spec: IndexSpec,
+    device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> faiss.Index:
+    """Train (if needed) and fill an index from `keys` (N×d, any float dtype, may be a memmap)."""
+    n, dim = keys.shape
+    index = empty_index(spec, dim)
+    if spec.kind == "ivfpq":
+        sample = sample_rows(keys, spec.train_size)
+        if device == "cuda" and torch.cuda.is_available():
+            torch_train_ivfpq(index, sample, torch.device("cuda"))
+        else:
+            index.train(sample)
+    for start in range(0, n, ADD_CHUNK):
+        if should_stop is not None and should_stop():
+            raise InterruptedError("index build cancelled")
+        index.add(np.ascontiguousarray(keys[start : start + ADD_CHUNK], dtype=np.float32))
+        if on_progress is not None:
+            on_progress(min(n, start + ADD_CHUNK), n)
+    return index
+
+
+def kmeans(x: torch.Tensor, clusters: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+    """Plain Lloyd's k-means in torch (runs on whatever device `x` is on)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    centroids = x[torch.randperm(len(x), generator=generator)[:clusters].to(x.device)].clone()
+    for _ in range(iterations):
+        assign = torch.cdist(x, centroids).argmin(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=clusters).unsqueeze(1)
+        empty = counts.squeeze(1) == 0
+        centroids = torch.where(empty.unsqueeze(1), centroids, sums / counts.clamp(min=1))
+    return centroids
+
+
+def torch_train_ivfpq(index: faiss.IndexIVFPQ, sample: np.ndarray, device: torch.device) -> None:
+    """Train an IVF-PQ index's coarse quantizer and PQ codebooks with torch k-means on `device`,
+    mirroring what `IndexIVFPQ.train` does on the CPU (PQ on residuals)."""
+    x = torch.from_numpy(sample).to(device)
+    coarse = kmeans(x, index.nlist)
+    residuals = x - coarse[torch.cdist(x, coarse).argmin(dim=1)]
+    sub = index.d // index.pq.M
+    codebooks = [kmeans(residuals[:, j * sub : (j + 1) * sub].contiguous(), index.pq.ksub) for j in range(index.pq.M)]
+    index.quantizer.add(coarse.cpu().numpy().astype(np.float32))
+    faiss.copy_array_to_vector(torch.stack(codebooks).cpu().numpy().astype(np.float32).ravel(), index.pq.centroids)
+    index.pq.sync_transposed_centroids()
+    index.is_trained = True
+    index.precompute_table()
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 distances and ids (B×k); ids are -1 where the index has fewer than k results."""
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

@@ -1,0 +1,114 @@
+"""kNN-LM (Khandelwal et al. 2020): interpolate the LM with a distribution over retrieved next tokens.
+
+For a context x with key q = f(x), retrieve the k nearest datastore entries (k_i, w_i) by squared
+L2 distance d_i, then
+
+    p_kNN(y) = Σ_i 1[y = w_i] · softmax_i(−d_i / T)
+    p(y)     = λ · p_kNN(y) + (1 − λ) · p_LM(y)
+
+λ is fixed, or adaptive: λ_t = λ · (1 − H(p_kNN) / log k), i.e. the full λ when the neighbours
+agree on one next token and none when they are spread evenly over k different tokens.
+Interpolation is done in log space, so λ = 0 reproduces the LM's log-probabilities exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .datastore import Datastore
+
+LAMBDA_MODES = ("fixed", "entropy")
+
+
+@dataclass(frozen=True)
+class KnnLmSettings:
+    k: int = 32
+    lambda_: float = 0.25  # the paper's in-domain value; ~0.65 suits domain adaptation
+    temperature: float = 1.0
+    exact_distances: bool = True  # recompute from stored keys (better) or trust the index (faster)
+    lambda_mode: str = "fixed"
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+        if not 0.0 <= self.lambda_ <= 1.0:
+            raise ValueError("λ must be between 0 and 1")
+        if self.temperature <= 0:
+            raise ValueError("the temperature must be positive")
+        if self.lambda_mode not in LAMBDA_MODES:
+            raise ValueError(f"unknown λ mode {self.lambda_mode!r}: use {' or '.join(LAMBDA_MODES)}")
+
+
+@dataclass
+class Retrieval:
+    """The k neighbours of a batch of queries (B×k each), nearest first; id −1 = no neighbour."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    values: torch.Tensor  # next-token ids (long); −1 where there is no neighbour
+    weights: torch.Tensor  # softmax(−d/T) over each row's neighbours
+
+
+@dataclass
+class KnnStep:
+    log_p_final: torch.Tensor  # B×V
+    p_knn: torch.Tensor  # B×V
+    lambdas: torch.Tensor  # B
+    retrieval: Retrieval
+
+
+def neighbour_weights(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(−d/T) over each row; missing neighbours (d = +inf) get weight 0."""
+    logits = -distances / temperature
+    return torch.softmax(logits, dim=-1).nan_to_num(0.0)
+
+
+def knn_distribution(values: torch.Tensor, weights: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Scatter neighbour weights onto the vocabulary: B×k -> B×V (rows sum to 1)."""
+    p_knn = torch.zeros(values.shape[0], vocab_size, dtype=weights.dtype, device=weights.device)
+    return p_knn.scatter_add_(1, values.clamp(min=0), weights * (values >= 0))
+
+
+def interpolate(log_p_lm: torch.Tensor, p_knn: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """log(λ p_kNN + (1 − λ) p_LM), computed stably; exact p_LM when λ = 0."""
+    lam = lambdas.to(log_p_lm.dtype).unsqueeze(-1)
+    with torch.no_grad():
+        log_lam, log_one_minus = torch.log(lam), torch.log1p(-lam)
+    return torch.logaddexp(log_lam + torch.log(p_knn.to(log_p_lm.dtype)), log_one_minus + log_p_lm)
+
+
+def adaptive_lambdas(p_knn: torch.Tensor, lambda_max: float, k: int) -> torch.Tensor:
+    if k <= 1:
+        return torch.full((p_knn.shape[0],), lambda_max, dtype=p_knn.dtype, device=p_knn.device)
+    entropy = -(p_knn * torch.log(p_knn.clamp(min=1e-30))).sum(dim=-1)
+    return lambda_max * (1.0 - entropy / math.log(k)).clamp(0.0, 1.0)
+
+
+class KnnLM:
+    """A datastore plus settings, applied to the LM's next-token distribution."""
+
+    def __init__(self, datastore: Datastore, settings: KnnLmSettings = KnnLmSettings()):
+        self.datastore = datastore
+        self.settings = settings
+
+    def retrieve(self, queries: torch.Tensor) -> Retrieval:
+        s = self.settings
+        distances, ids = self.datastore.search(queries.float().cpu().numpy(), s.k, exact=s.exact_distances)
+        values = torch.from_numpy(np.where(ids >= 0, self.datastore.values[np.maximum(ids, 0)], -1).astype(np.int64))
+        weights = neighbour_weights(torch.from_numpy(distances).double(), s.temperature)
+        return Retrieval(ids=ids, distances=distances, values=values, weights=weights)
+
+    def combine(self, log_p_lm: torch.Tensor, queries: torch.Tensor) -> KnnStep:
+        """log p_final for each row of `log_p_lm` (B×V), given the kNN keys of the same contexts."""
+        s = self.settings
+        retrieval = self.retrieve(queries)
+        log_p_lm = log_p_lm.double().cpu()
+        p_knn = knn_distribution(retrieval.values, retrieval.weights, log_p_lm.shape[-1])
+        if s.lambda_mode == "entropy":
+            lambdas = adaptive_lambdas(p_knn, s.lambda_, s.k)
+        else:
+            lambdas = torch.full((log_p_lm.shape[0],), s.lambda_, dtype=torch.float64)
+        return KnnStep(interpolate(log_p_lm, p_knn, lambdas), p_knn, lambdas, retrieval)

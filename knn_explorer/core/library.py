@@ -1,0 +1,137 @@
+"""The user's datastores as a whole: build (or resume), open for a model, list, remove.
+
+Ties the catalog (what exists) to the datastore folders (the data). The rule that keeps them
+consistent: a folder enters the catalog only when its manifest says complete; a build that dies
+leaves a `running`/`failed` build row and a folder that the next build of the same name resumes.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .catalog import Catalog, DatastoreRow
+from .datastore import COMPLETE, Datastore, DatastoreError, check_compatible, read_manifest
+from .datastore_builder import BuildParameters, BuildReport, DatastoreBuilder
+from .home import datastores_dir
+from .models import LoadedModel
+from .progress import Cancelled, ProgressCallback
+
+
+class LibraryError(Exception):
+    """A request about datastores that cannot be carried out; str() is a one-line reason."""
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    usable: bool
+    reason: str | None
+
+
+def build_datastore(
+    catalog: Catalog,
+    name: str,
+    model: LoadedModel,
+    sources: list[str | Path],
+    params: BuildParameters = BuildParameters(),
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> BuildReport:
+    """Build datastore `name` from `sources`, resuming an interrupted build of the same name.
+
+    Cancelling discards the partial folder; a crash or kill keeps it for the next attempt.
+    """
+    validate_name(name)
+    if catalog.datastore(name) is not None:
+        raise LibraryError(f"a datastore named '{name}' already exists; remove it first or choose another name")
+    missing = [str(s) for s in sources if not Path(s).expanduser().exists()]
+    if missing:
+        raise LibraryError(f"no such file or folder: {missing[0]}")
+    folder = _resumable_folder(catalog, name) or datastores_dir() / f"{_slug(name)}-{secrets.token_hex(3)}"
+    build_id = catalog.start_build(name, folder, model.name, params.to_json())
+    builder = DatastoreBuilder(folder, name, model, list(sources), params, on_progress, should_stop)
+    try:
+        report = builder.run()
+    except Cancelled:
+        shutil.rmtree(folder, ignore_errors=True)
+        catalog.finish_build(build_id, "cancelled")
+        raise
+    except BaseException as exc:  # the folder stays: the next build of this name resumes it
+        catalog.finish_build(build_id, "failed", error=str(exc) or type(exc).__name__)
+        raise
+    catalog.register_datastore(report.manifest, folder, report.documents, report.skipped, folder_bytes(folder))
+    catalog.finish_build(build_id, "complete", seconds=report.seconds)
+    # Older attempts of the same build are now settled too.
+    for stale in catalog.unfinished_builds(name):
+        catalog.finish_build(stale.id, "resumed")
+    return report
+
+
+def _resumable_folder(catalog: Catalog, name: str) -> Path | None:
+    for build in catalog.unfinished_builds(name):
+        try:
+            manifest = read_manifest(Path(build.folder))
+        except DatastoreError:
+            continue
+        if manifest.get("name") == name:
+            return Path(build.folder)
+    return None
+
+
+def open_datastore(catalog: Catalog, name: str, model: LoadedModel | None = None) -> Datastore:
+    """Open a complete, catalogued datastore, refusing one built by another model or tokenizer."""
+    row = catalog.datastore(name)
+    if row is None:
+        if catalog.unfinished_builds(name):
+            raise LibraryError(f"datastore '{name}' is not complete (its build was interrupted); run the build again to finish it")
+        known = ", ".join(r.name for r in catalog.datastores()) or "none"
+        raise LibraryError(f"no datastore named '{name}' (known: {known})")
+    datastore = Datastore(Path(row.folder))
+    if model is not None:
+        datastore.check_compatible(model.model_fingerprint, model.tokenizer_fingerprint, model.name)
+    return datastore
+
+
+def compatibility(row: DatastoreRow, model: LoadedModel) -> Compatibility:
+    """Whether `row` can be used with `model`, and why not (for greyed-out entries in a list)."""
+    try:
+        manifest = read_manifest(Path(row.folder))
+        if manifest.get("state") != COMPLETE:
+            return Compatibility(False, "its folder is not complete")
+        check_compatible(manifest, model.model_fingerprint, model.tokenizer_fingerprint, model.name)
+    except DatastoreError as exc:
+        return Compatibility(False, str(exc))
+    return Compatibility(True, None)
+
+
+def remove_datastore(catalog: Catalog, name: str) -> list[Path]:
+    """Remove a datastore and any unfinished builds of that name; returns the folders deleted."""
+    row = catalog.datastore(name)
+    unfinished = catalog.unfinished_builds(name)
+    if row is None and not unfinished:
+        raise LibraryError(f"no datastore or unfinished build named '{name}'")
+    folders = [Path(row.folder)] if row is not None else []
+    folders += [Path(b.folder) for b in unfinished]
+    catalog.remove_datastore(name)
+    catalog.abandon_builds(name)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folders
+
+
+def validate_name(name: str) -> None:
+    if not name or not name.strip():
+        raise LibraryError("a datastore needs a name")
+    if len(name) > 100 or any(c in name for c in "\n\r\t"):
+        raise LibraryError("a datastore name must be one line of at most 100 characters")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "datastore"

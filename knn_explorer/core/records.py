@@ -1,0 +1,67 @@
+"""The per-token record: what the core produces for every generated token.
+
+One `TokenRecord` per step. The GUI renders it, the CLI prints it as one JSON line (`--json`).
+Field names follow ../shared/DESIGN.md; `to_json` is the wire format.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    token: str
+    token_id: int
+    prob: float
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One retrieved datastore entry: its next token, where it came from, and its weight in p_kNN."""
+
+    rank: int
+    token: str
+    token_id: int
+    distance: float
+    weight: float  # its share of p_kNN (softmax of -distance / T over the k neighbours)
+    document: str  # path of the source document
+    offset: int  # character offset of the neighbour's next token in the document text
+    context: str  # passage around the offset
+    highlight: tuple[int, int]  # [start, end) of the next token inside `context`
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """Shown with every record: results that differ silently by T or distance mode are the
+    most common reproduction complaint of kNN-LM users."""
+
+    k: int
+    temperature: float
+    distance: str  # "exact" (recomputed from stored keys) or "approximate" (from the index)
+    datastore: str | None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    step: int
+    token_id: int
+    token: str
+    method: str  # none | knnlm | spalm | memtrf
+    p_lm: list[TokenProb]
+    p_knn: list[TokenProb] | None
+    p_final: list[TokenProb]
+    chosen_prob_lm: float
+    chosen_prob_final: float
+    lambda_: float | None = None  # kNN-LM interpolation weight actually used at this step
+    gate: float | None = None  # SPALM gate
+    head_gates: list[float] | None = None  # Memorizing Transformer, one per head
+    memory_attention: list[float] | None = None  # per-head attention mass on the memory
+    neighbours: list[Neighbour] = field(default_factory=list)
+    retrieval: RetrievalSettings | None = None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["lambda"] = data.pop("lambda_")
+        for n in data["neighbours"]:
+            n["highlight"] = list(n["highlight"])
+        return data

@@ -1,0 +1,25 @@
+"""Thread counts for torch and FAISS, set once and deliberately.
+
+Both use OpenMP-style pools; letting each grab every core makes them fight (faiss issue #2953:
+oversubscription makes single-query search several times slower).
+"""
+from __future__ import annotations
+
+import os
+
+_configured = False
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Give torch and FAISS the same pool size (default: all cores, capped at 8). Idempotent."""
+    global _configured
+    import faiss
+    import torch
+
+    if _configured and threads is None:
+        return torch.get_num_threads()
+    threads = threads or min(os.cpu_count() or 1, 8)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    _configured = True
+    return threads

@@ -1,0 +1,39 @@
+"""The main window. For now: the loaded model and the datastores of the catalog.
+
+The desktop-explorer issue fills it with the generation and inspection views.
+"""
+from __future__ import annotations
+
+from PySide6.QtWidgets import QLabel, QMainWindow, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+
+from ..core.catalog import Catalog
+from ..core.models import DEMO_SPEC
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, catalog: Catalog | None = None, model_spec: str = DEMO_SPEC):
+        super().__init__()
+        self.setWindowTitle("kNN Explorer")
+        self.resize(900, 560)
+        self.catalog = catalog or Catalog()
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        self.model_label = QLabel(f"Model: {model_spec}")
+        layout.addWidget(self.model_label)
+        layout.addWidget(QLabel("Datastores"))
+        self.datastore_tree = QTreeWidget()
+        self.datastore_tree.setHeaderLabels(["Name", "Entries", "Index", "Model", "Documents"])
+        layout.addWidget(self.datastore_tree)
+        self.setCentralWidget(central)
+        self.refresh_datastores()
+        self.statusBar().showMessage("Ready")
+
+    def refresh_datastores(self) -> None:
+        self.datastore_tree.clear()
+        for row in self.catalog.datastores():
+            indexed = sum(d.status == "indexed" for d in row.documents)
+            item = QTreeWidgetItem([row.name, f"{row.entries:,}", row.index_description, row.model_name,
+                                    f"{indexed} indexed, {len(row.documents) - indexed} skipped"])
+            for doc in row.documents:
+                item.addChild(QTreeWidgetItem([doc.path, "", "", "", doc.reason or doc.status]))
+            self.datastore_tree.addTopLevelItem(item)
