@@ -102,15 +102,28 @@ class LoadedModel:
         only reads the module's input, so the model's outputs are untouched.
         """
         captured: list[torch.Tensor] = []
+        batch_shape: list[tuple[int, int]] = []
+
+        def remember_shape(_module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None:
+                batch_shape.append(tuple(ids.shape[:2]))
 
         def hook(_module, args):
-            captured.append(args[0].detach())
+            key = args[0].detach()
+            if key.dim() == 2 and batch_shape:  # OPT flattens (batch, seq) before its FFN
+                key = key.reshape(*batch_shape[-1], key.shape[-1])
+            captured.append(key)
 
-        handle = self.key_module().register_forward_pre_hook(hook)
+        handles = [
+            self.model.register_forward_pre_hook(remember_shape, with_kwargs=True),
+            self.key_module().register_forward_pre_hook(hook),
+        ]
         try:
             yield captured
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -165,15 +178,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @torch.no_grad()
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Config plus a sample of the weights. Sampled values are rounded to bfloat16 so the same
-    weights loaded in float32 or float16 give the same fingerprint."""
+    """Config plus statistics of a sample of the weights (mean magnitude and spread, 3 significant digits): the same weights
+    loaded in float32, float16 or bfloat16 give the same fingerprint, other weights do not."""
     config = model.config.to_dict()
-    stable = {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype", "transformers_version", "_name_or_path")}
+    volatile = ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "use_cache")
+    stable = {k: v for k, v in config.items() if k not in volatile}
     digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode())
     params = list(model.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
-        sample = p.detach().flatten()[:4096].to("cpu", torch.float32).to(torch.bfloat16)
-        digest.update(sample.view(torch.int16).numpy().tobytes())
+        sample = p.detach().flatten()[:4096].to("cpu", torch.float64)
+        digest.update(f"{sample.abs().mean():.3g} {sample.std():.3g}".encode())
     return digest.hexdigest()[:16]
 
 

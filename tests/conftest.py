@@ -1,0 +1,29 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import save_tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch):
+    """Every test gets its own empty data home (catalog + datastores)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("KNN_EXPLORER_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def other_tiny_gpt2_dir(tmp_path_factory):
+    """Same architecture and tokenizer, different weights."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2-other"), "gpt2", seed=1)

@@ -1,0 +1,74 @@
+"""Index choice and the IVF-PQ paths (FAISS training, and torch k-means training as on a GPU)."""
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from knn_explorer.core.index import FLAT_MAX_ENTRIES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
+
+
+def clustered_keys(n=20_000, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, d)) * 4
+    return (centres[rng.integers(0, 50, n)] + rng.normal(size=(n, d))).astype(np.float16)
+
+
+def recall_at_10(index, keys, queries):
+    """1-recall@10: how often the true nearest neighbour is among the index's top 10."""
+    exact = faiss.IndexFlatL2(keys.shape[1])
+    exact.add(keys.astype(np.float32))
+    _, truth = exact.search(queries, 1)
+    _, found = index.search(queries, 10)
+    return np.mean([t[0] in f for t, f in zip(truth, found)])
+
+
+def test_auto_picks_exact_for_small_and_ivfpq_for_large():
+    assert choose_index("auto", 1_000, 256).kind == "flat"
+    big = choose_index("auto", FLAT_MAX_ENTRIES + 1, 768)
+    assert big.kind == "ivfpq" and 768 % big.m == 0 and big.m <= 64
+    assert big.train_size >= 39 * big.nlist
+    assert choose_index("hnsw", 10, 8).kind == "hnsw"
+    with pytest.raises(ValueError):
+        choose_index("lsh", 10, 8)
+
+
+def test_flat_index_distances_are_exact_on_fp16_keys():
+    keys = clustered_keys(2_000)
+    index = build_index(keys, choose_index("flat", len(keys), keys.shape[1]))
+    queries = keys[:5].astype(np.float32) + 0.1
+    distances, ids = index.search(queries, 3)
+    direct = ((keys[ids].astype(np.float32) - queries[:, None]) ** 2).sum(-1)
+    assert np.allclose(distances, direct, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trainer", ["faiss", "torch"])
+def test_ivfpq_recall_is_useful(trainer):
+    keys = clustered_keys()
+    spec = choose_index("ivfpq", len(keys), keys.shape[1])
+    if trainer == "faiss":
+        index = build_index(keys, spec)
+    else:  # the GPU path's trainer, run on the CPU here
+        index = empty_index(spec, keys.shape[1])
+        torch_train_ivfpq(index, sample_rows(keys, spec.train_size), torch.device("cpu"))
+        index.add(keys.astype(np.float32))
+    queries = keys[::997][:20].astype(np.float32) + 0.05
+    assert index.ntotal == len(keys)
+    assert recall_at_10(index, keys, queries) >= 0.9
+
+
+def test_kmeans_finds_separated_clusters():
+    x = torch.cat([torch.randn(200, 2) * 0.1 + torch.tensor(c) for c in ([0.0, 0.0], [5.0, 5.0], [-5.0, 5.0])])
+    centroids = kmeans(x, 3)
+    found = sorted((round(a), round(b)) for a, b in centroids.tolist())
+    assert found == [(-5, 5), (0, 0), (5, 5)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ivfpq_trained_on_gpu_matches_cpu_recall():
+    keys = clustered_keys()
+    spec = choose_index("ivfpq", len(keys), keys.shape[1])
+    gpu = build_index(keys, spec, device="cuda")
+    cpu = build_index(keys, spec, device="cpu")
+    queries = keys[::997][:20].astype(np.float32) + 0.05
+    assert recall_at_10(gpu, keys, queries) >= recall_at_10(cpu, keys, queries) - 0.15
