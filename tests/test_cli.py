@@ -1,0 +1,104 @@
+"""The CLI as a user runs it: real processes, real files, JSON on stdout, one-line errors on stderr."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corpus import write_corpus
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "knn_explorer.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc, code, *words):
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture
+def built(tmp_path, tiny_gpt2_dir):
+    docs = write_corpus(tmp_path / "docs")
+    (docs / "blob.txt").write_bytes(b"\x00\xff" * 100)
+    out = cli("build", "--name", "notes", "--model", tiny_gpt2_dir, "--docs", docs, "--context", 32, "--stride", 16,
+              "--json")
+    return docs, json.loads(out.stdout)
+
+
+def test_build_json_names_every_document_and_skip(built):
+    docs, summary = built
+    assert summary["name"] == "notes" and summary["entries"] > 0
+    indexed = {Path(d["path"]).name: d["status"] for d in summary["documents"]}
+    assert indexed == {"routing.md": "indexed", "datastore.txt": "indexed", "fox.rst": "indexed"}
+    (skip,) = summary["skipped"]
+    assert Path(skip["path"]).name == "blob.txt" and skip["status"] == "skipped" and "binary" in skip["reason"]
+
+
+def test_list_json_shows_documents_with_status_and_reason(built):
+    listing = json.loads(cli("list", "--json").stdout)
+    (store,) = listing["datastores"]
+    assert store["name"] == "notes" and store["status"] == "complete"
+    statuses = {Path(d["path"]).name: (d["status"], d.get("reason")) for d in store["documents"]}
+    assert statuses["blob.txt"][0] == "skipped" and "binary" in statuses["blob.txt"][1]
+    assert statuses["fox.rst"] == ("indexed", None)
+    assert listing["unfinished_builds"] == []
+
+
+def test_generate_json_prints_one_record_per_token_with_sources(built, tiny_gpt2_dir):
+    docs, _ = built
+    out = cli("generate", "--model", tiny_gpt2_dir, "--datastore", "notes", "--prompt", "The quick brown",
+              "--max-new-tokens", 4, "--k", 8, "--json")
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4
+    for step, line in enumerate(lines):
+        record = json.loads(line)
+        assert record["step"] == step and record["method"] == "knnlm" and record["lambda"] == 0.25
+        assert record["retrieval"] == {"k": 8, "temperature": 1.0, "distance": "exact", "datastore": "notes"}
+        assert record["neighbours"]
+        for n in record["neighbours"]:
+            assert docs in Path(n["document"]).parents
+            assert n["context"] in Path(n["document"]).read_text(encoding="utf-8")
+
+
+def test_eval_with_lambda_zero_equals_the_lm(built, tiny_gpt2_dir, tmp_path):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("The quick brown fox jumps over the lazy dog while the route decorator binds a view.\n" * 3)
+    result = json.loads(cli("eval", "--model", tiny_gpt2_dir, "--datastore", "notes", "--text", held_out,
+                            "--lambda", 0, "--context", 32, "--stride", 16, "--json").stdout)
+    assert result["tokens"] > 20 and result["method"] == "knnlm"
+    assert abs(result["ppl"] - result["ppl_lm"]) / result["ppl_lm"] < 1e-6
+    mixed = json.loads(cli("eval", "--model", tiny_gpt2_dir, "--datastore", "notes", "--text", held_out,
+                           "--lambda", 0.5, "--context", 32, "--stride", 16, "--json").stdout)
+    assert mixed["ppl_lm"] == result["ppl_lm"] and mixed["ppl"] != mixed["ppl_lm"]
+
+
+def test_errors_are_one_line_with_nonzero_exit(built, tiny_gpt2_dir, tmp_path):
+    assert_one_line_error(cli("generate", "--model", tiny_gpt2_dir, "--datastore", "nope", "--prompt", "x",
+                              check=False), 1, "no datastore named 'nope'", "notes")
+    assert_one_line_error(cli("generate", "--model", tiny_gpt2_dir, "--method", "knnlm", "--prompt", "x",
+                              check=False), 2, "--datastore")
+    assert_one_line_error(cli("generate", "--model", tmp_path / "no-model", "--prompt", "x", check=False), 1,
+                          "no such model folder")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_one_line_error(cli("eval", "--model", tiny_gpt2_dir, "--text", empty, check=False), 2, "empty file")
+    assert_one_line_error(cli("build", "--name", "notes", "--model", tiny_gpt2_dir, "--docs", tmp_path,
+                              check=False), 1, "already exists")
+    assert_one_line_error(cli("eval", "--model", tiny_gpt2_dir, "--text", empty, "--lambda", 2, check=False), 2,
+                          "--lambda")
+
+
+def test_remove_then_list_is_empty(built):
+    assert "removed 'notes'" in cli("remove", "notes").stdout
+    assert json.loads(cli("list", "--json").stdout)["datastores"] == []
+    assert_one_line_error(cli("remove", "notes", check=False), 1, "no datastore")

@@ -1,0 +1,25 @@
+"""The minimal main window lists what the catalog holds (real widgets, offscreen)."""
+from corpus import write_corpus
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.library import build_datastore
+from knn_explorer.core.models import load_model
+from knn_explorer.gui.main_window import MainWindow
+
+
+def test_main_window_lists_datastores_with_documents_and_skips(qtbot, tmp_path, tiny_gpt2_dir):
+    docs = write_corpus(tmp_path / "docs")
+    (docs / "empty.txt").write_text("")
+    catalog = Catalog()
+    build_datastore(catalog, "notes", load_model(str(tiny_gpt2_dir), device="cpu"), [docs],
+                    BuildParameters(context_length=32, stride=16))
+    window = MainWindow(catalog)
+    qtbot.addWidget(window)
+    tree = window.datastore_tree
+    assert tree.topLevelItemCount() == 1
+    item = tree.topLevelItem(0)
+    assert item.text(0) == "notes" and "3 indexed, 1 skipped" in item.text(4)
+    reasons = [item.child(i).text(4) for i in range(item.childCount())]
+    assert "empty file" in reasons
+    window.show()
+    assert not window.grab().isNull()
