@@ -60,6 +60,23 @@ def maxrss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return value / (1024 * 1024) if sys.platform == "darwin" else value / 1024
 
 
+def peak_rss_self_mb() -> tuple[float, str]:
+    """This process's own peak RSS in MB, and where it was read.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process's address space since
+    its exec. ru_maxrss is not used there because a child started with fork/vfork + exec inherits
+    its parent's peak: a child of a 600 MB parent reports ru_maxrss >= 600 MB however small it is.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "VmHWM"
+    except OSError:
+        pass
+    return maxrss_mb(), "ru_maxrss"
+
+
 def status(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -302,10 +319,12 @@ def child_build(args) -> None:
 
     configure_threads(args.threads)
     model = load_model(args.model, device=args.device)
-    before = maxrss_mb()
+    before, source = peak_rss_self_mb()
     with RssSampler() as sampler:
         build = timed_build(model, Path(args.child_build), Path(args.home), args.index, build_kwargs(args))
-    build.update(peak_rss_mb=maxrss_mb(), peak_rss_before_build_mb=before, sampled_peaks_mb=sampler.peaks_mb())
+    peak, source = peak_rss_self_mb()
+    build.update(peak_rss_mb=peak, peak_rss_source=source, peak_rss_before_build_mb=before,
+                 ru_maxrss_mb=maxrss_mb(), sampled_peaks_mb=sampler.peaks_mb())
     print(json.dumps(build), flush=True)
 
 
@@ -325,8 +344,10 @@ def run_child(args, folder: Path, home: Path) -> dict:
         raise SystemExit(f"child build failed (exit {proc.returncode}): {' '.join(cmd)}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["child_wall_seconds"] = time.perf_counter() - started
-    # Cross-check: the largest peak of any waited-for child so far (>= this child's own peak).
+    # Informational: the largest ru_maxrss of any child so far. Like the child's own ru_maxrss it
+    # includes this (parent) process's peak, inherited across fork + exec, so it is not the build's.
     result["rusage_children_max_mb"] = maxrss_mb(resource.RUSAGE_CHILDREN)
+    result["parent_peak_rss_mb"] = peak_rss_self_mb()[0]
     return result
 
 
@@ -428,7 +449,8 @@ def print_report(res: dict) -> None:
             print(f"   note: token counts differ (bare {bare['tokens']:,}, build {b['tokens']:,})")
     if "memory" in res:
         m = res["memory"]
-        print(f"\n2. Peak RSS of a build (fresh process each, index {res['config']['index']})")
+        source = m["large"]["peak_rss_source"]
+        print(f"\n2. Peak RSS of a build (fresh process each, index {res['config']['index']}; peak = the child's {source})")
         for label in ("small", "large"):
             run = m[label]
             extra = ""
@@ -438,6 +460,9 @@ def print_report(res: dict) -> None:
             print(f"   {label:<5} {run['tokens']:>9,} tokens   peak {run['peak_rss_mb']:7.0f} MB "
                   f"(after model load {run['peak_rss_before_build_mb']:.0f} MB, build +{m['build_growth_mb'][label]:.0f} MB{extra})")
         print(f"   ratio large / small     {m['ratio']:>10.2f}   target {m['target']:<8} {m['status']}")
+        if source == "VmHWM":
+            print(f"   (the children's ru_maxrss reads {m['small']['ru_maxrss_mb']:.0f} / {m['large']['ru_maxrss_mb']:.0f} MB: "
+                  f"it includes this parent's peak, {m['large']['parent_peak_rss_mb']:.0f} MB, inherited across fork+exec)")
     if "generation" in res:
         g = res["generation"]
         print(f"\n3. Generation, {g['new_tokens']} new tokens, greedy, median of {g['repeats']} "

@@ -1,0 +1,33 @@
+"""The CUDA paths: encoding on the GPU, IVF-PQ training with torch on the GPU. Skipped without one."""
+import numpy as np
+import pytest
+import torch
+
+from corpus import write_corpus
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore import Datastore
+from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.generation import GenerationSettings, StepGenerator
+from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.models import load_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_cuda_build_matches_cpu_build_and_is_usable_on_cpu(tmp_path, tiny_gpt2_dir):
+    docs = write_corpus(tmp_path / "docs")
+    catalog = Catalog()
+    cpu = load_model(str(tiny_gpt2_dir), device="cpu")
+    gpu = load_model(str(tiny_gpt2_dir), device="cuda")
+    assert gpu.model_fingerprint == cpu.model_fingerprint  # float16 on CUDA, float32 on CPU
+    on_gpu = build_datastore(catalog, "gpu", gpu, [docs], BuildParameters(context_length=32, stride=16, device="cuda"))
+    on_cpu = build_datastore(catalog, "cpu", cpu, [docs], BuildParameters(context_length=32, stride=16))
+    a, b = Datastore(on_gpu.folder), Datastore(on_cpu.folder)
+    assert np.array_equal(a.values, b.values)
+    assert np.allclose(np.asarray(a.keys, np.float32), np.asarray(b.keys, np.float32), atol=2e-2)
+
+    datastore = open_datastore(catalog, "gpu", cpu)  # built on the GPU, used on the CPU
+    records = list(StepGenerator(gpu, "The quick", GenerationSettings(max_new_tokens=3, stop_at_eos=False),
+                                 KnnLM(datastore, KnnLmSettings(k=4))))
+    assert len(records) == 3 and all(r.neighbours for r in records)
