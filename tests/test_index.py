@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from knn_explorer.core.index import FLAT_MAX_ENTRIES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
+from knn_explorer.core.index import FLAT_MAX_BYTES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
 
 
 def clustered_keys(n=20_000, d=32, seed=0):
@@ -24,7 +24,8 @@ def recall_at_10(index, keys, queries):
 
 def test_auto_picks_exact_for_small_and_ivfpq_for_large():
     assert choose_index("auto", 1_000, 256).kind == "flat"
-    big = choose_index("auto", FLAT_MAX_ENTRIES + 1, 768)
+    assert choose_index("auto", FLAT_MAX_BYTES // (4 * 768), 768).kind == "flat"
+    big = choose_index("auto", FLAT_MAX_BYTES // (4 * 768) + 1, 768)
     assert big.kind == "ivfpq" and 768 % big.m == 0 and big.m <= 64
     assert big.train_size >= 39 * big.nlist
     assert choose_index("hnsw", 10, 8).kind == "hnsw"
@@ -32,7 +33,7 @@ def test_auto_picks_exact_for_small_and_ivfpq_for_large():
         choose_index("lsh", 10, 8)
 
 
-def test_flat_index_distances_are_exact_on_fp16_keys():
+def test_flat_index_distances_are_exact_on_the_stored_keys():
     keys = clustered_keys(2_000)
     index = build_index(keys, choose_index("flat", len(keys), keys.shape[1]))
     queries = keys[:5].astype(np.float32) + 0.1

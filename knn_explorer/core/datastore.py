@@ -87,6 +87,11 @@ def check_compatible(manifest: dict, model_fingerprint: str, tokenizer_fingerpri
             f"{model_name} uses a different tokenizer, so its token ids would mean other words"
         )
     if manifest["model"]["fingerprint"] != model_fingerprint:
+        if built_with == model_name:
+            raise DatastoreError(
+                f"datastore '{manifest['name']}' was built by {built_with} with other weights or config than "
+                f"the ones loaded now; rebuild it for this model"
+            )
         raise DatastoreError(
             f"datastore '{manifest['name']}' was built by {built_with}; its keys are not comparable "
             f"with {model_name}'s representations"

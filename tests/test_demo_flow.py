@@ -1,0 +1,69 @@
+"""The first thing a user does, end to end, with the embedded demo model and demo documents:
+build the demo datastore, generate with it, and see retrieval lower perplexity on held-out text."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from knn_explorer.core.home import DEMO_DOCS_DIR, DEMO_MODEL_DIR, RESOURCES
+
+HELD_OUT = RESOURCES / "demo" / "heldout" / "tutorial"
+
+
+def cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "knn_explorer.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KNN_EXPLORER_HOME", str(home))
+        summary = json.loads(cli("build", "--name", "demo-docs", "--model", "demo", "--docs", DEMO_DOCS_DIR, "--json"))
+    return home, summary
+
+
+@pytest.fixture
+def in_demo_home(demo_home, monkeypatch):
+    monkeypatch.setenv("KNN_EXPLORER_HOME", str(demo_home[0]))
+    return demo_home[1]
+
+
+def test_demo_model_is_small_and_complete():
+    files = {p.name for p in DEMO_MODEL_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) <= 25 * 2**20
+
+
+def test_demo_build_indexes_every_demo_document(in_demo_home):
+    summary = in_demo_home
+    on_disk = {str(p.resolve()) for p in DEMO_DOCS_DIR.rglob("*.rst")}
+    assert {d["path"] for d in summary["documents"]} | {s["path"] for s in summary["skipped"]} == on_disk
+    assert len(summary["documents"]) >= len(on_disk) - 1 and summary["entries"] > 50_000
+
+
+def test_generated_tokens_are_explained_by_passages_of_the_demo_documents(in_demo_home):
+    out = cli("generate", "--model", "demo", "--datastore", "demo-docs", "--method", "knnlm", "--max-new-tokens", 12,
+              "--prompt", "To register a view function for a URL, use the", "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 12
+    for record in records:
+        assert record["neighbours"]
+        for n in record["neighbours"]:
+            path = Path(n["document"])
+            assert DEMO_DOCS_DIR.resolve() in path.parents
+            assert n["context"] in path.read_text(encoding="utf-8")
+
+
+def test_retrieval_lowers_held_out_perplexity_and_lambda_zero_changes_nothing(in_demo_home):
+    with_knn = json.loads(cli("eval", "--model", "demo", "--datastore", "demo-docs", "--text", HELD_OUT, "--json"))
+    without = json.loads(cli("eval", "--model", "demo", "--datastore", "demo-docs", "--text", HELD_OUT,
+                             "--lambda", 0, "--json"))
+    assert with_knn["tokens"] > 5_000
+    assert with_knn["ppl"] < 0.9 * with_knn["ppl_lm"]
+    assert abs(without["ppl"] - without["ppl_lm"]) / without["ppl_lm"] < 1e-6
