@@ -58,3 +58,10 @@ def test_bad_specs_give_one_line_reasons(tmp_path, tiny_gpt2_dir):
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="no CUDA device"):
             load_model(str(tiny_gpt2_dir), device="cuda")
+
+
+def test_unknown_hub_id_fails_fast_with_a_reason():
+    with pytest.raises(ModelLoadError) as info:
+        load_model("knn-explorer-tests/no-such-model", device="cpu")
+    message = str(info.value)
+    assert "hub" in message and "no-such-model" in message and "\n" not in message

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+from urllib.parse import urlparse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +200,11 @@ def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False,
     hf_logging.set_verbosity_error()
     target = resolve_device(device)
     torch_dtype = _choose_dtype(dtype, target)
+    if source == spec and not _in_local_cache(spec) and not _hub_reachable():
+        raise ModelLoadError(
+            f"could not load '{spec}': it is not a local folder nor in the Hugging Face cache, "
+            f"and the hub cannot be reached (offline?)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -216,6 +223,27 @@ def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False,
         model_fingerprint=model_fingerprint(model),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
+
+
+def _in_local_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # malformed ids and the like: let from_pretrained explain
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast offline instead of sitting through the hub client's retries (~50 s)."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
