@@ -200,7 +200,8 @@ def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False,
     hf_logging.set_verbosity_error()
     target = resolve_device(device)
     torch_dtype = _choose_dtype(dtype, target)
-    if source == spec and not _in_local_cache(spec) and not _hub_reachable():
+    from_hub = spec != DEMO_SPEC and not Path(spec).expanduser().exists()
+    if from_hub and not _in_local_cache(spec) and not _hub_reachable():
         raise ModelLoadError(
             f"could not load '{spec}': it is not a local folder nor in the Hugging Face cache, "
             f"and the hub cannot be reached (offline?)"
