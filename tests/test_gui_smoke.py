@@ -13,8 +13,10 @@ def test_main_window_lists_datastores_with_documents_and_skips(qtbot, tmp_path, 
     catalog = Catalog()
     build_datastore(catalog, "notes", load_model(str(tiny_gpt2_dir), device="cpu"), [docs],
                     BuildParameters(context_length=32, stride=16))
-    window = MainWindow(catalog)
+    window = MainWindow(catalog, model_spec=str(tiny_gpt2_dir))
     qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    assert "feed-forward" in window.model_label.text()
     tree = window.datastore_tree
     assert tree.topLevelItemCount() == 1
     item = tree.topLevelItem(0)
@@ -23,3 +25,10 @@ def test_main_window_lists_datastores_with_documents_and_skips(qtbot, tmp_path, 
     assert "empty file" in reasons
     window.show()
     assert not window.grab().isNull()
+
+
+def test_a_model_that_fails_to_load_is_reported_in_the_window(qtbot, tmp_path):
+    window = MainWindow(Catalog(), model_spec=str(tmp_path / "missing-model"))
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: "not loaded" in window.model_label.text(), timeout=30_000)
+    assert "no such model folder" in window.statusBar().currentMessage()

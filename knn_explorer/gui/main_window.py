@@ -7,7 +7,8 @@ from __future__ import annotations
 from PySide6.QtWidgets import QLabel, QMainWindow, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from ..core.catalog import Catalog
-from ..core.models import DEMO_SPEC
+from ..core.models import DEMO_SPEC, LoadedModel, load_model
+from . import workers
 
 
 class MainWindow(QMainWindow):
@@ -18,7 +19,8 @@ class MainWindow(QMainWindow):
         self.catalog = catalog or Catalog()
         central = QWidget()
         layout = QVBoxLayout(central)
-        self.model_label = QLabel(f"Model: {model_spec}")
+        self.model: LoadedModel | None = None
+        self.model_label = QLabel(f"Model: loading {model_spec}…")
         layout.addWidget(self.model_label)
         layout.addWidget(QLabel("Datastores"))
         self.datastore_tree = QTreeWidget()
@@ -26,7 +28,21 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.datastore_tree)
         self.setCentralWidget(central)
         self.refresh_datastores()
+        self.statusBar().showMessage(f"Loading {model_spec}…")
+        self._load_task = workers.start(lambda: load_model(model_spec), self._model_loaded, self._model_failed)
+
+    def _model_loaded(self, model: LoadedModel) -> None:
+        self.model = model
+        params = sum(p.numel() for p in model.model.parameters())
+        self.model_label.setText(
+            f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M parameters · "
+            f"{model.device.type} · kNN key: {model.key_site.description}"
+        )
         self.statusBar().showMessage("Ready")
+
+    def _model_failed(self, reason: str) -> None:
+        self.model_label.setText(f"Model: not loaded — {reason}")
+        self.statusBar().showMessage(reason)
 
     def refresh_datastores(self) -> None:
         self.datastore_tree.clear()
