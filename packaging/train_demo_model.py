@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -149,6 +150,8 @@ def main() -> None:
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    licence = next(unpack_debian_package(SOURCE_PACKAGE).rglob("copyright"))
+    shutil.copyfile(licence, args.out / "SOURCE-LICENSE.txt")  # the PSF licence of the training text
     print(json.dumps(metrics, indent=2))
 
 
