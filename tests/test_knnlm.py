@@ -48,7 +48,8 @@ def test_interpolation_matches_numpy(built, k, lam, temperature):
     assert np.allclose(step.p_knn[0].numpy(), p_knn, atol=1e-5)
     assert np.allclose(final, expected, atol=1e-6)
     assert final.sum() == pytest.approx(1.0, abs=1e-6)  # p_LM is a float32 softmax
-    assert sorted(step.retrieval.ids[0]) == sorted(nearest)
+    # Repeated contexts give tied distances, so compare distances rather than ids.
+    assert np.allclose(np.sort(step.retrieval.distances[0]), d[nearest], rtol=1e-4, atol=1e-4)
 
 
 def test_lambda_zero_is_exactly_the_lm(built):

