@@ -457,8 +457,10 @@ def print_report(res: dict) -> None:
             if run.get("sampled_peaks_mb"):
                 s = run["sampled_peaks_mb"]
                 extra = f"; sampled peak anon {s['RssAnon']:.0f} MB, file-backed {s['RssFile']:.0f} MB"
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in run["phase_seconds"].items())
             print(f"   {label:<5} {run['tokens']:>9,} tokens   peak {run['peak_rss_mb']:7.0f} MB "
-                  f"(after model load {run['peak_rss_before_build_mb']:.0f} MB, build +{m['build_growth_mb'][label]:.0f} MB{extra})")
+                  f"(after model load {run['peak_rss_before_build_mb']:.0f} MB, build +{m['build_growth_mb'][label]:.0f} MB{extra}); "
+                  f"build {run['seconds']:.1f} s ({phases})")
         print(f"   ratio large / small     {m['ratio']:>10.2f}   target {m['target']:<8} {m['status']}")
         if source == "VmHWM":
             print(f"   (the children's ru_maxrss reads {m['small']['ru_maxrss_mb']:.0f} / {m['large']['ru_maxrss_mb']:.0f} MB: "
@@ -471,6 +473,8 @@ def print_report(res: dict) -> None:
         print(f"   without retrieval       {g['none']['tokens_per_s']:>10.1f} tokens/s   target >= "
               f"{TARGET_GEN_TOKENS_PER_S:g}   {g['status']}")
         print(f"   with kNN-LM             {g['knnlm']['tokens_per_s']:>10.1f} tokens/s")
+        for method in ("none", "knnlm"):
+            print(f"   ({method} runs: {', '.join(f'{t:.2f} s' for t in g[method]['seconds'])})")
         print(f"   slowdown none / knnlm   {g['slowdown']:>10.2f}x")
     print(f"\ntotal {res['total_seconds']:.0f} s")
 

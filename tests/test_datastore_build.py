@@ -183,3 +183,28 @@ def test_remove_deletes_folder_and_catalog_entry(tmp_path, model):
     assert catalog.datastore("temp") is None
     with pytest.raises(LibraryError, match="no datastore"):
         remove_datastore(catalog, "temp")
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
+def test_approximate_indexes_work_and_exact_distances_are_recomputed(tmp_path, model, kind):
+    catalog = Catalog()
+    docs = write_corpus(tmp_path / "docs")
+    report = build_datastore(catalog, kind, model, [docs], BuildParameters(context_length=32, stride=16, index=kind))
+    assert (report.folder / "index.faiss").is_file() and report.manifest["index"]["kind"] == kind
+    datastore = open_datastore(catalog, kind, model)
+    queries = np.asarray(datastore.keys[:4], dtype=np.float32) + 0.01
+    exact_d, exact_ids = datastore.search(queries, 8, exact=True)
+    approx_d, approx_ids = datastore.search(queries, 8, exact=False)
+    assert np.array_equal(np.sort(exact_ids, axis=1), np.sort(approx_ids, axis=1))  # same candidates, re-ranked
+    assert np.all(np.diff(exact_d, axis=1) >= 0)
+    keys = np.asarray(datastore.keys, dtype=np.float32)
+    direct = ((keys[exact_ids] - queries[:, None]) ** 2).sum(-1)
+    assert np.allclose(exact_d, direct, rtol=1e-5)
+    if kind == "ivfpq":  # PQ distances are estimates: they differ from the true ones
+        true_for_approx = ((keys[approx_ids] - queries[:, None]) ** 2).sum(-1)
+        assert not np.allclose(approx_d, true_for_approx, rtol=1e-3)
+
+
+def test_flat_datastore_has_no_index_file_and_exact_search(tmp_path, model):
+    report = build_datastore(Catalog(), "flat", model, [write_corpus(tmp_path / "docs")], PARAMS)
+    assert report.manifest["index"]["kind"] == "flat" and not (report.folder / "index.faiss").exists()

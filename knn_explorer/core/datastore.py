@@ -9,7 +9,7 @@
       values.i32        N next-token ids
       positions.i64     N×2: (document id, character offset of the next token)
       keys.f16          N×d float16 memmap
-      index.faiss       the FAISS index over keys
+      index.faiss       the FAISS index over keys (IVF-PQ, HNSW; flat datastores search keys.f16 exactly)
       progress.json     how far encoding got (for resuming a killed build)
 
 Entry i means: "after the context that ends just before positions[i], the next token was

@@ -272,14 +272,15 @@ class DatastoreBuilder:
         keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(entries, dim))
         meter = PhaseMeter("indexing", entries, "keys", self.on_progress)
         meter.update(0, force=True)
-        index = build_index(
-            keys, spec, device=self.params.device, on_progress=lambda done, _total: meter.update(done),
-            should_stop=self.should_stop,
-        )
+        if spec.kind != "flat":  # flat datastores are searched exactly on keys.f16: no index file
+            index = build_index(
+                keys, spec, device=self.params.device, on_progress=lambda done, _total: meter.update(done),
+                should_stop=self.should_stop,
+            )
+            tmp = self.folder / "index.faiss.tmp"
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, self.folder / "index.faiss")
         meter.update(entries, force=True)
-        tmp = self.folder / "index.faiss.tmp"
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, self.folder / "index.faiss")
         manifest.update(state=COMPLETE, index=spec.to_json(), index_description=spec.describe())
         write_json_atomic(self.folder / "manifest.json", manifest)
 
