@@ -1,7 +1,8 @@
 """The step generator: one forward pass, one retrieval, one `TokenRecord` per token.
 
 `StepGenerator` keeps the model's key/value cache between steps, so each step costs one token's
-forward pass. `step()` may be told which token to take (branching: "continue from this
+forward pass; past the model's maximum length it restarts on the most recent half window.
+`step()` may be told which token to take (branching: "continue from this
 alternative"); iterating it yields records until `max_new_tokens` or end-of-text. Pausing is simply
 not asking for the next record; cancelling is dropping the generator.
 """
@@ -52,7 +53,8 @@ class StepGenerator:
         self.ids: list[int] = list(ids)
         self.step_number = 0
         self._cache = None
-        self._cached_len = 0
+        self._cache_tokens = 0  # tokens the cache holds
+        self._cache_end = 0  # self.ids[:_cache_end] have been fed to the model
         self._generator = torch.Generator().manual_seed(settings.seed)
         self._decode = lru_cache(maxsize=65536)(lambda token_id: model.tokenizer.decode([token_id]))
 
@@ -88,17 +90,18 @@ class StepGenerator:
     def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LM log-probabilities for the next token and the kNN key of the current context."""
         limit = self.model.max_positions
-        if len(self.ids) > limit or self._cache is None or self._cached_len >= limit:
-            # (Re)start the cache over the most recent tokens that fit the model's window.
-            window = self.ids[-(limit - 1):] if len(self.ids) >= limit else self.ids
-            new_ids, self._cache, self._cached_len = window, None, 0
-        else:
-            new_ids = self.ids[self._cached_len:]
+        pending = len(self.ids) - self._cache_end
+        if self._cache is not None and self._cache_tokens + pending <= limit:
+            new_ids = self.ids[self._cache_end:]
+        else:  # (re)start the cache: the whole sequence if it fits, else its most recent half window
+            new_ids = self.ids if len(self.ids) <= limit else self.ids[-(limit // 2):]
+            self._cache, self._cache_tokens = None, 0
         input_ids = torch.tensor([new_ids], device=self.model.device)
         with self.model.capture_keys() as captured:
             out = self.model.forward(input_ids, cache=self._cache, use_cache=True, last_logits_only=True)
         self._cache = out.past_key_values
-        self._cached_len += len(new_ids)
+        self._cache_tokens += len(new_ids)
+        self._cache_end = len(self.ids)
         log_p_lm = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
         return log_p_lm, captured[-1][0, -1].float().cpu()
 
