@@ -77,6 +77,14 @@ def peak_rss_self_mb() -> tuple[float, str]:
     return maxrss_mb(), "ru_maxrss"
 
 
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages: other work on the machine makes every timing here slower."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def status(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -476,7 +484,8 @@ def print_report(res: dict) -> None:
         for method in ("none", "knnlm"):
             print(f"   ({method} runs: {', '.join(f'{t:.2f} s' for t in g[method]['seconds'])})")
         print(f"   slowdown none / knnlm   {g['slowdown']:>10.2f}x")
-    print(f"\ntotal {res['total_seconds']:.0f} s")
+    print(f"\ntotal {res['total_seconds']:.0f} s; load average (1/5/15 min) at start {env['load_average_start']}, "
+          f"at end {env['load_average_end']} — a busy machine slows every number above")
 
 
 def build_kwargs(args) -> dict:
@@ -533,7 +542,8 @@ def main(argv=None) -> int:
     res: dict = {
         "environment": {"model": model.name, "device": str(model.device), "threads": threads,
                         "cpu_count": os.cpu_count(), "torch": torch.__version__, "faiss": faiss.__version__,
-                        "python": platform.python_version(), "platform": platform.platform()},
+                        "python": platform.python_version(), "platform": platform.platform(),
+                        "load_average_start": _load_average()},
         "config": {"tokens": args.tokens, "index": args.index, **build_kwargs(args),
                    "new_tokens": args.new_tokens},
     }
@@ -559,6 +569,7 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     res["total_seconds"] = time.perf_counter() - started
+    res["environment"]["load_average_end"] = _load_average()
     if args.json:
         print(json.dumps(res, indent=2, default=str))
     else:

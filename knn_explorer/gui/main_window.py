@@ -4,6 +4,8 @@ The desktop-explorer issue fills it with the generation and inspection views.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtWidgets import QLabel, QMainWindow, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from ..core.catalog import Catalog
@@ -51,5 +53,9 @@ class MainWindow(QMainWindow):
             item = QTreeWidgetItem([row.name, f"{row.entries:,}", row.index_description, row.model_name,
                                     f"{indexed} indexed, {len(row.documents) - indexed} skipped"])
             for doc in row.documents:
-                item.addChild(QTreeWidgetItem([doc.path, "", "", "", doc.reason or doc.status]))
+                child = QTreeWidgetItem([Path(doc.path).name, f"{doc.tokens:,} tokens" if doc.tokens else "", "", "",
+                                         doc.reason or doc.status])
+                child.setToolTip(0, doc.path)
+                item.addChild(child)
             self.datastore_tree.addTopLevelItem(item)
+        self.datastore_tree.resizeColumnToContents(0)
