@@ -543,7 +543,8 @@ def main(argv=None) -> int:
         "environment": {"model": model.name, "device": str(model.device), "threads": threads,
                         "cpu_count": os.cpu_count(), "torch": torch.__version__, "faiss": faiss.__version__,
                         "python": platform.python_version(), "platform": platform.platform(),
-                        "load_average_start": _load_average()},
+                        "load_average_start": _load_average(),
+                        "omp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}},
         "config": {"tokens": args.tokens, "index": args.index, **build_kwargs(args),
                    "new_tokens": args.new_tokens},
     }

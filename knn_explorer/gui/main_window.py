@@ -31,7 +31,8 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self.refresh_datastores()
         self.statusBar().showMessage(f"Loading {model_spec}…")
-        self._load_task = workers.start(lambda: load_model(model_spec), self._model_loaded, self._model_failed)
+        self._load_job = workers.run_job(lambda _control: load_model(model_spec), parent=self,
+                                         finished=self._model_loaded, failed=self._model_failed)
 
     def _model_loaded(self, model: LoadedModel) -> None:
         self.model = model
