@@ -1,0 +1,65 @@
+"""Save a generation run (its per-token records) as JSON or CSV, and read the JSON back.
+
+JSON keeps everything (`{"format": ..., "prompt", "settings", "records": [TokenRecord.to_json()]}`);
+CSV keeps one row per token with the numbers people plot (no neighbour passages).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from .records import Neighbour, RetrievalSettings, TokenProb, TokenRecord
+
+FORMAT = "knn-explorer-run/1"
+CSV_COLUMNS = ["step", "token_id", "token", "method", "chosen_prob_lm", "chosen_prob_final", "gain", "lambda",
+               "gate", "nearest_distance", "nearest_document", "k", "temperature", "distance"]
+
+
+def write_json(path: Path, records: list[TokenRecord], prompt: str = "", settings: dict | None = None) -> Path:
+    data = {"format": FORMAT, "prompt": prompt, "settings": settings or {}, "records": [r.to_json() for r in records]}
+    Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    return Path(path)
+
+
+def read_json(path: Path) -> tuple[str, dict, list[TokenRecord]]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a kNN Explorer run (format {data.get('format')!r})")
+    return data["prompt"], data["settings"], [record_from_json(r) for r in data["records"]]
+
+
+def record_from_json(data: dict) -> TokenRecord:
+    probs = lambda rows: None if rows is None else [TokenProb(**row) for row in rows]  # noqa: E731
+    neighbours = [Neighbour(**{**n, "highlight": tuple(n["highlight"])}) for n in data["neighbours"]]
+    retrieval = RetrievalSettings(**data["retrieval"]) if data.get("retrieval") else None
+    fields = {k: v for k, v in data.items() if k not in ("lambda", "p_lm", "p_knn", "p_final", "neighbours", "retrieval")}
+    return TokenRecord(**fields, lambda_=data.get("lambda"), p_lm=probs(data["p_lm"]), p_knn=probs(data["p_knn"]),
+                       p_final=probs(data["p_final"]), neighbours=neighbours, retrieval=retrieval)
+
+
+def gain(record: TokenRecord) -> float:
+    """Retrieval gain of the chosen token: log p_final − log p_LM (nats)."""
+    if record.chosen_prob_final <= 0 or record.chosen_prob_lm <= 0:
+        return math.inf if record.chosen_prob_final > 0 else -math.inf
+    return math.log(record.chosen_prob_final) - math.log(record.chosen_prob_lm)
+
+
+def write_csv(path: Path, records: list[TokenRecord]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in records:
+            nearest = r.neighbours[0] if r.neighbours else None
+            writer.writerow({
+                "step": r.step, "token_id": r.token_id, "token": r.token, "method": r.method,
+                "chosen_prob_lm": r.chosen_prob_lm, "chosen_prob_final": r.chosen_prob_final, "gain": gain(r),
+                "lambda": r.lambda_, "gate": r.gate,
+                "nearest_distance": nearest.distance if nearest else None,
+                "nearest_document": nearest.document if nearest else None,
+                "k": r.retrieval.k if r.retrieval else None,
+                "temperature": r.retrieval.temperature if r.retrieval else None,
+                "distance": r.retrieval.distance if r.retrieval else None,
+            })
+    return Path(path)

@@ -1,0 +1,45 @@
+"""A run exported to JSON reads back identical; CSV opens with the csv module."""
+import csv
+
+import pytest
+
+from corpus import write_corpus
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.generation import GenerationSettings, StepGenerator
+from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.models import load_model
+from knn_explorer.core.run_export import gain, read_json, write_csv, write_json
+
+
+@pytest.fixture
+def records(tmp_path, tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
+    catalog = Catalog()
+    build_datastore(catalog, "notes", model, [write_corpus(tmp_path / "docs")], BuildParameters(context_length=32, stride=16))
+    knn = KnnLM(open_datastore(catalog, "notes", model), KnnLmSettings(k=4))
+    return list(StepGenerator(model, "The quick", GenerationSettings(max_new_tokens=6, stop_at_eos=False), knn))
+
+
+def test_json_round_trip_is_exact(tmp_path, records):
+    path = write_json(tmp_path / "run.json", records, prompt="The quick", settings={"k": 4})
+    prompt, settings, back = read_json(path)
+    assert prompt == "The quick" and settings == {"k": 4}
+    assert back == records
+
+
+def test_csv_has_one_row_per_token_with_gain(tmp_path, records):
+    path = write_csv(tmp_path / "run.csv", records)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [r.step for r in records]
+    assert float(rows[2]["gain"]) == pytest.approx(gain(records[2]))
+    assert rows[0]["nearest_document"] == records[0].neighbours[0].document
+
+
+def test_reading_something_else_is_refused(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="not a kNN Explorer run"):
+        read_json(other)
