@@ -40,7 +40,8 @@ class GenerationSettings:
 
 class StepGenerator:
     def __init__(self, model: LoadedModel, prompt: str | list[int], settings: GenerationSettings = GenerationSettings(),
-                 knn: KnnLM | None = None):
+                 knn: KnnLM | None = None, first_step: int = 0):
+        """`first_step` numbers the records of a branch that continues another run at that step."""
         if settings.method == "knnlm" and knn is None:
             raise ValueError("kNN-LM generation needs a datastore")
         self.model = model
@@ -51,7 +52,8 @@ class StepGenerator:
             ids = [model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0]
         self.prompt_ids: list[int] = list(ids)
         self.ids: list[int] = list(ids)
-        self.step_number = 0
+        self.step_number = first_step
+        self.steps_taken = 0
         self._cache = None
         self._cache_tokens = 0  # tokens the cache holds
         self._cache_end = 0  # self.ids[:_cache_end] have been fed to the model
@@ -66,7 +68,7 @@ class StepGenerator:
         return self.model.tokenizer.decode(self.ids)
 
     def __iter__(self) -> Iterator[TokenRecord]:
-        while self.step_number < self.settings.max_new_tokens:
+        while self.steps_taken < self.settings.max_new_tokens:
             record = self.step()
             yield record
             if self.settings.stop_at_eos and record.token_id == self.model.tokenizer.eos_token_id:
@@ -85,6 +87,7 @@ class StepGenerator:
         record = self._record(token_id, log_p_lm, log_p_final, knn_step)
         self.ids.append(token_id)
         self.step_number += 1
+        self.steps_taken += 1
         return record
 
     def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,62 +1,458 @@
-"""The main window. For now: the loaded model and the datastores of the catalog.
+"""The main window: library on the left; prompt, controls, token strip and token inspector in the middle.
 
-The desktop-explorer issue fills it with the generation and inspection views.
+Everything slow (model load, datastore open, build, generation) runs in a `Job`; this window only
+wires signals and renders the core's records. It never computes probabilities.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtWidgets import QLabel, QMainWindow, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtCore import QTimer, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QSplitter, QVBoxLayout, QWidget)
 
+from ..core import run_export
 from ..core.catalog import Catalog
+from ..core.generation import GenerationSettings, StepGenerator
+from ..core.home import DEMO_DOCS_DIR
+from ..core.knnlm import KnnLM, KnnLmSettings
+from ..core.library import compatibility, open_datastore
 from ..core.models import DEMO_SPEC, LoadedModel, load_model
 from . import workers
+from .build_dialog import BuildDialog, BuildTracker
+from .catalog_view import CatalogView
+from .generation_controls import GenerationControls
+from .model_dialog import LoadModelDialog
+from .runs import Run
+from .settings import AppSettings
+from .token_inspector import TokenInspector, open_document_at
+from .token_strip import COLOUR_QUANTITIES, TokenStrip
+
+DEMO_DATASTORE = "demo-docs"
+INSPECTOR_REFRESH_MS = 150  # while generating, the inspector follows the newest token at most this often
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, catalog: Catalog | None = None, model_spec: str = DEMO_SPEC):
+    def __init__(self, catalog: Catalog | None = None, model_spec: str | None = None, build_demo: bool = True):
         super().__init__()
         self.setWindowTitle("kNN Explorer")
-        self.resize(900, 560)
+        self.resize(1400, 900)
+        self.settings = AppSettings()
         self.catalog = catalog or Catalog()
-        central = QWidget()
-        layout = QVBoxLayout(central)
         self.model: LoadedModel | None = None
-        self.model_label = QLabel(f"Model: loading {model_spec}…")
-        layout.addWidget(self.model_label)
-        layout.addWidget(QLabel("Datastores"))
-        self.datastore_tree = QTreeWidget()
-        self.datastore_tree.setHeaderLabels(["Name", "Entries", "Index", "Model", "Documents"])
-        layout.addWidget(self.datastore_tree)
-        self.setCentralWidget(central)
-        self.refresh_datastores()
-        self.statusBar().showMessage(f"Loading {model_spec}…")
-        self._load_job = workers.run_job(lambda _control: load_model(model_spec), parent=self,
-                                         finished=self._model_loaded, failed=self._model_failed)
+        self.datastore_name: str | None = self.settings.last_datastore
+        self._open_datastores: dict[str, object] = {}
+        self.runs: list[Run] = []
+        self.current_run: Run | None = None
+        self.generation_job: workers.Job | None = None
+        self.build_trackers: list[BuildTracker] = []
+        self._build_demo = build_demo
 
-    def _model_loaded(self, model: LoadedModel) -> None:
+        self._make_widgets()
+        self._make_actions()
+        self._restore()
+        self.load_model(model_spec or self.settings.last_model, self.settings.device)
+
+    # ---- layout ----------------------------------------------------------------------------
+    def _make_widgets(self) -> None:
+        self.catalog_view = CatalogView(self.catalog)
+        self.catalog_view.datastore_chosen.connect(self.use_datastore)
+        self.catalog_view.build_requested.connect(self.open_build_dialog)
+        self.catalog_view.removed.connect(self._datastore_removed)
+        dock = QDockWidget("Library", self)
+        dock.setObjectName("library")
+        dock.setWidget(self.catalog_view)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+
+        self.controls = GenerationControls()
+        self.controls.generate_requested.connect(self.generate)
+        self.controls.step_requested.connect(self.step)
+        self.controls.pause_toggled.connect(self.toggle_pause)
+        self.controls.stop_requested.connect(self.stop)
+
+        self.model_label = QLabel("Model: none")
+        self.model_label.setToolTip("The loaded model and where its kNN key is taken")
+        self.datastore_label = QLabel("Datastore: none")
+        self.datastore_label.setToolTip("The datastore kNN-LM retrieves from (double-click one in the library)")
+        header = QHBoxLayout()
+        header.addWidget(self.model_label, 1)
+        header.addWidget(self.datastore_label)
+
+        self.colour_by = QComboBox()
+        for key, label in COLOUR_QUANTITIES.items():
+            self.colour_by.addItem(label, key)
+        self.colour_by.setToolTip("What the token colours show")
+        self.branch_choice = QComboBox()
+        self.branch_choice.setToolTip("Runs and the branches made from them (click an alternative token to branch)")
+        self.branch_choice.currentIndexChanged.connect(self._show_run)
+        strip_bar = QHBoxLayout()
+        strip_bar.addWidget(QLabel("Colour by"))
+        strip_bar.addWidget(self.colour_by)
+        strip_bar.addStretch(1)
+        strip_bar.addWidget(QLabel("Run"))
+        strip_bar.addWidget(self.branch_choice, 1)
+
+        self.strip = TokenStrip()
+        self.strip.token_selected.connect(self._token_selected)
+        self.compare_strip = TokenStrip()
+        self.compare_strip.setToolTip("The same prompt with the LM alone")
+        self.compare_strip.token_selected.connect(lambda step: self._token_selected(step, lane="compare"))
+        self.compare_strip.hide()
+        self.colour_by.currentIndexChanged.connect(self._colour_changed)
+        strips = QSplitter(Qt.Orientation.Horizontal)
+        strips.addWidget(self.strip)
+        strips.addWidget(self.compare_strip)
+
+        self.inspector = TokenInspector()
+        self.inspector.branch_requested.connect(self.branch)
+        self.inspector.open_document.connect(lambda path, offset: open_document_at(path, offset, self))
+
+        top = QWidget()
+        top_layout = QVBoxLayout(top)
+        top_layout.addLayout(header)
+        top_layout.addWidget(self.controls)
+        top_layout.addLayout(strip_bar)
+        top_layout.addWidget(strips, 1)
+        legend = getattr(self.strip, "legend_widget", None)
+        if callable(legend):
+            top_layout.addWidget(legend())
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(top)
+        self.splitter.addWidget(self.inspector)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+        self.setCentralWidget(self.splitter)
+
+        self.build_progress = QProgressBar()
+        self.build_progress.setMaximumWidth(260)
+        self.build_progress.setToolTip("Datastore build in the background")
+        self.build_progress.hide()
+        self.statusBar().addPermanentWidget(self.build_progress)
+        self._inspector_timer = QTimer(self, singleShot=True, interval=INSPECTOR_REFRESH_MS)
+        self._inspector_timer.timeout.connect(self._follow_newest)
+
+    def _make_actions(self) -> None:
+        menu = self.menuBar().addMenu("&File")
+        for text, keys, slot in (
+            ("Load model…", "Ctrl+L", self.open_model_dialog),
+            ("Build datastore…", "Ctrl+B", self.open_build_dialog),
+            (None, None, None),
+            ("Export run as JSON…", "Ctrl+S", self.export_json),
+            ("Export run as CSV…", "Ctrl+Shift+S", self.export_csv),
+            ("Export plots as PNG…", "Ctrl+E", self.export_plots),
+            (None, None, None),
+            ("Quit", "Ctrl+Q", self.close),
+        ):
+            if text is None:
+                menu.addSeparator()
+                continue
+            action = QAction(text, self, shortcut=QKeySequence(keys), triggered=slot)
+            action.setToolTip(f"{text} ({keys})")
+            menu.addAction(action)
+
+    def _restore(self) -> None:
+        geometry, state = self.settings.window()
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None:
+            self.restoreState(state)
+        self.controls.apply(self.settings.generation)
+
+    def closeEvent(self, event) -> None:
+        self.settings.save_window(self.saveGeometry(), self.saveState())
+        self.settings.generation = self.controls.values()
+        self.settings.last_datastore = self.datastore_name
+        self.settings.sync()
+        if self.generation_job is not None:
+            self.generation_job.stop()
+            self.generation_job.wait(5000)
+        super().closeEvent(event)
+
+    # ---- model -----------------------------------------------------------------------------
+    def open_model_dialog(self) -> None:
+        dialog = LoadModelDialog(self.settings.recent_models, self.settings.device, self)
+        if dialog.exec():
+            choice = dialog.choice()
+            if not choice.spec:
+                self.show_error("Choose a model folder or type a hub id")
+                return
+            self.load_model(choice.spec, choice.device, choice.trust_remote_code)
+
+    def load_model(self, spec: str, device: str = "auto", trust_remote_code: bool = False) -> None:
+        self.model_label.setText(f"Model: loading {spec}…")
+        self.statusBar().showMessage(f"Loading {spec}…")
+        self._load_job = workers.run_job(
+            lambda _c: load_model(spec, device=device, trust_remote_code=trust_remote_code), parent=self,
+            finished=lambda model: self._model_loaded(model, device), failed=self._model_failed)
+
+    def _model_loaded(self, model: LoadedModel, device: str) -> None:
         self.model = model
+        self._open_datastores.clear()
+        self.settings.last_model = model.spec
+        self.settings.device = device
+        self.catalog.remember_model(model.spec, model.name, model.model_fingerprint)
         params = sum(p.numel() for p in model.model.parameters())
-        self.model_label.setText(
-            f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M parameters · "
-            f"{model.device.type} · kNN key: {model.key_site.description}"
-        )
-        self.statusBar().showMessage("Ready")
+        self.model_label.setText(f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M "
+                                 f"parameters · {model.device.type} · kNN key: {model.key_site.description}")
+        self.catalog_view.set_model(model)
+        self.statusBar().showMessage(f"Loaded {model.name}", 5000)
+        if self.datastore_name and self.catalog.datastore(self.datastore_name):
+            self.use_datastore(self.datastore_name)
+        if self._build_demo and model.spec == DEMO_SPEC and self._first_launch():
+            self._build_demo_datastore()
 
     def _model_failed(self, reason: str) -> None:
         self.model_label.setText(f"Model: not loaded — {reason}")
-        self.statusBar().showMessage(reason)
+        self.show_error(reason)
 
-    def refresh_datastores(self) -> None:
-        self.datastore_tree.clear()
-        for row in self.catalog.datastores():
-            indexed = sum(d.status == "indexed" for d in row.documents)
-            item = QTreeWidgetItem([row.name, f"{row.entries:,}", row.index_description, row.model_name,
-                                    f"{indexed} indexed, {len(row.documents) - indexed} skipped"])
-            for doc in row.documents:
-                child = QTreeWidgetItem([Path(doc.path).name, f"{doc.tokens:,} tokens" if doc.tokens else "", "", "",
-                                         doc.reason or doc.status])
-                child.setToolTip(0, doc.path)
-                item.addChild(child)
-            self.datastore_tree.addTopLevelItem(item)
-        self.datastore_tree.resizeColumnToContents(0)
+    # ---- datastores ------------------------------------------------------------------------
+    def use_datastore(self, name: str) -> None:
+        row = self.catalog.datastore(name)
+        if row is None:
+            self.show_error(f"no datastore named '{name}'")
+            return
+        if self.model is not None:
+            check = compatibility(row, self.model)
+            if not check.usable:
+                self.show_error(check.reason)
+                return
+        self.datastore_name = name
+        self.settings.last_datastore = name
+        self.datastore_label.setText(f"Datastore: {name} ({row.entries:,} entries, {row.index_description})")
+        self.catalog_view.select(name)
+
+    def _datastore_removed(self, name: str) -> None:
+        self._open_datastores.pop(name, None)
+        if self.datastore_name == name:
+            self.datastore_name = None
+            self.datastore_label.setText("Datastore: none")
+
+    def _first_launch(self) -> bool:
+        return not self.catalog.datastores() and not self.catalog.builds() and DEMO_DOCS_DIR.is_dir()
+
+    def _build_demo_datastore(self) -> None:
+        self.statusBar().showMessage("First launch: building the demo datastore from resources/demo/docs…")
+        tracker = BuildTracker(self.catalog, self.model, DEMO_DATASTORE, [DEMO_DOCS_DIR], parent=self)
+        self._track_build(tracker)
+        tracker.finished.connect(lambda _report: self.use_datastore(DEMO_DATASTORE))
+        tracker.start()
+
+    def open_build_dialog(self) -> None:
+        dialog = BuildDialog(self.catalog, self.model, self)
+        dialog.build_started.connect(self._track_build)
+        dialog.show()
+        self.build_dialog = dialog
+
+    def _track_build(self, tracker: BuildTracker) -> None:
+        self.build_trackers.append(tracker)
+        self.catalog_view.watch_build(tracker)
+        self.build_progress.show()
+        self.build_progress.setValue(0)
+        tracker.progress.connect(self._build_progressed)
+        tracker.finished.connect(lambda report: self._build_ended(tracker, f"Built '{report.manifest['name']}'"))
+        tracker.failed.connect(lambda reason: self._build_ended(tracker, f"Build failed: {reason}"))
+        tracker.cancelled.connect(lambda: self._build_ended(tracker, "Build cancelled"))
+
+    def _build_progressed(self, progress) -> None:
+        self.build_progress.setValue(int(progress.fraction * 100))
+        self.build_progress.setFormat(f"{progress.phase} %p%")
+        self.statusBar().showMessage(progress.describe())
+
+    def _build_ended(self, tracker: BuildTracker, message: str) -> None:
+        if tracker in self.build_trackers:
+            self.build_trackers.remove(tracker)
+        self.build_progress.setVisible(bool(self.build_trackers))
+        self.catalog_view.refresh()
+        self.statusBar().showMessage(message, 10_000)
+
+    # ---- generation ------------------------------------------------------------------------
+    def _generation_settings(self) -> tuple[dict, GenerationSettings, KnnLmSettings | None]:
+        values = self.controls.values()
+        settings = GenerationSettings(method=values["method"], max_new_tokens=values["max_new_tokens"],
+                                      greedy=values["greedy"], seed=values["seed"])
+        knn = None
+        if values["method"] == "knnlm":
+            knn = KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
+                                exact_distances=values["exact"], lambda_mode=values["lambda_mode"])
+        return values, settings, knn
+
+    def _can_generate(self) -> bool:
+        if self.model is None:
+            self.show_error("No model is loaded yet")
+            return False
+        if self.generation_job is not None and self.generation_job.is_running():
+            return False
+        if self.controls.method.currentData() == "knnlm" and not self.datastore_name:
+            self.show_error("kNN-LM needs a datastore: double-click one in the library, or build one (Ctrl+B)")
+            return False
+        return True
+
+    def generate(self, step_mode: bool = False, run: Run | None = None, forced_token: int | None = None) -> None:
+        if not self._can_generate():
+            return
+        values, settings, knn_settings = self._generation_settings()
+        if run is None:
+            prompt = values["prompt"]
+            prompt_ids = self.model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            run = Run(label=f"run {len(self.runs) + 1}: {values['method']}", prompt=prompt, prompt_ids=prompt_ids,
+                      settings=values)
+        self._add_run(run)
+        model, name, compare = self.model, self.datastore_name, values["compare"] and values["method"] != "none"
+        first_step = len(run.records)
+        context = run.context_ids(first_step)
+
+        def body(control: workers.JobControl):
+            knn = KnnLM(self._datastore(name), knn_settings) if knn_settings is not None else None
+            main = StepGenerator(model, context, settings, knn, first_step=first_step)
+            lm_alone = None
+            if compare:
+                lm_settings = GenerationSettings(method="none", max_new_tokens=settings.max_new_tokens,
+                                                 greedy=settings.greedy, seed=settings.seed)
+                lm_alone = StepGenerator(model, context, lm_settings, first_step=first_step)
+            for taken in range(settings.max_new_tokens):
+                control.checkpoint()
+                record = main.step(forced_token if taken == 0 else None)
+                control.emit((record, lm_alone.step() if lm_alone is not None else None))
+                if record.token_id == model.tokenizer.eos_token_id:
+                    break
+
+        job = workers.Job(body, start_paused=step_mode, parent=self)
+        job.item.connect(lambda item: self._record_arrived(run, item))
+        job.failed.connect(self.show_error)
+        job.paused_changed.connect(lambda paused: self.controls.set_running(True, paused))
+        job.done.connect(self._generation_done)
+        self.generation_job = job
+        self.controls.set_running(True, paused=step_mode)
+        job.start()
+        if step_mode:
+            job.step()
+
+    def _datastore(self, name: str):
+        """Open (once) and cache a datastore; runs inside jobs, since opening reads the keys."""
+        if name not in self._open_datastores:
+            self._open_datastores[name] = open_datastore(self.catalog, name, self.model)
+        return self._open_datastores[name]
+
+    def step(self) -> None:
+        job = self.generation_job
+        if job is not None and job.is_running():
+            job.step()
+        else:
+            self.generate(step_mode=True, run=self.current_run if self.current_run and self.current_run.records else None)
+
+    def toggle_pause(self) -> None:
+        job = self.generation_job
+        if job is None or not job.is_running():
+            return
+        job.resume() if job.control.paused else job.pause()
+
+    def stop(self) -> None:
+        if self.generation_job is not None:
+            self.generation_job.stop()
+
+    def _generation_done(self) -> None:
+        self.controls.set_running(False)
+        if self.current_run and self.current_run.records:
+            self.strip.select(self.current_run.records[-1].step)
+
+    def _record_arrived(self, run: Run, item) -> None:
+        record, lm_record = item
+        run.records.append(record)
+        if lm_record is not None:
+            run.compare.append(lm_record)
+        if run is self.current_run:
+            self.strip.append(record)
+            if lm_record is not None:
+                self.compare_strip.append(lm_record)
+            if not self._inspector_timer.isActive():
+                self._inspector_timer.start()
+
+    def _follow_newest(self) -> None:
+        if self.current_run and self.current_run.records:
+            self.strip.select(self.current_run.records[-1].step)
+
+    # ---- runs and branches -----------------------------------------------------------------
+    def _add_run(self, run: Run) -> None:
+        if run not in self.runs:
+            self.runs.append(run)
+            self.branch_choice.addItem(run.label)
+        self.branch_choice.setCurrentIndex(self.runs.index(run))
+        self._show_run(self.runs.index(run))
+
+    def _show_run(self, index: int) -> None:
+        if not 0 <= index < len(self.runs):
+            return
+        run = self.runs[index]
+        self.current_run = run
+        for strip, records in ((self.strip, run.records), (self.compare_strip, run.compare)):
+            strip.clear()
+            strip.set_prompt(run.prompt)
+            for record in records:
+                strip.append(record)
+        self.compare_strip.setVisible(bool(run.compare) or bool(run.settings.get("compare")))
+        self.inspector.clear()
+
+    def _token_selected(self, step: int, lane: str = "main") -> None:
+        run = self.current_run
+        if run is None:
+            return
+        records = run.records if lane == "main" else run.compare
+        for record in records:
+            if record.step == step:
+                self.inspector.show_record(record, records)
+                return
+
+    def branch(self, step: int, token_id: int) -> None:
+        """Continue the current run from `step` with `token_id` instead of what was generated."""
+        if self.current_run is None or (self.generation_job is not None and self.generation_job.is_running()):
+            return
+        token = self.model.tokenizer.decode([token_id]) if self.model is not None else str(token_id)
+        self.generate(run=self.current_run.branch(step, token), forced_token=token_id)
+
+    def _colour_changed(self) -> None:
+        quantity = self.colour_by.currentData()
+        self.strip.set_colour_by(quantity)
+        self.compare_strip.set_colour_by(quantity)
+
+    # ---- export ----------------------------------------------------------------------------
+    def _export_target(self, title: str, suffix: str) -> Path | None:
+        if self.current_run is None or not self.current_run.records:
+            self.show_error("Nothing to export yet: generate first")
+            return None
+        path, _ = QFileDialog.getSaveFileName(self, title, f"run{suffix}", f"*{suffix}")
+        return Path(path) if path else None
+
+    def export_json(self, path: Path | None = None) -> Path | None:
+        path = path or self._export_target("Export run as JSON", ".json")
+        if path:
+            run = self.current_run
+            run_export.write_json(path, run.records, run.prompt, run.settings)
+            self.statusBar().showMessage(f"Saved {path}", 5000)
+        return path
+
+    def export_csv(self, path: Path | None = None) -> Path | None:
+        path = path or self._export_target("Export run as CSV", ".csv")
+        if path:
+            run_export.write_csv(path, self.current_run.records)
+            self.statusBar().showMessage(f"Saved {path}", 5000)
+        return path
+
+    def export_plots(self, folder: Path | None = None) -> list[Path]:
+        if folder is None:
+            chosen = QFileDialog.getExistingDirectory(self, "Folder for the plot PNGs")
+            if not chosen:
+                return []
+            folder = Path(chosen)
+        written = self.inspector.export_plots(Path(folder))
+        self.statusBar().showMessage(f"Saved {len(written)} plots to {folder}", 5000)
+        return written
+
+    # ---- messages --------------------------------------------------------------------------
+    def show_error(self, reason: str) -> None:
+        """Errors are a line in the status bar and a non-modal message box; never a crash."""
+        self.statusBar().showMessage(reason, 15_000)
+        box = QMessageBox(QMessageBox.Icon.Warning, "kNN Explorer", reason, parent=self)
+        box.setModal(False)
+        box.show()
+        self.last_error = reason

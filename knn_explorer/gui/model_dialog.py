@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
@@ -89,7 +90,7 @@ class LoadModelDialog(QDialog):
     def set_spec(self, spec: str) -> None:
         if spec == DEMO_SPEC:
             self.demo.setChecked(True)
-        elif "/" in spec and not spec.startswith(("/", ".", "~")):
+        elif not Path(spec).expanduser().exists():
             self.hub.setChecked(True)
             self.hub_id.setText(spec)
         else:

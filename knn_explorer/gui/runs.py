@@ -1,0 +1,24 @@
+"""Generation runs and their branches, as the main window keeps them (records only; no Qt)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.records import TokenRecord
+
+
+@dataclass
+class Run:
+    label: str
+    prompt: str
+    prompt_ids: list[int]  # the tokens before this run's step 0
+    settings: dict
+    records: list[TokenRecord] = field(default_factory=list)
+    compare: list[TokenRecord] = field(default_factory=list)  # the same prompt with the LM alone
+
+    def context_ids(self, step: int) -> list[int]:
+        """Prompt plus the tokens generated before `step`: where a branch at `step` continues from."""
+        return self.prompt_ids + [r.token_id for r in self.records[:step]]
+
+    def branch(self, step: int, token: str) -> "Run":
+        return Run(label=f"branch at step {step}: {token!r}", prompt=self.prompt, prompt_ids=list(self.prompt_ids),
+                   settings=dict(self.settings), records=list(self.records[:step]))

@@ -1,0 +1,149 @@
+"""The real flow in the real main window (offscreen): load a model, build a datastore through the
+build dialog, generate with kNN-LM, inspect a token, branch, compare, export and read back."""
+import time
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QTimer
+
+from corpus import write_corpus
+from knn_explorer.core import run_export
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.gui.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, tiny_gpt2_dir):
+    window = MainWindow(Catalog(), model_spec=str(tiny_gpt2_dir), build_demo=False)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    return window
+
+
+def build_through_dialog(qtbot, window, docs, name="notes"):
+    window.open_build_dialog()
+    dialog = window.build_dialog
+    dialog.add_sources([docs])
+    dialog.name_edit.setText(name)
+    dialog.context_spin.setValue(32)
+    dialog.stride_spin.setValue(16)
+    with qtbot.waitSignal(dialog.build_started, timeout=5000):
+        dialog.start_button.click()
+    with qtbot.waitSignal(dialog.tracker.finished, timeout=120_000):
+        pass
+    dialog.close()
+
+
+def generate(qtbot, window, tokens, **values):
+    window.controls.max_tokens.setValue(tokens)
+    window.controls.knnlm.k.setValue(values.get("k", 8))
+    window.controls.compare.setChecked(values.get("compare", False))
+    window.controls.generate.click()
+    qtbot.waitUntil(lambda: window.generation_job is not None and not window.generation_job.is_running(),
+                    timeout=120_000)
+    qtbot.wait(50)  # let the last queued records arrive
+
+
+def test_build_generate_inspect_branch_export(qtbot, window, tmp_path):
+    docs = write_corpus(tmp_path / "docs")
+    build_through_dialog(qtbot, window, docs)
+    assert window.catalog.datastore("notes") is not None
+    window.use_datastore("notes")
+    assert window.datastore_name == "notes"
+
+    window.controls.prompt.setPlainText("The quick brown")
+    generate(qtbot, window, 20)
+    run = window.current_run
+    assert len(run.records) == 20 and all(r.method == "knnlm" for r in run.records)
+    assert window.strip.records() == run.records
+
+    window.strip.select(5)
+    qtbot.waitUntil(lambda: window.inspector.record is not None and window.inspector.record.step == 5, timeout=5000)
+    table = window.inspector.neighbour_table.model()
+    assert table.rowCount() == len(run.records[5].neighbours) > 0
+    for neighbour in run.records[5].neighbours:
+        assert docs in Path(neighbour.document).parents
+
+    alternative = run.records[5].p_final[1].token_id
+    window.branch(5, alternative)
+    qtbot.waitUntil(lambda: not window.generation_job.is_running(), timeout=120_000)
+    qtbot.wait(50)
+    branch = window.current_run
+    assert branch is not run and len(window.runs) == 2
+    assert [r.token_id for r in branch.records[:5]] == [r.token_id for r in run.records[:5]]
+    assert branch.records[5].token_id == alternative and branch.records[5].step == 5
+    assert len(branch.records) == 5 + 20
+    window.branch_choice.setCurrentIndex(0)
+    assert window.current_run is run and window.strip.records() == run.records  # earlier run still reachable
+
+    path = window.export_json(tmp_path / "run.json")
+    prompt, _settings, records = run_export.read_json(path)
+    assert prompt == "The quick brown" and records == run.records
+    assert window.export_csv(tmp_path / "run.csv").read_text().count("\n") == len(run.records) + 1
+    pngs = window.export_plots(tmp_path / "plots")
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_compare_runs_lm_alone_beside_knnlm(qtbot, window, tmp_path):
+    build_through_dialog(qtbot, window, write_corpus(tmp_path / "docs"))
+    window.use_datastore("notes")
+    generate(qtbot, window, 6, compare=True)
+    run = window.current_run
+    assert len(run.compare) == 6 and all(r.method == "none" and r.neighbours == [] for r in run.compare)
+    assert window.compare_strip.isVisible() and window.compare_strip.records() == run.compare
+
+
+def test_knnlm_without_datastore_is_a_message_not_a_crash(qtbot, window):
+    window.controls.generate.click()
+    assert "needs a datastore" in window.last_error
+    assert window.generation_job is None
+
+
+def test_step_generates_exactly_one_token_at_a_time(qtbot, window):
+    window.controls.method.setCurrentIndex(window.controls.method.findData("none"))
+    window.controls.step.click()
+    qtbot.waitUntil(lambda: window.current_run is not None and len(window.current_run.records) == 1, timeout=30_000)
+    qtbot.wait(300)
+    assert len(window.current_run.records) == 1
+    window.controls.step.click()
+    qtbot.waitUntil(lambda: len(window.current_run.records) == 2, timeout=30_000)
+    window.controls.stop.click()
+    qtbot.waitUntil(lambda: not window.generation_job.is_running(), timeout=30_000)
+
+
+def largest_gap_ms(qtbot, until, timeout_s):
+    """Largest interval between ticks of a 5 ms QTimer on the UI thread while `until()` is false."""
+    ticks = []
+    timer = QTimer(interval=5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    qtbot.waitUntil(until, timeout=timeout_s * 1000)
+    timer.stop()
+    return max(b - a for a, b in zip(ticks, ticks[1:])) * 1000, len(ticks)
+
+
+def test_ui_thread_never_blocks_during_a_real_build_and_generation(qtbot, tmp_path):
+    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for source in sorted(Path("resources/demo/docs").glob("*.rst"))[:8]:
+        (docs / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    window.open_build_dialog()
+    dialog = window.build_dialog
+    dialog.add_sources([docs])
+    dialog.name_edit.setText("ui-check")
+    dialog.start_button.click()
+    gap, ticks = largest_gap_ms(qtbot, lambda: dialog.tracker is not None and not dialog.tracker.is_running(), 300)
+    assert window.catalog.datastore("ui-check") is not None
+    assert ticks > 50 and gap < 50, f"UI blocked for {gap:.0f} ms during the build"
+
+    window.use_datastore("ui-check")
+    window.controls.max_tokens.setValue(40)
+    window.controls.generate.click()
+    gap, ticks = largest_gap_ms(qtbot, lambda: not window.generation_job.is_running(), 300)
+    assert len(window.current_run.records) == 40
+    assert ticks > 50 and gap < 50, f"UI blocked for {gap:.0f} ms during generation"
