@@ -9,6 +9,7 @@ from PySide6.QtCore import QTimer
 from corpus import write_corpus
 from knn_explorer.core import run_export
 from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.home import DEMO_DOCS_DIR
 from knn_explorer.gui.main_window import MainWindow
 
 
@@ -130,7 +131,7 @@ def test_ui_thread_never_blocks_during_a_real_build_and_generation(qtbot, tmp_pa
     qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
     docs = tmp_path / "docs"
     docs.mkdir()
-    for source in sorted(Path("resources/demo/docs").glob("*.rst"))[:8]:
+    for source in sorted(DEMO_DOCS_DIR.glob("*.rst"))[:8]:
         (docs / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     window.open_build_dialog()
     dialog = window.build_dialog
