@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDragMoveEvent, QDropEvent, QFont, QPainter, QPalette
+from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QFont, QPainter, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -240,8 +240,8 @@ class BuildDialog(QDialog):
         self.confirm_cancel: Callable[[], bool] = self._confirm_cancel
         self._name_touched = False
         self.setWindowTitle("Build datastore")
-        self.setMinimumSize(720, 600)
-        self.resize(780, 640)
+        self.setMinimumSize(640, 500)
+        self.resize(760, 560)
 
         # ---- header
         title = QLabel("Build a datastore")
@@ -411,6 +411,7 @@ class BuildDialog(QDialog):
         self.skipped_table.setAlternatingRowColors(True)
         self.skipped_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self.skipped_table.horizontalHeader().setStretchLastSection(True)
+        self.skipped_table.horizontalHeader().setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         self.outcome = QWidget()
         outcome_layout = QVBoxLayout(self.outcome)
         outcome_layout.setContentsMargins(0, 4, 0, 0)
@@ -697,6 +698,7 @@ class BuildDialog(QDialog):
         self.phase_label.setText("Cancelled")
         self._show_steps(None)
         self.progress_bar.setValue(0)
+        self.rate_label.setText("—")
         self.eta_label.setText("—")
         self._show_message(CANCELLED_TEXT)
         self._update_state()

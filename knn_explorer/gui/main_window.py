@@ -165,9 +165,13 @@ class MainWindow(QMainWindow):
         self.settings.generation = self.controls.values()
         self.settings.last_datastore = self.datastore_name
         self.settings.sync()
+        # Worker threads must end before their QObjects are destroyed with the window.
         if self.generation_job is not None:
             self.generation_job.stop()
-            self.generation_job.wait(5000)
+            self.generation_job.wait(10_000)
+        for tracker in list(self.build_trackers):
+            tracker.stop()
+            tracker.wait(30_000)
         super().closeEvent(event)
 
     # ---- model -----------------------------------------------------------------------------
