@@ -71,7 +71,7 @@ class GenerationControls(QWidget):
         self.prompt = QPlainTextEdit(DEFAULT_PROMPT)
         self.prompt.setPlaceholderText("Type a prompt…")
         self.prompt.setToolTip("The text generation continues from")
-        self.prompt.setMaximumHeight(90)
+        self.prompt.setMaximumHeight(64)
         layout.addWidget(self.prompt)
 
         row = QHBoxLayout()

@@ -27,7 +27,7 @@ from .model_dialog import LoadModelDialog
 from .runs import Run
 from .settings import AppSettings
 from .token_inspector import TokenInspector, open_document_at
-from .token_strip import COLOUR_QUANTITIES, TokenStrip
+from .token_strip import TokenStrip
 
 DEMO_DATASTORE = "demo-docs"
 INSPECTOR_REFRESH_MS = 150  # while generating, the inspector follows the newest token at most this often
@@ -79,17 +79,10 @@ class MainWindow(QMainWindow):
         header.addWidget(self.model_label, 1)
         header.addWidget(self.datastore_label)
 
-        self.colour_by = QComboBox()
-        for key, label in COLOUR_QUANTITIES.items():
-            self.colour_by.addItem(label, key)
-        self.colour_by.setToolTip("What the token colours show")
         self.branch_choice = QComboBox()
         self.branch_choice.setToolTip("Runs and the branches made from them (click an alternative token to branch)")
         self.branch_choice.currentIndexChanged.connect(self._show_run)
         strip_bar = QHBoxLayout()
-        strip_bar.addWidget(QLabel("Colour by"))
-        strip_bar.addWidget(self.colour_by)
-        strip_bar.addStretch(1)
         strip_bar.addWidget(QLabel("Run"))
         strip_bar.addWidget(self.branch_choice, 1)
 
@@ -99,7 +92,10 @@ class MainWindow(QMainWindow):
         self.compare_strip.setToolTip("The same prompt with the LM alone")
         self.compare_strip.token_selected.connect(lambda step: self._token_selected(step, lane="compare"))
         self.compare_strip.hide()
-        self.colour_by.currentIndexChanged.connect(self._colour_changed)
+        # The main strip's own "Colour by" choice drives the comparison strip too.
+        self.strip.colour_combo.currentIndexChanged.connect(
+            lambda i: self.compare_strip.set_colour_by(self.strip.colour_combo.itemData(i)))
+        self.compare_strip.colour_combo.hide()
         strips = QSplitter(Qt.Orientation.Horizontal)
         strips.addWidget(self.strip)
         strips.addWidget(self.compare_strip)
@@ -121,8 +117,7 @@ class MainWindow(QMainWindow):
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.inspector)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([520, 440])
         self.setCentralWidget(self.splitter)
 
         self.build_progress = QProgressBar()
@@ -414,11 +409,6 @@ class MainWindow(QMainWindow):
             return
         token = self.model.tokenizer.decode([token_id]) if self.model is not None else str(token_id)
         self.generate(run=self.current_run.branch(step, token), forced_token=token_id)
-
-    def _colour_changed(self) -> None:
-        quantity = self.colour_by.currentData()
-        self.strip.set_colour_by(quantity)
-        self.compare_strip.set_colour_by(quantity)
 
     # ---- export ----------------------------------------------------------------------------
     def _export_target(self, title: str, suffix: str) -> Path | None:
