@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QTimer, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QSplitter, QVBoxLayout, QWidget)
+                               QProgressBar, QSizePolicy, QSplitter, QVBoxLayout, QWidget)
 
 from ..core import run_export
 from ..core.catalog import Catalog
@@ -30,7 +30,6 @@ from .token_inspector import TokenInspector, open_document_at
 from .token_strip import TokenStrip
 
 DEMO_DATASTORE = "demo-docs"
-INSPECTOR_REFRESH_MS = 150  # while generating, the inspector follows the newest token at most this often
 
 
 class MainWindow(QMainWindow):
@@ -60,6 +59,10 @@ class MainWindow(QMainWindow):
         self.catalog_view.datastore_chosen.connect(self.use_datastore)
         self.catalog_view.build_requested.connect(self.open_build_dialog)
         self.catalog_view.removed.connect(self._datastore_removed)
+        # The tree's size hint changes with its rows (a build in progress adds one); ignoring it keeps
+        # the dock's width fixed, so the plots beside it are not re-laid out and repainted each time.
+        self.catalog_view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.catalog_view.setMinimumWidth(340)
         dock = QDockWidget("Library", self)
         dock.setObjectName("library")
         dock.setWidget(self.catalog_view)
@@ -125,8 +128,6 @@ class MainWindow(QMainWindow):
         self.build_progress.setToolTip("Datastore build in the background")
         self.build_progress.hide()
         self.statusBar().addPermanentWidget(self.build_progress)
-        self._inspector_timer = QTimer(self, singleShot=True, interval=INSPECTOR_REFRESH_MS)
-        self._inspector_timer.timeout.connect(self._follow_newest)
 
     def _make_actions(self) -> None:
         menu = self.menuBar().addMenu("&File")
@@ -320,7 +321,7 @@ class MainWindow(QMainWindow):
         job = workers.Job(body, start_paused=step_mode, parent=self)
         job.item.connect(lambda item: self._record_arrived(run, item))
         job.failed.connect(self.show_error)
-        job.paused_changed.connect(lambda paused: self.controls.set_running(True, paused))
+        job.paused_changed.connect(lambda paused: self._paused_changed(paused))
         job.done.connect(self._generation_done)
         self.generation_job = job
         self.controls.set_running(True, paused=step_mode)
@@ -351,6 +352,11 @@ class MainWindow(QMainWindow):
         if self.generation_job is not None:
             self.generation_job.stop()
 
+    def _paused_changed(self, paused: bool) -> None:
+        self.controls.set_running(True, paused)
+        if paused and self.current_run and self.current_run.records:
+            self.strip.select(self.current_run.records[-1].step)
+
     def _generation_done(self) -> None:
         self.controls.set_running(False)
         if self.current_run and self.current_run.records:
@@ -365,12 +371,8 @@ class MainWindow(QMainWindow):
             self.strip.append(record)
             if lm_record is not None:
                 self.compare_strip.append(lm_record)
-            if not self._inspector_timer.isActive():
-                self._inspector_timer.start()
-
-    def _follow_newest(self) -> None:
-        if self.current_run and self.current_run.records:
-            self.strip.select(self.current_run.records[-1].step)
+            # The inspector is not refreshed per token: redrawing its plots costs tens of ms, more
+            # than the UI thread may be blocked. It shows the newest token when a run pauses or ends.
 
     # ---- runs and branches -----------------------------------------------------------------
     def _add_run(self, run: Run) -> None:
@@ -391,7 +393,8 @@ class MainWindow(QMainWindow):
             for record in records:
                 strip.append(record)
         self.compare_strip.setVisible(bool(run.compare) or bool(run.settings.get("compare")))
-        self.inspector.clear()
+        if self.inspector.record is not None:  # clearing redraws four plots: skip it when already empty
+            self.inspector.clear()
 
     def _token_selected(self, step: int, lane: str = "main") -> None:
         run = self.current_run
