@@ -2,6 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as knn_explorer/__init__.py, before torch loads
+
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

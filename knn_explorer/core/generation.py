@@ -159,3 +159,10 @@ class StepGenerator:
                                  weight=float(r.weights[0, rank]), document=document.path, offset=offset,
                                  context=context, highlight=highlight))
         return out
+
+
+def warm_up(model: LoadedModel) -> None:
+    """One cached step of the LM alone: the first forward pass triggers transformers' lazy imports
+    and torch's kernel choices (~100 ms). Loaders call this off the UI thread, so the first
+    generated token does not pay it where a user would see the app stall."""
+    StepGenerator(model, "Hello", GenerationSettings(method="none", max_new_tokens=1)).step()

@@ -5,6 +5,7 @@ wires signals and renders the core's records. It never computes probabilities.
 """
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -14,11 +15,12 @@ from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout,
 
 from ..core import run_export
 from ..core.catalog import Catalog
-from ..core.generation import GenerationSettings, StepGenerator
+from ..core.generation import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLM, KnnLmSettings
 from ..core.library import compatibility, open_datastore
 from ..core.models import DEMO_SPEC, LoadedModel, load_model
+from ..core.runtime import configure_threads
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
@@ -35,6 +37,7 @@ DEMO_DATASTORE = "demo-docs"
 class MainWindow(QMainWindow):
     def __init__(self, catalog: Catalog | None = None, model_spec: str | None = None, build_demo: bool = True):
         super().__init__()
+        configure_threads(reserve=1)  # a core for the UI thread, so work never starves it
         self.setWindowTitle("kNN Explorer")
         self.resize(1400, 900)
         self.settings = AppSettings()
@@ -183,11 +186,19 @@ class MainWindow(QMainWindow):
     def load_model(self, spec: str, device: str = "auto", trust_remote_code: bool = False) -> None:
         self.model_label.setText(f"Model: loading {spec}…")
         self.statusBar().showMessage(f"Loading {spec}…")
-        self._load_job = workers.run_job(
-            lambda _c: load_model(spec, device=device, trust_remote_code=trust_remote_code), parent=self,
+        def load(_control) -> LoadedModel:
+            model = load_model(spec, device=device, trust_remote_code=trust_remote_code)
+            warm_up(model)
+            return model
+
+        self._load_job = workers.run_job(load, parent=self,
             finished=lambda model: self._model_loaded(model, device), failed=self._model_failed)
 
     def _model_loaded(self, model: LoadedModel, device: str) -> None:
+        # A full garbage collection scans every object: with torch and transformers loaded that is
+        # ~100 ms with the GIL held, a visible freeze. Freezing what exists now (the model, the
+        # libraries) leaves later collections only the objects made since.
+        gc.freeze()
         self.model = model
         self._open_datastores.clear()
         self.settings.last_model = model.spec
