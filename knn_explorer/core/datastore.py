@@ -8,7 +8,7 @@
       tokens.i32        every document's tokens, concatenated
       values.i32        N next-token ids
       positions.i64     N×2: (document id, character offset of the next token)
-      keys.f16          N×d float16 memmap
+      keys.f16          N×d float16, row-major, no header (memory-mapped for reading)
       index.faiss       the FAISS index over keys (IVF-PQ, HNSW; flat datastores search keys.f16 exactly)
       progress.json     how far encoding got (for resuming a killed build)
 
@@ -95,6 +95,38 @@ def check_compatible(manifest: dict, model_fingerprint: str, tokenizer_fingerpri
             f"datastore '{manifest['name']}' was built by {built_with}; its keys are not comparable "
             f"with {model_name}'s representations"
         )
+
+
+class KeyFile:
+    """keys.f16 read by slices with ordinary reads, not a memory map: pages of a mapped file count
+    in the process's resident memory, so mapping a whole key file while indexing it would make the
+    build's peak memory grow with the corpus."""
+
+    def __init__(self, path: Path, entries: int, dim: int):
+        self.path, self.shape, self.dtype = Path(path), (entries, dim), np.float16
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("KeyFile reads contiguous slices only")
+        dim = self.shape[1]
+        with open(self.path, "rb") as f:
+            f.seek(start * dim * 2)
+            return np.fromfile(f, dtype=np.float16, count=(stop - start) * dim).reshape(-1, dim)
+
+    def write(self, first_row: int, rows: np.ndarray) -> None:
+        with open(self.path, "r+b") as f:
+            f.seek(first_row * self.shape[1] * 2)
+            f.write(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
+
+    @classmethod
+    def create(cls, path: Path, entries: int, dim: int) -> "KeyFile":
+        with open(path, "wb") as f:
+            f.truncate(entries * dim * 2)  # sparse until written
+        return cls(path, entries, dim)
 
 
 class Datastore:

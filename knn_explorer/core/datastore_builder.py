@@ -4,7 +4,7 @@ Three phases, each restartable:
   reading   documents are read and tokenized; tokens, values and positions are appended to disk.
             Known before any model forward: values are next tokens, positions their offsets.
   encoding  sliding windows over each document's tokens run through the model in batches; the
-            kNN key of every scored position is written into the keys.f16 memmap.
+            kNN key of every scored position is written into keys.f16 (plain writes, no mmap).
             progress.json records how many windows are safely on disk, so a killed build resumes.
   indexing  the FAISS index is trained on a sample and filled in chunks, then renamed into place.
 The manifest's state moves reading -> encoding -> indexing -> complete; only the last is usable.
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import documents as docs
-from .datastore import COMPLETE, FORMAT_VERSION, DatastoreError, read_documents, read_manifest, write_json_atomic
+from .datastore import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_documents, read_manifest,
+                        write_json_atomic)
 from .index import build_index, choose_index
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
@@ -216,8 +217,7 @@ class DatastoreBuilder:
         entries, dim = manifest["entries"], manifest["dim"]
         tokens = np.fromfile(self.folder / "tokens.i32", dtype=np.int32)
         keys_path = self.folder / "keys.f16"
-        mode = "r+" if keys_path.exists() else "w+"
-        keys = np.memmap(keys_path, dtype=np.float16, mode=mode, shape=(entries, dim))
+        keys = KeyFile(keys_path, entries, dim) if keys_path.exists() else KeyFile.create(keys_path, entries, dim)
         progress = _read_progress(self.folder)
         windows_done, entries_done = progress["windows"], progress["entries"]
 
@@ -235,17 +235,16 @@ class DatastoreBuilder:
             batch = []
             meter.update(entries_done)
             if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                _checkpoint(self.folder, keys, windows_done, entries_done)
+                _checkpoint(self.folder, windows_done, entries_done)
                 last_checkpoint = time.monotonic()
             self._check_stop()
         if batch:
             entries_done += self._encode_batch(batch, documents, tokens, keys)
-        _checkpoint(self.folder, keys, windows_done + len(batch), entries_done)
+        _checkpoint(self.folder, windows_done + len(batch), entries_done)
         meter.update(entries_done, force=True)
-        del keys
 
     @torch.inference_mode()
-    def _encode_batch(self, batch: list[Window], documents, tokens: np.ndarray, keys: np.memmap) -> int:
+    def _encode_batch(self, batch: list[Window], documents, tokens: np.ndarray, keys: KeyFile) -> int:
         longest = max(w.end - w.begin for w in batch)
         pad = self.model.tokenizer.pad_token_id
         ids = torch.full((len(batch), longest), pad if pad is not None else 0, dtype=torch.long)
@@ -261,7 +260,7 @@ class DatastoreBuilder:
             # The key predicting token t is the representation at position t - 1.
             rows = hidden[row, w.first_target - 1 - w.begin : w.end - 1 - w.begin]
             first_entry = doc.entry_start + w.first_target - 1
-            keys[first_entry : first_entry + len(rows)] = rows
+            keys.write(first_entry, rows)
             written += len(rows)
         return written
 
@@ -269,7 +268,7 @@ class DatastoreBuilder:
     def _index(self, manifest: dict) -> None:
         entries, dim = manifest["entries"], manifest["dim"]
         spec = choose_index(self.params.index, entries, dim)
-        keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(entries, dim))
+        keys = KeyFile(self.folder / "keys.f16", entries, dim)
         meter = PhaseMeter("indexing", entries, "keys", self.on_progress)
         meter.update(0, force=True)
         if spec.kind != "flat":  # flat datastores are searched exactly on keys.f16: no index file
@@ -318,6 +317,7 @@ def _read_progress(folder: Path) -> dict:
         return {"windows": 0, "entries": 0}
 
 
-def _checkpoint(folder: Path, keys: np.memmap, windows: int, entries: int) -> None:
-    keys.flush()  # keys first: progress must never claim more than is on disk
+def _checkpoint(folder: Path, windows: int, entries: int) -> None:
+    # Keys were written with write(): they are in the OS's page cache, which survives the process
+    # being killed, so progress never claims more than a resumed build will find.
     write_json_atomic(folder / "progress.json", {"windows": windows, "entries": entries})

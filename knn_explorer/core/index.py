@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 FLAT_MAX_BYTES = 256 * 2**20  # "auto" switches to IVF-PQ when float32 keys would exceed this
+TRAIN_MAX_BYTES = 64 * 2**20  # the float32 training sample; fixed, so build memory does not grow with N
 ADD_CHUNK = 65_536
 
 
@@ -60,12 +61,13 @@ def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
         return IndexSpec("hnsw")
     if kind != "ivfpq":
         raise ValueError(f"unknown index kind {kind!r}: use auto, flat, ivfpq or hnsw")
-    # ~4·sqrt(N) lists, a power of two, with >= 39 training points per list as FAISS asks.
+    # ~4·sqrt(N) lists, a power of two, with >= 39 training points per list as FAISS asks, from a
+    # training sample of at most TRAIN_MAX_BYTES.
+    train_size = min(entries, 262_144, TRAIN_MAX_BYTES // (4 * dim))
     nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(entries)))))
-    nlist = max(1, min(nlist, entries // 39, 65_536))
+    nlist = max(1, min(nlist, train_size // 39, 65_536))
     m = _pq_subquantizers(dim)
-    nbits = 8 if entries >= 256 * 39 else max(1, int(math.log2(max(2, entries // 39))))
-    train_size = min(entries, max(64 * nlist, 2 ** nbits * 39, 50_000), 262_144)
+    nbits = 8 if train_size >= 256 * 39 else max(1, int(math.log2(max(2, train_size // 39))))
     return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=min(32, nlist), train_size=train_size)
 
 
@@ -93,9 +95,17 @@ def empty_index(spec: IndexSpec, dim: int) -> faiss.Index:
     return index
 
 
-def sample_rows(keys: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+def sample_rows(keys, count: int, seed: int = 0) -> np.ndarray:
+    """`count` random rows as float32, read chunk by chunk (keys may be a file-backed reader)."""
     rows = np.sort(np.random.default_rng(seed).choice(len(keys), size=min(count, len(keys)), replace=False))
-    return np.ascontiguousarray(keys[rows], dtype=np.float32)
+    out = np.empty((len(rows), keys.shape[1]), dtype=np.float32)
+    filled = 0
+    for start in range(0, len(keys), ADD_CHUNK):
+        wanted = rows[(rows >= start) & (rows < start + ADD_CHUNK)]
+        if len(wanted):
+            out[filled : filled + len(wanted)] = np.asarray(keys[start : start + ADD_CHUNK])[wanted - start]
+            filled += len(wanted)
+    return out
 
 
 def build_index(
@@ -179,7 +189,7 @@ class TorchExactSearch:
         # Converted by torch in chunks: torch releases the GIL while copying (numpy's astype would
         # hold it for the whole array, freezing a GUI thread for ~100 ms on a 90k-entry datastore).
         for start in range(0, len(keys), self.LOAD_CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(keys[start : start + self.LOAD_CHUNK]))
+            chunk = torch.from_numpy(np.array(keys[start : start + self.LOAD_CHUNK]))
             self.keys[start : start + len(chunk)] = chunk.to(device=device, dtype=torch.float32)
         self.norms = (self.keys * self.keys).sum(dim=1)
 
