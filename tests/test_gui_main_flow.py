@@ -155,3 +155,21 @@ def test_ui_thread_never_blocks_during_a_real_build_and_generation(qtbot, tmp_pa
     gap, ticks = largest_gap_ms(qtbot, lambda: window.current_run is not None and len(window.current_run.records) == 40,
                                 300)
     assert ticks > 20 and gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms during generation"
+
+
+def test_first_launch_builds_and_catalogues_the_demo_datastore(qtbot, data_home):
+    window = MainWindow(Catalog(), model_spec="demo")  # empty data home: a first launch
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: bool(window.build_trackers), timeout=10_000)
+    assert window.build_progress.isVisible()
+    qtbot.waitUntil(lambda: window.catalog.datastore("demo-docs") is not None, timeout=600_000)
+    qtbot.waitUntil(lambda: window.datastore_name == "demo-docs", timeout=10_000)
+    assert not window.build_trackers and not hasattr(window, "last_error")
+    assert window.catalog.datastore("demo-docs").entries > 50_000
+    window.close()
+    again = MainWindow(Catalog(), model_spec="demo")  # a later launch builds nothing and remembers
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: again.model is not None, timeout=60_000)
+    assert again.datastore_name == "demo-docs" and not again.build_trackers
