@@ -10,7 +10,7 @@ from knn_explorer.core.generation import GenerationSettings, StepGenerator
 from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
 from knn_explorer.core.library import build_datastore, open_datastore
 from knn_explorer.core.models import load_model
-from knn_explorer.core.run_export import gain, read_json, write_csv, write_json
+from knn_explorer.core.run_export import read_json, write_csv, write_json
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_csv_has_one_row_per_token_with_gain(tmp_path, records):
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [r.step for r in records]
-    assert float(rows[2]["gain"]) == pytest.approx(gain(records[2]))
+    assert float(rows[2]["gain"]) == pytest.approx(records[2].gain)
     assert rows[0]["nearest_document"] == records[0].neighbours[0].document
 
 

@@ -5,6 +5,7 @@ Field names follow ../shared/DESIGN.md; `to_json` is the wire format.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 
@@ -58,6 +59,15 @@ class TokenRecord:
     memory_attention: list[float] | None = None  # per-head attention mass on the memory
     neighbours: list[Neighbour] = field(default_factory=list)
     retrieval: RetrievalSettings | None = None
+
+    @property
+    def gain(self) -> float:
+        """Retrieval gain of the chosen token: log p_final − log p_LM in nats (±inf when exactly one
+        of the two is 0, 0 when both are)."""
+        p_final, p_lm = self.chosen_prob_final, self.chosen_prob_lm
+        if p_final <= 0 or p_lm <= 0:
+            return 0.0 if p_final <= 0 and p_lm <= 0 else (math.inf if p_lm <= 0 else -math.inf)
+        return math.log(p_final) - math.log(p_lm)
 
     def to_json(self) -> dict:
         data = asdict(self)

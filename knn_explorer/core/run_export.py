@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 from .records import Neighbour, RetrievalSettings, TokenProb, TokenRecord
@@ -39,13 +38,6 @@ def record_from_json(data: dict) -> TokenRecord:
                        p_final=probs(data["p_final"]), neighbours=neighbours, retrieval=retrieval)
 
 
-def gain(record: TokenRecord) -> float:
-    """Retrieval gain of the chosen token: log p_final − log p_LM (nats)."""
-    if record.chosen_prob_final <= 0 or record.chosen_prob_lm <= 0:
-        return math.inf if record.chosen_prob_final > 0 else -math.inf
-    return math.log(record.chosen_prob_final) - math.log(record.chosen_prob_lm)
-
-
 def write_csv(path: Path, records: list[TokenRecord]) -> Path:
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -54,7 +46,7 @@ def write_csv(path: Path, records: list[TokenRecord]) -> Path:
             nearest = r.neighbours[0] if r.neighbours else None
             writer.writerow({
                 "step": r.step, "token_id": r.token_id, "token": r.token, "method": r.method,
-                "chosen_prob_lm": r.chosen_prob_lm, "chosen_prob_final": r.chosen_prob_final, "gain": gain(r),
+                "chosen_prob_lm": r.chosen_prob_lm, "chosen_prob_final": r.chosen_prob_final, "gain": r.gain,
                 "lambda": r.lambda_, "gate": r.gate,
                 "nearest_distance": nearest.distance if nearest else None,
                 "nearest_document": nearest.document if nearest else None,

@@ -51,15 +51,8 @@ def record_weight(record: TokenRecord) -> float | None:
 
 
 def record_gain(record: TokenRecord) -> float:
-    """log p_final − log p_LM of the chosen token, in nats (±inf when exactly one of them is 0)."""
-    p_final, p_lm = record.chosen_prob_final, record.chosen_prob_lm
-    if p_final <= 0 and p_lm <= 0:
-        return 0.0
-    if p_lm <= 0:
-        return math.inf
-    if p_final <= 0:
-        return -math.inf
-    return math.log(p_final) - math.log(p_lm)
+    """log p_final − log p_LM of the chosen token, in nats (see TokenRecord.gain)."""
+    return record.gain
 
 
 def quantity_value(record: TokenRecord, quantity: str) -> float | None:
