@@ -363,7 +363,7 @@ def test_permission_denied_for_real(tmp_path):
 
 
 def test_parser_bug_does_not_escape_iter_documents(tmp_path, monkeypatch):
-    path = write(tmp_path / "a.txt", "fine")
+    write(tmp_path / "a.txt", "fine")
 
     def boom(_data):
         raise ValueError("parser exploded\nwith a second line")
