@@ -122,6 +122,11 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
 
 # ---- commands --------------------------------------------------------------------------------
 def cmd_gui(_args) -> int:
+    no_display = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+    if sys.platform.startswith("linux") and no_display:
+        # Qt would abort the process with a multi-line plugin error instead.
+        raise UsageError("no display found (DISPLAY and WAYLAND_DISPLAY are unset); run it on a desktop, "
+                         "under xvfb-run, or with QT_QPA_PLATFORM=offscreen")
     from .gui.app import run
 
     return run()

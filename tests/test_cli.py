@@ -102,3 +102,11 @@ def test_remove_then_list_is_empty(built):
     assert "removed 'notes'" in cli("remove", "notes").stdout
     assert json.loads(cli("list", "--json").stdout)["datastores"] == []
     assert_one_line_error(cli("remove", "notes", check=False), 1, "no datastore")
+
+
+def test_gui_without_a_display_is_a_one_line_error(monkeypatch):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the check is for Linux desktops")
+    assert_one_line_error(cli("gui", check=False), 2, "no display")
