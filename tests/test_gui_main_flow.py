@@ -169,7 +169,7 @@ def test_first_launch_builds_and_catalogues_the_demo_datastore(qtbot, data_home)
     assert window.build_progress.isVisible()
     qtbot.waitUntil(lambda: window.catalog.datastore("demo-docs") is not None, timeout=600_000)
     qtbot.waitUntil(lambda: window.datastore_name == "demo-docs", timeout=10_000)
-    assert not window.build_trackers and not hasattr(window, "last_error")
+    assert not window.build_trackers and window.last_error is None
     assert window.catalog.datastore("demo-docs").entries > 50_000
     window.close()
     again = MainWindow(Catalog(), model_spec="demo")  # a later launch builds nothing and remembers

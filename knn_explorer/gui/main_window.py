@@ -50,6 +50,7 @@ class MainWindow(QMainWindow):
         self.generation_job: workers.Job | None = None
         self.build_trackers: list[BuildTracker] = []
         self._build_demo = build_demo
+        self.last_error: str | None = None  # the latest message shown by show_error
 
         self._make_widgets()
         self._make_actions()
