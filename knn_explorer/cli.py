@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--model", required=True, help="demo, a local model folder, or a hub id")
     build.add_argument("--docs", required=True, nargs="+", metavar="PATH", help="files and/or folders")
     build.add_argument("--index", default="auto", choices=["auto", "flat", "ivfpq", "hnsw"])
-    build.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     build.add_argument("--context", type=int, default=256, help="window length in tokens (default 256)")
     build.add_argument("--stride", type=int, default=128, help="window step in tokens (default 128)")
     build.add_argument("--batch-size", type=int, default=8)
@@ -103,8 +102,8 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _common_model_flags(parser: argparse.ArgumentParser) -> None:
-    if not any(a.dest == "device" for a in parser._actions):
-        parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                        help="where the model runs (and, for build, where the index is trained)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code to run")
 
 

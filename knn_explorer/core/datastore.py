@@ -188,13 +188,15 @@ class Datastore:
         doc_id, offset = self.positions[entry]
         return self.documents[int(doc_id)], int(offset)
 
-    def passage(self, entry: int, token_chars: int, context_chars: int = CONTEXT_CHARS) -> tuple[str, tuple[int, int]]:
-        """Text around entry's next token, and where that token sits inside it."""
+    def passage(self, entry: int, token_chars: int,
+                context_chars: int = CONTEXT_CHARS) -> tuple[DocumentEntry, int, str, tuple[int, int]]:
+        """The entry's document and offset, the text around its next token, and where that token
+        sits inside that text."""
         document, offset = self.source(entry)
         text = self._text(document.id)
         start = max(0, offset - context_chars)
         end = min(len(text), offset + max(token_chars, 1) + context_chars)
-        return text[start:end], (offset - start, min(end, offset + token_chars) - start)
+        return document, offset, text[start:end], (offset - start, min(end, offset + token_chars) - start)
 
     def _read_text(self, doc_id: int) -> str:
         with open(self.folder / "texts" / f"{doc_id}.txt", encoding="utf-8", newline="") as f:

@@ -153,8 +153,7 @@ class StepGenerator:
                 break
             token_id = int(r.values[0, rank])
             token = self._decode(token_id)
-            document, offset = datastore.source(entry)
-            context, highlight = datastore.passage(entry, len(token))
+            document, offset, context, highlight = datastore.passage(entry, len(token))
             out.append(Neighbour(rank=rank + 1, token=token, token_id=token_id, distance=float(r.distances[0, rank]),
                                  weight=float(r.weights[0, rank]), document=document.path, offset=offset,
                                  context=context, highlight=highlight))

@@ -75,9 +75,7 @@ def knn_distribution(values: torch.Tensor, weights: torch.Tensor, vocab_size: in
 def interpolate(log_p_lm: torch.Tensor, p_knn: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
     """log(λ p_kNN + (1 − λ) p_LM), computed stably; exact p_LM when λ = 0."""
     lam = lambdas.to(log_p_lm.dtype).unsqueeze(-1)
-    with torch.no_grad():
-        log_lam, log_one_minus = torch.log(lam), torch.log1p(-lam)
-    return torch.logaddexp(log_lam + torch.log(p_knn.to(log_p_lm.dtype)), log_one_minus + log_p_lm)
+    return torch.logaddexp(torch.log(lam) + torch.log(p_knn.to(log_p_lm.dtype)), torch.log1p(-lam) + log_p_lm)
 
 
 def adaptive_lambdas(p_knn: torch.Tensor, lambda_max: float, k: int) -> torch.Tensor:

@@ -138,20 +138,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _resolve_source(spec: str) -> tuple[str, str]:
-    """(what from_pretrained gets, display name)."""
+def _resolve_source(spec: str) -> tuple[str, str, bool]:
+    """(what from_pretrained gets, display name, whether it is a hub id)."""
     if spec == DEMO_SPEC:
         if not (DEMO_MODEL_DIR / "config.json").is_file():
             raise ModelLoadError(f"the embedded demo model is missing from {DEMO_MODEL_DIR}")
-        return str(DEMO_MODEL_DIR), DEMO_SPEC
+        return str(DEMO_MODEL_DIR), DEMO_SPEC, False
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json)")
-        return str(path.resolve()), str(path.resolve())
+        return str(path.resolve()), str(path.resolve()), False
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelLoadError(f"no such model folder: {spec}")
-    return spec, spec
+    return spec, spec, True
 
 
 def locate_key_site(model: torch.nn.Module) -> KeySite:
@@ -195,12 +195,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> LoadedModel:
     """Load model + tokenizer. Never runs remote code unless `trust_remote_code` is set."""
-    source, name = _resolve_source(spec)
+    source, name, from_hub = _resolve_source(spec)
     hf_logging.disable_progress_bar()  # the app and CLI report progress their own way
     hf_logging.set_verbosity_error()
     target = resolve_device(device)
     torch_dtype = _choose_dtype(dtype, target)
-    from_hub = spec != DEMO_SPEC and not Path(spec).expanduser().exists()
     if from_hub and not _in_local_cache(spec) and not _hub_reachable():
         raise ModelLoadError(
             f"could not load '{spec}': it is not a local folder nor in the Hugging Face cache, "

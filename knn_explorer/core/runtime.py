@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import os
 
-_configured = False
-
-
 def configure_threads(threads: int | None = None, reserve: int = 0) -> int:
     """Give torch and FAISS the same pool size (default: all cores less `reserve`, capped at 8).
-    The GUI reserves one core for its UI thread. Idempotent."""
-    global _configured
+    The GUI reserves one core for its UI thread. Calling it again with the same answer is free."""
     import faiss
     import torch
 
-    if _configured and threads is None:
-        return torch.get_num_threads()
     threads = threads or max(1, min((os.cpu_count() or 1) - reserve, 8))
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
-    _configured = True
     return threads
