@@ -110,3 +110,15 @@ def test_gui_without_a_display_is_a_one_line_error(monkeypatch):
     if not sys.platform.startswith("linux"):
         pytest.skip("the check is for Linux desktops")
     assert_one_line_error(cli("gui", check=False), 2, "no display")
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(built, tiny_gpt2_dir):
+    """`knn-explorer generate --json | head -1` must end quietly when head stops reading."""
+    proc = subprocess.Popen([sys.executable, "-m", "knn_explorer.cli", "generate", "--model", str(tiny_gpt2_dir),
+                             "--datastore", "notes", "--prompt", "The quick", "--max-new-tokens", "40", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # like `head -1`
+    proc.wait(timeout=300)
+    assert json.loads(first)["step"] == 0
+    assert "error" not in proc.stderr.read()
