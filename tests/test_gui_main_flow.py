@@ -127,18 +127,23 @@ def largest_gap_ms(qtbot, until, timeout_s):
     return max(b - a for a, b in zip(ticks, ticks[1:])) * 1000, len(ticks)
 
 
-# Issue 3 asks for < 50 ms. Measured here (2 cores, offscreen): 12–50 ms, except when the token
-# inspector's first refresh with data (when a run ends) lands inside the window: its pyqtgraph axes
-# take 150–300 ms to paint the first time (found with py-spy). Until that paint is made cheap, the
-# bound below still fails for any real work on the UI thread (a model forward, a datastore open).
-MAX_UI_GAP_MS = 250
+# What the issue asks. Measured here (2 cores, offscreen) after the fixes in docs/ARCHITECTURE.md
+# ("Keeping the UI thread free"): 12–40 ms during a model load, a build and a generation.
+MAX_UI_GAP_MS = 50
 
 
-def test_ui_thread_never_blocks_during_a_real_build_and_generation(qtbot, tmp_path):
+def test_ui_thread_never_blocks_during_a_model_load_a_real_build_and_generation(qtbot, tmp_path):
     window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
     qtbot.addWidget(window)
     window.show()
     qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
+    qtbot.wait(200)  # the window's first paint (fonts, styles, layout) is startup, not a load
+
+    first = window.model
+    window.load_model("demo")
+    gap, ticks = largest_gap_ms(qtbot, lambda: window.model is not first, 120)
+    assert ticks > 5 and gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms while a model loaded"
+
     docs = tmp_path / "docs"
     docs.mkdir()
     for source in sorted(DEMO_DOCS_DIR.glob("*.rst"))[:8]:
@@ -155,8 +160,10 @@ def test_ui_thread_never_blocks_during_a_real_build_and_generation(qtbot, tmp_pa
     window.use_datastore("ui-check")
     window.controls.max_tokens.setValue(40)
     window.controls.generate.click()
-    gap, ticks = largest_gap_ms(qtbot, lambda: window.current_run is not None and len(window.current_run.records) == 40,
-                                300)
+    # Until the run has ended and the inspector has drawn its last token: that refresh is the heaviest.
+    gap, ticks = largest_gap_ms(qtbot, lambda: not window.generation_job.is_running() and window.inspector.is_settled()
+                                and window.inspector.record is not None, 300)
+    assert len(window.current_run.records) == 40
     assert ticks > 20 and gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms during generation"
 
 

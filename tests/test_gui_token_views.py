@@ -222,9 +222,11 @@ def test_double_clicking_a_neighbour_asks_to_open_its_document_at_the_passage(in
     dialog.close()
 
 
-def test_bar_plots_hold_the_records_probabilities_with_token_labels(inspector, records):
+def test_bar_plots_hold_the_records_probabilities_with_token_labels(inspector, records, qtbot):
     record = records[4]
     inspector.show_record(record, records)
+    # The plots follow one per event-loop turn (each repaint stays short), without being asked to.
+    qtbot.waitUntil(lambda: inspector.is_settled(), timeout=2000)
     for plot, dist in zip(inspector.distribution_plots(), (record.p_lm, record.p_knn, record.p_final)):
         assert plot.heights() == pytest.approx([p.prob for p in dist])
         assert list(plot.bars.opts["x"]) == list(range(len(dist)))
@@ -239,6 +241,7 @@ def test_bar_plots_hold_the_records_probabilities_with_token_labels(inspector, r
 
     bare = dataclasses.replace(record, method="none", p_knn=None, lambda_=None, neighbours=[], retrieval=None)
     inspector.show_record(bare, [bare])
+    inspector.settle()
     assert inspector.p_knn_plot.heights() == []
     assert "no retrieval" in inspector.p_knn_plot.empty_text.textItem.toPlainText()
     assert inspector.neighbour_table.model().rowCount() == 0
@@ -280,6 +283,7 @@ def test_clicking_an_alternative_requests_a_branch_and_the_chosen_token_does_not
 
 def test_plot_items_are_updated_in_place_not_rebuilt(inspector, records):
     inspector.show_record(records[1], records)
+    inspector.settle()
     plots = inspector.plots()
     before = {name: (plot.getPlotItem(), list(plot.getPlotItem().items)) for name, plot in plots.items()}
     bars = [p.bars for p in inspector.distribution_plots()]
@@ -287,7 +291,8 @@ def test_plot_items_are_updated_in_place_not_rebuilt(inspector, records):
     curves = (history.weight_curve, history.gain_curve, history.marker)
     heights = inspector.p_final_plot.heights()
     inspector.show_record(records[9], records)
-    inspector.show_record(records[10], records)
+    inspector.show_record(records[10], records)  # replaces what record 9 left pending
+    inspector.settle()
     assert inspector.plots() == plots
     for name, plot in plots.items():
         assert (plot.getPlotItem(), list(plot.getPlotItem().items)) == before[name]

@@ -193,6 +193,18 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def import_model_stack() -> None:
+    """Import the parts of transformers that every model class needs, if not yet imported.
+
+    That takes ~1.5 s, much of it in C calls that hold the GIL for 100–400 ms at a time (unmarshalling
+    large modules, torch.distributed registering its ops). Left to the first `load_model` in a worker
+    thread, it would freeze the UI thread that long; the app calls this at startup instead.
+    """
+    import transformers.activations  # noqa: F401
+    import transformers.generation.utils  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+
 def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> LoadedModel:
     """Load model + tokenizer. Never runs remote code unless `trust_remote_code` is set."""
     source, name, from_hub = _resolve_source(spec)

@@ -1,17 +1,44 @@
-"""Application entry point: QApplication, main window, event loop."""
+"""Application entry point: QApplication, a splash while the libraries load, main window, event loop."""
 from __future__ import annotations
 
 import sys
 
-from PySide6.QtWidgets import QApplication
+from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
+from PySide6.QtWidgets import QApplication, QSplashScreen
 
-from .main_window import MainWindow
+
+def _splash() -> QSplashScreen:
+    pixmap = QPixmap(460, 150)
+    pixmap.fill(QColor("#ffffff"))
+    painter = QPainter(pixmap)
+    painter.setPen(QColor("#dee2e6"))
+    painter.drawRect(0, 0, pixmap.width() - 1, pixmap.height() - 1)
+    title = QFont()
+    title.setPointSize(18)
+    title.setBold(True)
+    painter.setFont(title)
+    painter.setPen(QColor("#212529"))
+    painter.drawText(24, 58, "kNN Explorer")
+    painter.setFont(QFont())
+    painter.setPen(QColor("#495057"))
+    painter.drawText(24, 84, "Retrieval inside language models, token by token")
+    painter.setPen(QColor("#868e96"))
+    painter.drawText(24, 126, "Loading PyTorch and transformers…")
+    painter.end()
+    return QSplashScreen(pixmap)
 
 
 def run(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("kNN Explorer")
     app.setOrganizationName("knn-explorer")
+    splash = _splash()
+    splash.show()
+    app.processEvents()
+    # torch and transformers take seconds to import; the splash says why nothing else shows yet.
+    from .main_window import MainWindow
+
     window = MainWindow()
     window.show()
+    splash.finish(window)
     return app.exec()

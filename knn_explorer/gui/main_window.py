@@ -19,7 +19,7 @@ from ..core.generation import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLM, KnnLmSettings
 from ..core.library import compatibility, open_datastore
-from ..core.models import DEMO_SPEC, LoadedModel, load_model
+from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
@@ -38,6 +38,7 @@ class MainWindow(QMainWindow):
     def __init__(self, catalog: Catalog | None = None, model_spec: str | None = None, build_demo: bool = True):
         super().__init__()
         configure_threads(reserve=1)  # a core for the UI thread, so work never starves it
+        import_model_stack()  # here, not in the loading thread, where it would hold the GIL for 100s of ms
         self.setWindowTitle("kNN Explorer")
         self.resize(1400, 900)
         self.settings = AppSettings()

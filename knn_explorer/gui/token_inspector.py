@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import html
 import math
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.exporters import ImageExporter
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDialog, QDialogButtonBox, QHBoxLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDialog, QGraphicsItem, QDialogButtonBox, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QSplitter, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem, QTableView, QTextEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
                                QWidget)
@@ -55,6 +57,11 @@ def passage_html(n: Neighbour) -> str:
 
 # ----------------------------------------------------------------------------- neighbour table
 
+# Roles as plain ints: views pass ints, and comparing one with a PySide enum costs microseconds,
+# which adds up to tens of milliseconds per paint (a view asks ~44 roles per visible row).
+_DISPLAY, _TOOLTIP, _ALIGNMENT = int(Qt.DisplayRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
+_FOREGROUND, _FONT = int(Qt.ForegroundRole.value), int(Qt.FontRole.value)
+
 class NeighbourTableModel(QAbstractTableModel):
     RANK, TOKEN, DISTANCE, WEIGHT, DOCUMENT, PASSAGE = range(6)
     COLUMNS = ("#", "Token", "Distance", "Weight", "Document", "Passage")
@@ -66,15 +73,26 @@ class NeighbourTableModel(QAbstractTableModel):
         "Source document (hover for the full path)",
         "The passage around the neighbour; its next token is highlighted. Double-click to open the document.",
     )
-    NEIGHBOUR_ROLE = Qt.UserRole + 1
+    NEIGHBOUR_ROLE = int(Qt.UserRole.value) + 1
+
+    # Numbers right-aligned: rank, distance, weight.
+    ALIGNMENTS = tuple(int((Qt.AlignRight if right else Qt.AlignLeft) | Qt.AlignVCenter)
+                       for right in (True, False, True, True, False, False))
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self._rows: list[Neighbour] = []
+        self._display: list[tuple[str, ...]] = []
+        self._muted = QBrush(QColor(colours.MUTED))
+        self._bold = QFont()
+        self._bold.setBold(True)
 
     def set_neighbours(self, neighbours: list[Neighbour]) -> None:
         self.beginResetModel()
         self._rows = list(neighbours)
+        # A view asks for every role of every visible cell on each paint: format the text once here.
+        self._display = [(str(n.rank), visible_token(n.token), format_distance(n.distance), f"{n.weight * 100:.1f}%",
+                          Path(n.document).name, _inline(n.context)) for n in self._rows]
         self.endResetModel()
 
     def neighbour(self, row: int) -> Neighbour:
@@ -86,26 +104,33 @@ class NeighbourTableModel(QAbstractTableModel):
     def columnCount(self, parent=QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self.COLUMNS)
 
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
+    def headerData(self, section, orientation, role=_DISPLAY):
         if orientation != Qt.Horizontal:
             return None
-        if role == Qt.DisplayRole:
+        if role == _DISPLAY:
             return self.COLUMNS[section]
-        if role == Qt.ToolTipRole:
+        if role == _TOOLTIP:
             return self.HEADER_TIPS[section]
-        if role == Qt.TextAlignmentRole:
-            right = section in (self.RANK, self.DISTANCE, self.WEIGHT)
-            return int((Qt.AlignRight if right else Qt.AlignLeft) | Qt.AlignVCenter)
+        if role == _ALIGNMENT:
+            return self.ALIGNMENTS[section]
         return None
 
-    def data(self, index, role=Qt.DisplayRole):
-        if not index.isValid():
+    def data(self, index, role=_DISPLAY):
+        row, col = index.row(), index.column()
+        if not 0 <= row < len(self._rows):
             return None
-        n, col = self._rows[index.row()], index.column()
-        if role == Qt.DisplayRole:
-            return (str(n.rank), visible_token(n.token), format_distance(n.distance), f"{n.weight * 100:.1f}%",
-                    Path(n.document).name, _inline(n.context))[col]
-        if role == Qt.ToolTipRole:
+        if role == _DISPLAY:
+            return self._display[row][col]
+        if role == self.NEIGHBOUR_ROLE:
+            return self._rows[row]
+        if role == _ALIGNMENT:
+            return self.ALIGNMENTS[col]
+        if role == _FOREGROUND:
+            return self._muted if col == self.RANK else None
+        if role == _FONT:
+            return self._bold if col == self.TOKEN else None
+        if role == _TOOLTIP:
+            n = self._rows[row]
             if col == self.DOCUMENT:
                 return f"{n.document}\ncharacter offset {n.offset:,}\nDouble-click to open it at this passage"
             if col == self.PASSAGE:
@@ -119,17 +144,6 @@ class NeighbourTableModel(QAbstractTableModel):
             if col == self.WEIGHT:
                 return f"weight in p_kNN: {n.weight:.6f}"
             return self.HEADER_TIPS[col]
-        if role == Qt.TextAlignmentRole:
-            right = col in (self.RANK, self.DISTANCE, self.WEIGHT)
-            return int((Qt.AlignRight if right else Qt.AlignLeft) | Qt.AlignVCenter)
-        if role == Qt.ForegroundRole and col == self.RANK:
-            return QBrush(QColor(colours.MUTED))
-        if role == Qt.FontRole and col == self.TOKEN:
-            font = QFont()
-            font.setBold(True)
-            return font
-        if role == self.NEIGHBOUR_ROLE:
-            return n
         return None
 
 
@@ -344,6 +358,9 @@ def _style_plot(plot: pg.PlotWidget) -> None:
         axis.setPen(pg.mkPen("#adb5bd"))
         axis.setTextPen(pg.mkPen("#495057"))
         axis.setStyle(tickFont=tick_font, tickLength=-4)
+        # An axis replays its tick text (~2 ms per axis) on every repaint of its view, e.g. when only
+        # the bars changed. Cached as a pixmap, it is redrawn only when its own ticks change.
+        axis.setCacheMode(QGraphicsItem.DeviceCoordinateCache)
 
 
 class DistributionPlot(pg.PlotWidget):
@@ -619,6 +636,9 @@ class TokenInspector(QWidget):
             f" padding: 3px 10px; color: {colours.TEXT}; }}"
             f"#InspectorCaption {{ font-weight: 600; color: #495057; }}"
         )
+        self._staged: list[Callable[[], None]] = []  # plot updates still to apply, one per event-loop turn (see _stage_plots)
+        self._stage_timer = QTimer(self, singleShot=True, interval=15)
+        self._stage_timer.timeout.connect(self._apply_next_stage)
         self.clear()
 
     def sizeHint(self) -> QSize:
@@ -646,17 +666,6 @@ class TokenInspector(QWidget):
             f"<b style='color:{gain_colour.name()}'>{format_gain(gain)}</b> nats")
         self.settings_label.setText(self._settings_text(record))
 
-        chosen = record.token_id
-        no_knn = "no retrieval at this step" if record.p_knn is None else "empty"
-        self.p_lm_plot.set_distribution(record.p_lm, chosen)
-        self.p_knn_plot.set_distribution(record.p_knn, chosen, empty_reason=no_knn)
-        self.p_final_plot.set_distribution(record.p_final, chosen)
-        top = max([p.prob for dist in (record.p_lm, record.p_knn or [], record.p_final) for p in dist] or [1.0])
-        for plot in self.distribution_plots():  # one y scale, so the three read against each other
-            plot.setYRange(0, min(1.0, top * 1.12) if top > 0 else 1.0, padding=0)
-        if record.p_knn is None:
-            self.p_knn_plot.empty_text.setPos(0, 0.5 * min(1.0, top * 1.12))
-
         self.neighbour_table.set_neighbours(record.neighbours)
         k = record.retrieval.k if record.retrieval else None
         shown = len(record.neighbours)
@@ -664,17 +673,53 @@ class TokenInspector(QWidget):
             f"Neighbours <span style='font-weight:400; color:{colours.MUTED}'>"
             + (f"{shown} shown of k = {k}" if k is not None else "none: this step used no retrieval") + "</span>")
         self.alternatives.set_alternatives(record)
-        self.history_plot.set_history(history, record.step)
+        top = max([p.prob for dist in (record.p_lm, record.p_knn or [], record.p_final) for p in dist] or [1.0])
+        y_top = min(1.0, top * 1.12) if top > 0 else 1.0  # one y scale, so the three read against each other
+        no_knn = "no retrieval at this step" if record.p_knn is None else "empty"
+        self._stage_plots(
+            [partial(self._show_distribution, plot, probs, record.token_id, y_top, reason) for plot, probs, reason in
+             ((self.p_lm_plot, record.p_lm, ""), (self.p_knn_plot, record.p_knn, no_knn),
+              (self.p_final_plot, record.p_final, ""))]
+            + [partial(self.history_plot.set_history, history, record.step)])
+
+    def settle(self) -> None:
+        """Apply plot updates still waiting for their turn (before reading or exporting the plots)."""
+        self._stage_timer.stop()
+        while self._staged:
+            self._staged.pop(0)()
+
+    def is_settled(self) -> bool:
+        return not self._staged
+
+    def _stage_plots(self, updates: list[Callable[[], None]]) -> None:
+        # Painting all four plots at once takes 40–200 ms on a slow machine; one plot per event-loop
+        # turn keeps every repaint short, so the window stays responsive while a run streams in.
+        self._staged = list(updates)
+        self._stage_timer.start()
+
+    def _apply_next_stage(self) -> None:
+        if self._staged:
+            self._staged.pop(0)()
+        if self._staged:
+            self._stage_timer.start()
+
+    @staticmethod
+    def _show_distribution(plot: DistributionPlot, probs: list[TokenProb] | None, chosen: int, y_top: float,
+                           empty_reason: str) -> None:
+        plot.setYRange(0, y_top, padding=0)
+        plot.set_distribution(probs, chosen, empty_reason)
 
     def clear(self) -> None:
         self.record = None
+        self._staged = []
+        self._stage_timer.stop()
         self.token_label.setText("No token selected")
         self.summary_label.setText(f"<span style='color:{colours.MUTED}'>Click a token in the text to inspect it"
                                    f"</span>")
         self.settings_label.setText("λ — · k — · T — · distances — · datastore —")
         for plot in self.distribution_plots():
-            plot.set_distribution([], None)
             plot.setYRange(0, 1, padding=0)
+            plot.set_distribution([], None)
         self.neighbour_table.set_neighbours([])
         self.neighbour_caption.setText("Neighbours")
         self.alternatives.clear()
@@ -682,6 +727,7 @@ class TokenInspector(QWidget):
 
     def export_plots(self, folder: Path) -> list[Path]:
         """Write each plot as a PNG into `folder`; returns the paths written."""
+        self.settle()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         step = f"-step{self.record.step}" if self.record is not None else ""
