@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyqtgraph as pg
