@@ -1,0 +1,98 @@
+"""Regenerate docs/screenshots/ from the real app: demo model, demo documents, a fresh data home.
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python packaging/take_screenshots.py [--out docs/screenshots]
+
+Takes about a minute on 2 cores (most of it building the demo datastore). Every picture is the
+real window in the state its name says; look at each before committing it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--prompt", default="To register a view function for a URL, use the")
+    args = parser.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["KNN_EXPLORER_HOME"] = tempfile.mkdtemp(prefix="knn-explorer-shots-")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication(sys.argv[:1])
+    from knn_explorer.core.catalog import Catalog
+    from knn_explorer.core.home import DEMO_DOCS_DIR
+    from knn_explorer.gui.main_window import MainWindow
+
+    def wait_until(condition, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the app did not reach the state to photograph")
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.005)
+
+    def settle(seconds: float = 0.5) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+
+    def save(widget, name: str) -> None:
+        path = args.out / f"{name}.png"
+        widget.grab().save(str(path))
+        print(f"wrote {path}")
+
+    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
+    window.resize(1440, 972)
+    window.show()
+    wait_until(lambda: window.model is not None)
+
+    window.open_build_dialog()
+    dialog = window.build_dialog
+    dialog.add_sources([DEMO_DOCS_DIR])
+    dialog.name_edit.setText("demo-docs")
+    dialog.start_button.click()
+    wait_until(lambda: dialog.tracker is not None and dialog.tracker.is_running()
+               and "encoding" in dialog.phase_label.text().lower())
+    settle(6)  # long enough for a rate and an ETA
+    save(dialog, "build-dialog")
+    wait_until(lambda: not dialog.tracker.is_running())
+    settle()
+    save(dialog, "build-dialog-done")
+    dialog.close()
+
+    window.catalog_view.refresh()
+    window.use_datastore("demo-docs")
+    settle()
+    save(window.catalog_view, "catalog-view")
+
+    window.controls.prompt.setPlainText(args.prompt)
+    window.controls.max_tokens.setValue(40)
+    window.controls.generate.click()
+    wait_until(lambda: window.current_run is not None and len(window.current_run.records) >= 23)
+    window.toggle_pause()
+    wait_until(lambda: window.generation_job.control.paused)
+    wait_until(lambda: window.inspector.record is not None and window.inspector.is_settled())
+    middle = window.current_run.records[14]
+    window.strip.select(middle.step)
+    window.inspector.settle()
+    settle()
+    save(window, "main-window")
+    save(window.inspector, "token-inspector")
+    window.stop()
+    wait_until(lambda: not window.generation_job.is_running())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
