@@ -1,0 +1,270 @@
+"""Memorizing Transformer (Wu et al. 2022) retrofitted onto a pretrained causal LM.
+
+One attention layer (default: at ¾ of the depth) also looks up, for every head, the top-k (key,
+value) pairs of that same layer's earlier tokens (`MemoryStore`), and combines the result with its
+local attention, before the output projection. Two modes:
+
+- ``gated`` (the paper): out_h = g_h · mem_h + (1 − g_h) · local_h with g_h = σ(b_h) per head.
+  b_h starts at -16, so an untrained retrofit leaves the logits unchanged (σ(-16) ≈ 1e-7);
+  `train_gates` (gate_training.py) learns b.
+- ``joint`` (training-free, as in Extended Mind Transformers): one softmax over the local keys and
+  the retrieved ones; no parameters.
+
+Rotary models (gpt_neox, llama, mistral, qwen2): memory keys and the queries that look them up are
+taken *before* the rotation. The lookup is then by content alone, as in the paper (its memory has
+no positions), and a retrieved key scores exactly as an un-rotated pair would: q·k before rotation
+equals q·k after rotating both to the same position, i.e. a memory token is treated as being at
+relative distance 0 — never as thousands of positions away, a distance the model was not trained
+on. The layer's attention function gets the rotated tensors; `_unrotate` undoes the rotation with
+the cos/sin the layer was called with.
+
+How it attaches: the chosen attention module gets its own copy of the config whose attention
+implementation is ``knn_memory`` (registered with transformers' `AttentionInterface`); every other
+layer keeps its own. Batch size 1: memory belongs to one document.
+
+Which tokens are in memory: the driver (evaluation, generation, training) says where the local
+window starts (`set_window`). Tokens the layer has processed wait in a pending buffer while they are
+inside the local window and move to the memory when the window passes them, so no token is both
+attended locally and retrieved.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .memory_store import MemoryStore
+from .models import LoadedModel
+
+MEMORY_ATTENTION = "knn_memory"
+INITIAL_GATE_BIAS = -16.0  # σ(-16) ≈ 1.1e-7: the untrained retrofit is the base model
+MODES = ("gated", "joint")
+
+# model_type -> path of the decoder-layer list and the attention module's name in a layer.
+ATTENTION_MODULES = {
+    "gpt2": ("transformer.h", "attn"),
+    "gpt_neox": ("gpt_neox.layers", "attention"),
+    "llama": ("model.layers", "self_attn"),
+    "mistral": ("model.layers", "self_attn"),
+    "qwen2": ("model.layers", "self_attn"),
+}
+
+
+class MemorizingError(Exception):
+    """A retrofit that cannot be made; str() is a one-line reason."""
+
+
+@dataclass(frozen=True)
+class MemorizingSettings:
+    layer: int | None = None  # None: the layer at ¾ of the depth
+    k: int = 32
+    memory_size: int = 65_536  # tokens
+    mode: str = "gated"
+    hits_shown: int = 4  # per head, in each step's record
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown memory mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+        if self.memory_size < 0:
+            raise ValueError("memory size must be >= 0")
+
+
+@dataclass
+class MemoryStep:
+    """What the memory layer did for the last query position of the latest forward pass."""
+
+    head_gates: list[float] | None  # g_h (gated mode), None in joint mode
+    memory_attention: list[float]  # per head: share of the head's output that came from memory
+    hits: list[list[tuple[int, float]]] = field(default_factory=list)  # per head: (position, weight)
+
+
+def default_layer(num_layers: int) -> int:
+    """The layer at ¾ of the depth (layer 9 of 12, 1-based, as in the paper), 0-based."""
+    return max(0, round(0.75 * num_layers) - 1)
+
+
+def _get(root: torch.nn.Module, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Undo transformers' rotary embedding (x·cos + rotate_half(x)·sin) on the first cos.shape[-1] dims.
+
+    `x` is (batch, heads, seq, head_dim); cos/sin are (batch, seq, rotary_dim). The inverse of a
+    rotation by θ is the rotation by −θ.
+    """
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    rotary = cos.shape[-1]
+    x_rot, x_pass = x[..., :rotary], x[..., rotary:]
+    return torch.cat((x_rot * cos - _rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def _local_scores(query, key, attention_mask, scaling) -> torch.Tensor:
+    """Scaled dot products of local attention with the mask applied (-inf where masked)."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if attention_mask is None:  # sdpa's causal shortcut: the queries are the last q_len positions
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        return scores.masked_fill(~allowed, float("-inf"))
+    if attention_mask.dtype == torch.bool:
+        return scores.masked_fill(~attention_mask[..., :kv_len], float("-inf"))
+    return scores + attention_mask[..., :kv_len]
+
+
+def _memory_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    return module._knn_memory.attend(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+AttentionInterface.register(MEMORY_ATTENTION, _memory_attention)
+
+
+class MemorizingRetrofit:
+    """kNN memory inside one attention layer of `loaded.model`. `remove()` restores the model."""
+
+    def __init__(self, loaded: LoadedModel, settings: MemorizingSettings = MemorizingSettings()):
+        model = loaded.model
+        config = model.config
+        model_type = config.model_type
+        if model_type not in ATTENTION_MODULES:
+            supported = ", ".join(sorted(ATTENTION_MODULES))
+            raise MemorizingError(f"the Memorizing Transformer supports {supported}; this model is {model_type}")
+        layers_path, attention_name = ATTENTION_MODULES[model_type]
+        layers = _get(model, layers_path)
+        layer = default_layer(len(layers)) if settings.layer is None else settings.layer
+        if not 0 <= layer < len(layers):
+            raise MemorizingError(f"layer {layer} does not exist: the model has layers 0–{len(layers) - 1}")
+        self.loaded = loaded
+        self.settings = settings
+        self.layer = layer
+        self.module = getattr(layers[layer], attention_name)
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        device = next(model.parameters()).device
+        self.gate_bias = torch.nn.Parameter(torch.full((self.heads,), INITIAL_GATE_BIAS, device=device))
+        self.memory = MemoryStore(settings.memory_size, self.kv_heads, self.head_dim, device=device)
+        self.enabled = True
+        self.last_step: MemoryStep | None = None
+        self._window_start = 0  # absolute position of the first token local attention sees
+        self._input_start = 0  # absolute position of the next forward pass's first token
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        base_name = config._attn_implementation or "eager"
+        eager = getattr(sys.modules[type(self.module).__module__], "eager_attention_forward", None)
+        self._base_attention = ALL_ATTENTION_FUNCTIONS.get_interface(base_name, eager)
+        self._original_config = self.module.config
+        own_config = copy.copy(config)
+        own_config._attn_implementation = MEMORY_ATTENTION
+        self.module.config = own_config
+        self.module._knn_memory = self
+        self._hook = self.module.register_forward_pre_hook(self._capture_rotary, with_kwargs=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def remove(self) -> None:
+        self._hook.remove()
+        self.module.config = self._original_config
+        del self.module._knn_memory
+
+    def reset(self) -> None:
+        """Forget everything: a new document starts."""
+        self.memory.clear()
+        self._pending.clear()
+        self._window_start = self._input_start = 0
+        self.last_step = None
+
+    def set_window(self, window_start: int, input_start: int) -> None:
+        """Before a forward pass: local attention sees positions ≥ `window_start`; the pass's first
+        token is at `input_start`. Pending tokens left of the window move into the memory; pending
+        tokens at or after `input_start` are about to be recomputed and are dropped."""
+        self._window_start, self._input_start = window_start, input_start
+        keep = []
+        for keys, values, positions in self._pending:
+            recomputed = positions >= input_start
+            keys, values, positions = keys[~recomputed], values[~recomputed], positions[~recomputed]
+            left = positions < window_start
+            if left.any():
+                self.memory.add(keys[left], values[left], positions[left])
+            if (~left).any():
+                keep.append((keys[~left], values[~left], positions[~left]))
+        self._pending = keep
+
+    def gates(self) -> torch.Tensor:
+        return torch.sigmoid(self.gate_bias.detach()).cpu()
+
+    def memory_tokens(self) -> int:
+        return len(self.memory)
+
+    # ---- the attention function ------------------------------------------------------------
+    def _capture_rotary(self, _module, _args, kwargs):
+        self._rotary = kwargs.get("position_embeddings")
+
+    def attend(self, module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+        if query.shape[0] != 1:
+            raise MemorizingError("the memory layer runs one document at a time (batch size 1)")
+        scaling = scaling if scaling is not None else 1 / math.sqrt(self.head_dim)
+        q_len = query.shape[2]
+        query_plain, new_keys = query, key[:, :, -q_len:]
+        if self._rotary is not None:
+            cos, sin = self._rotary
+            query_plain, new_keys = _unrotate(query, cos, sin), _unrotate(new_keys, cos, sin)
+        positions = self._input_start + torch.arange(q_len, device=query.device)
+        self._pending.append((new_keys[0].transpose(0, 1).detach(), value[0, :, -q_len:].transpose(0, 1).detach(),
+                              positions))
+        self._input_start += q_len  # a later pass without set_window continues after this one
+
+        use_memory = self.enabled and len(self.memory) > 0
+        if self.settings.mode == "joint" and use_memory:
+            return self._joint(module, query, query_plain, key, value, attention_mask, scaling)
+        local, weights = self._base_attention(module, query, key, value, attention_mask, dropout=dropout,
+                                              scaling=scaling, **kwargs)
+        if not use_memory:
+            self.last_step = MemoryStep(self._gate_list(), [0.0] * self.heads)
+            return local, weights
+        found = self.memory.search(query_plain[0], self.settings.k, scaling)
+        weights_mem = torch.softmax(found.logits.float(), dim=-1).to(found.values.dtype)  # (H, q, k)
+        remembered = (weights_mem[..., None] * found.values).sum(-2)  # (H, q, d)
+        gate = torch.sigmoid(self.gate_bias).to(local.dtype)
+        out = gate[None, None, :, None] * remembered.transpose(0, 1)[None].to(local.dtype) \
+            + (1 - gate[None, None, :, None]) * local
+        g = gate.detach().float()
+        self._note(found.slots, weights_mem.detach() * g[:, None, None], g.tolist())
+        return out, weights
+
+    def _joint(self, module, query, query_plain, key, value, attention_mask, scaling):
+        group = self.heads // self.kv_heads
+        key_all = key.repeat_interleave(group, dim=1)
+        value_all = value.repeat_interleave(group, dim=1)
+        local = _local_scores(query, key_all, attention_mask, scaling)  # (1, H, q, kv)
+        found = self.memory.search(query_plain[0], self.settings.k, scaling)
+        joint = torch.softmax(torch.cat((local.float(), found.logits[None].float()), dim=-1), dim=-1)
+        p_local, p_memory = joint[..., : local.shape[-1]].to(value.dtype), joint[..., local.shape[-1]:]
+        out = p_local @ value_all + (p_memory[0, ..., None].to(value.dtype) * found.values).sum(-2)[None]
+        self._note(found.slots, p_memory[0].detach(), None)
+        return out.transpose(1, 2).contiguous(), None
+
+    def _note(self, slots: torch.Tensor, weights: torch.Tensor, gates: list[float] | None) -> None:
+        """Keep the last query position's per-head memory share and strongest hits for the record."""
+        last_slots, last_weights = slots[:, -1], weights[:, -1].float()  # (H, k)
+        share = last_weights.sum(-1)
+        top = last_weights.topk(min(self.settings.hits_shown, last_weights.shape[-1]), dim=-1)
+        positions = self.memory.positions[last_slots.gather(1, top.indices)].cpu()
+        hits = [[(int(p), float(w)) for p, w in zip(positions[h], top.values[h].cpu())] for h in range(self.heads)]
+        self.last_step = MemoryStep(gates, share.cpu().tolist(), hits)
+
+    def _gate_list(self) -> list[float] | None:
+        return self.gates().tolist() if self.settings.mode == "gated" else None

@@ -1,0 +1,86 @@
+"""The Memorizing Transformer's memory: one layer's (key, value) pairs of earlier tokens, FIFO.
+
+Keys are stored before any rotary position embedding (see `memorizing.py` for why), with their
+unit-length copies for the lookup; each entry keeps the absolute position of its token in the
+document, so a hit can be shown as a passage. Search is exact (a matmul + top-k per head): at the
+sizes a memory holds (≤ 65k tokens × a few heads × head_dim 64–128) that is a few ms per query on a
+CPU and it runs on the model's device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MemoryLookup:
+    """The k entries each (head, query) retrieved, as buffer slots, with the model's logits for them."""
+
+    slots: torch.Tensor  # (heads, queries, k) int64, indices into the store's buffers
+    logits: torch.Tensor  # (heads, queries, k): scaled dot products q·k, as local attention scores them
+    values: torch.Tensor  # (heads, queries, k, head_dim)
+
+
+class MemoryStore:
+    """A ring buffer of `capacity` tokens × `kv_heads` keys and values."""
+
+    def __init__(self, capacity: int, kv_heads: int, head_dim: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        if capacity < 0:
+            raise ValueError("memory size must be >= 0")
+        self.capacity = capacity
+        shape = (capacity, kv_heads, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.unit_keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.positions = torch.full((capacity,), -1, device=device, dtype=torch.long)
+        self.size = 0
+        self._next = 0  # the slot the next entry goes to
+
+    def __len__(self) -> int:
+        return self.size
+
+    def clear(self) -> None:
+        self.size, self._next = 0, 0
+        self.positions.fill_(-1)
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Append (n, kv_heads, head_dim) keys/values; the oldest entries make room."""
+        if self.capacity == 0 or keys.shape[0] == 0:
+            return
+        keys, values, positions = keys[-self.capacity:], values[-self.capacity:], positions[-self.capacity:]
+        n = keys.shape[0]
+        slots = (self._next + torch.arange(n, device=self.positions.device)) % self.capacity
+        keys = keys.detach().to(self.keys)
+        self.keys[slots] = keys
+        self.unit_keys[slots] = torch.nn.functional.normalize(keys, dim=-1)
+        self.values[slots] = values.detach().to(self.values)
+        self.positions[slots] = positions.to(self.positions)
+        self._next = (self._next + n) % self.capacity
+        self.size = min(self.capacity, self.size + n)
+
+    def search(self, queries: torch.Tensor, k: int, scaling: float) -> MemoryLookup:
+        """Top-k entries per (head, query) by cosine similarity, as the Memorizing Transformer does.
+
+        `queries` is (heads, n, head_dim); query head h reads key/value head h // (heads / kv_heads)
+        (grouped-query attention). Logits are the layer's own scaled dot products, so memory and
+        local attention scores are on one scale.
+        """
+        heads, n, dim = queries.shape
+        kv_heads = self.keys.shape[1]
+        group = heads // kv_heads
+        k = min(k, self.size)
+        keys = self.keys[: self.size].permute(1, 0, 2)  # (kv_heads, size, dim)
+        unit_keys = self.unit_keys[: self.size].permute(1, 0, 2)
+        q = queries.to(self.keys.dtype).reshape(kv_heads, group * n, dim)
+        similarity = torch.nn.functional.normalize(q, dim=-1) @ unit_keys.transpose(1, 2)
+        slots = similarity.topk(k, dim=-1).indices  # (kv_heads, group * n, k)
+        picked_keys = torch.gather(keys[:, None].expand(-1, group * n, -1, -1), 2,
+                                   slots[..., None].expand(-1, -1, -1, dim))
+        values = self.values[: self.size].permute(1, 0, 2)
+        picked_values = torch.gather(values[:, None].expand(-1, group * n, -1, -1), 2,
+                                     slots[..., None].expand(-1, -1, -1, dim))
+        logits = (q[:, :, None, :] * picked_keys).sum(-1) * scaling
+        return MemoryLookup(slots=slots.reshape(heads, n, k), logits=logits.reshape(heads, n, k),
+                            values=picked_values.reshape(heads, n, k, dim))

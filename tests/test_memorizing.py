@@ -1,0 +1,161 @@
+"""Memorizing Transformer retrofit: unchanged at init, memory semantics, rotary keys, GQA lookup."""
+import pytest
+import torch
+
+from knn_explorer.core.memorizing import (INITIAL_GATE_BIAS, MemorizingError, MemorizingRetrofit, MemorizingSettings,
+                                          default_layer)
+from knn_explorer.core.memory_store import MemoryStore
+from knn_explorer.core.models import load_model
+from tiny_models import save_tiny_model
+
+ARCHITECTURES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2"]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def tiny(request, tmp_path_factory):
+    folder = save_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
+    return load_model(str(folder), device="cpu")
+
+
+def _ids(n=48, seed=0):
+    return torch.randint(3, 100, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _two_segments(model, retrofit, ids, split):
+    """First segment fills the memory; returns the second segment's logits."""
+    retrofit.set_window(0, 0)
+    with torch.no_grad():
+        model.model(ids[:, :split])
+        retrofit.set_window(split, split)
+        return model.model(ids[:, split:]).logits
+
+
+def test_untrained_gates_leave_the_logits_unchanged(tiny):
+    ids = _ids()
+    with torch.no_grad():
+        base = tiny.model(ids[:, 24:]).logits
+    retrofit = MemorizingRetrofit(tiny, MemorizingSettings(k=4))
+    try:
+        logits = _two_segments(tiny, retrofit, ids, 24)
+        assert retrofit.memory_tokens() == 24  # the memory was really consulted
+        assert max(retrofit.last_step.memory_attention) > 0
+        assert float((logits - base).abs().max()) < 1e-5
+        gates = retrofit.last_step.head_gates
+        assert len(gates) == retrofit.heads and all(0 < g < 1e-6 for g in gates)
+        # Open gates change the output: the comparison above could fail.
+        with torch.no_grad():
+            retrofit.gate_bias.fill_(0.0)
+        retrofit.reset()
+        opened = _two_segments(tiny, retrofit, ids, 24)
+        assert float((opened - base).abs().max()) > 1e-3
+    finally:
+        retrofit.remove()
+    with torch.no_grad():
+        assert torch.equal(tiny.model(ids[:, 24:]).logits, base)  # remove() restores the model
+
+
+def test_joint_mode_with_an_empty_memory_is_the_base_model_and_with_memory_is_not(tiny):
+    ids = _ids(seed=1)
+    with torch.no_grad():
+        base = tiny.model(ids[:, 24:]).logits
+    retrofit = MemorizingRetrofit(tiny, MemorizingSettings(mode="joint", k=8))
+    try:
+        retrofit.set_window(24, 24)
+        with torch.no_grad():
+            alone = tiny.model(ids[:, 24:]).logits
+        assert float((alone - base).abs().max()) < 1e-5
+        retrofit.reset()
+        logits = _two_segments(tiny, retrofit, ids, 24)
+        share = retrofit.last_step.memory_attention
+        assert retrofit.last_step.head_gates is None
+        assert len(share) == retrofit.heads and all(0 < s < 1 for s in share)
+        assert float((logits - base).abs().max()) > 1e-4
+        for hits in retrofit.last_step.hits:
+            assert all(0 <= position < 24 for position, _ in hits)  # only earlier tokens are in memory
+    finally:
+        retrofit.remove()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt_neox"])
+def test_memory_keys_are_stored_before_the_rotary_embedding(tmp_path, model_type):
+    # In layer 0 a token's key depends on the token alone, so before rotation the keys of a token
+    # repeated at other positions are identical; after rotation they would differ.
+    model = load_model(str(save_tiny_model(tmp_path / model_type, model_type)), device="cpu")
+    retrofit = MemorizingRetrofit(model, MemorizingSettings(layer=0))
+    try:
+        retrofit.set_window(0, 0)
+        ids = torch.tensor([[5, 17, 23, 5, 17, 23, 9, 5]])
+        with torch.no_grad():
+            model.model(ids)
+        retrofit.set_window(8, 8)  # everything moves to memory
+        keys = retrofit.memory.keys[:8]
+        assert torch.allclose(keys[0], keys[3], atol=1e-5) and torch.allclose(keys[0], keys[7], atol=1e-5)
+        assert torch.allclose(keys[1], keys[4], atol=1e-5)
+        assert not torch.allclose(keys[0], keys[1], atol=1e-3)
+    finally:
+        retrofit.remove()
+
+
+def test_pending_tokens_enter_memory_only_when_the_window_passes_them(tiny):
+    retrofit = MemorizingRetrofit(tiny, MemorizingSettings())
+    try:
+        ids = _ids(30, seed=2)
+        retrofit.set_window(0, 0)
+        with torch.no_grad():
+            tiny.model(ids[:, :20])
+        assert retrofit.memory_tokens() == 0  # still inside local attention
+        retrofit.set_window(10, 20)  # the window moved past positions 0..9
+        assert retrofit.memory_tokens() == 10
+        assert sorted(retrofit.memory.positions[:10].tolist()) == list(range(10))
+        retrofit.set_window(10, 15)  # positions 15.. are recomputed: their pending keys are dropped
+        with torch.no_grad():
+            tiny.model(ids[:, 15:30])
+        retrofit.set_window(30, 30)
+        assert sorted(retrofit.memory.positions[: retrofit.memory_tokens()].tolist()) == list(range(30))
+        retrofit.reset()
+        assert retrofit.memory_tokens() == 0
+    finally:
+        retrofit.remove()
+
+
+def test_memory_is_a_bounded_fifo():
+    store = MemoryStore(capacity=5, kv_heads=1, head_dim=4)
+    for start in (0, 3, 6):
+        keys = torch.randn(3, 1, 4)
+        store.add(keys, keys, torch.arange(start, start + 3))
+    assert len(store) == 5
+    assert sorted(store.positions.tolist()) == [4, 5, 6, 7, 8]
+    store.add(torch.randn(9, 1, 4), torch.randn(9, 1, 4), torch.arange(100, 109))
+    assert sorted(store.positions.tolist()) == list(range(104, 109))
+
+
+def test_lookup_is_exact_cosine_top_k_per_head_with_grouped_query_heads():
+    torch.manual_seed(0)
+    heads, kv_heads, dim, size, k = 4, 2, 8, 50, 5
+    store = MemoryStore(capacity=64, kv_heads=kv_heads, head_dim=dim)
+    keys, values = torch.randn(size, kv_heads, dim) * 3, torch.randn(size, kv_heads, dim)
+    store.add(keys, values, torch.arange(size))
+    queries = torch.randn(heads, 3, dim)
+    found = store.search(queries, k, scaling=0.5)
+    for h in range(heads):
+        g = h // (heads // kv_heads)
+        cosine = torch.nn.functional.normalize(queries[h], dim=-1) @ torch.nn.functional.normalize(keys[:, g], dim=-1).T
+        expected = cosine.topk(k, dim=-1).indices
+        assert torch.equal(store.positions[found.slots[h]], expected)
+        assert torch.allclose(found.logits[h], (queries[h] @ keys[:, g].T).gather(1, expected) * 0.5, atol=1e-5)
+        assert torch.allclose(found.values[h], values[expected, g], atol=1e-6)
+
+
+def test_default_layer_is_three_quarters_of_the_depth():
+    assert default_layer(12) == 8  # layer 9 of 12, 1-based, as in the paper
+    assert default_layer(4) == 2 and default_layer(2) == 1 and default_layer(1) == 0
+
+
+def test_unsupported_models_and_layers_are_refused_with_a_reason(tmp_path):
+    opt = load_model(str(save_tiny_model(tmp_path / "opt", "opt")), device="cpu")
+    with pytest.raises(MemorizingError, match="supports .*gpt2.*this model is opt"):
+        MemorizingRetrofit(opt)
+    gpt2 = load_model(str(save_tiny_model(tmp_path / "gpt2", "gpt2")), device="cpu")
+    with pytest.raises(MemorizingError, match="layer 7 does not exist"):
+        MemorizingRetrofit(gpt2, MemorizingSettings(layer=7))
+    assert INITIAL_GATE_BIAS <= -12
