@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .knnlm import KnnLM
+from .memorizing import MemorizingRetrofit
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .windows import sliding_windows
@@ -93,3 +94,56 @@ def evaluate(
         log_p=log_p,
         target_ids=np.asarray(ids[1:]),
     )
+
+
+@torch.inference_mode()
+def evaluate_memorizing(
+    model: LoadedModel,
+    retrofit: MemorizingRetrofit,
+    documents: list[str],
+    segment_length: int = 128,
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EvalResult:
+    """Perplexity with and without the retrofit's memory, segment by segment, as in the paper.
+
+    Each document is cut into segments of `segment_length` tokens that local attention sees one at
+    a time; the memory holds the document's earlier segments (reset between documents). The LM
+    number is the same model on the same segments with the memory switched off, so the context it
+    lacks is exactly what the memory could supply; it is not comparable to `evaluate`'s
+    sliding-window perplexity.
+    """
+    length = max(2, min(segment_length, model.max_positions))
+    encoded = [model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] for text in documents]
+    encoded = [ids for ids in encoded if len(ids) >= 2]
+    if not encoded:
+        raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
+    meter = PhaseMeter("evaluating", sum(len(ids) - 1 for ids in encoded), "tokens", on_progress)
+    lm_parts, memory_parts, targets_all, done = [], [], [], 0
+    was_enabled = retrofit.enabled
+    try:
+        for ids in encoded:
+            retrofit.reset()
+            tokens = torch.tensor(ids, dtype=torch.long)
+            for start in range(0, len(ids) - 1, length):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("evaluation cancelled")
+                end = min(start + length, len(ids) - 1)
+                input_ids = tokens[None, start:end].to(model.device)
+                targets = tokens[start + 1 : end + 1]
+                for enabled, parts in ((False, lm_parts), (True, memory_parts)):
+                    retrofit.enabled = enabled
+                    retrofit.set_window(start, start)
+                    logits = model.model(input_ids=input_ids).logits[0]
+                    log_p = torch.log_softmax(logits.float(), dim=-1).cpu()
+                    parts.append(log_p.gather(1, targets[:, None])[:, 0].double())
+                targets_all.append(targets)
+                done += len(targets)
+                meter.update(done)
+    finally:
+        retrofit.enabled = was_enabled
+        retrofit.reset()
+    meter.update(done, force=True)
+    log_p_lm, log_p = torch.cat(lm_parts).numpy(), torch.cat(memory_parts).numpy()
+    return EvalResult(method="memtrf", tokens=len(log_p), ppl_lm=perplexity(log_p_lm), ppl=perplexity(log_p),
+                      log_p_lm=log_p_lm, log_p=log_p, target_ids=torch.cat(targets_all).numpy())

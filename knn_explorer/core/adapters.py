@@ -1,0 +1,76 @@
+"""Small trained parts saved apart from the model: the Memorizing Transformer's gate biases.
+
+An adapter is one safetensors file: the tensors, plus metadata (kind, the base model's name and
+fingerprint, the layer and settings it was trained with). Loading checks it belongs to the model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .memorizing import MemorizingRetrofit
+
+MEMTRF = "memtrf"
+
+
+class AdapterError(Exception):
+    """An adapter file that cannot be used; str() is a one-line reason."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    kind: str
+    model_name: str
+    model_fingerprint: str
+    details: dict  # layer, mode, k, memory_size, heads, training summary
+
+
+def save_memorizing_adapter(path: Path, retrofit: MemorizingRetrofit, training: dict | None = None) -> Path:
+    """Write the retrofit's gate biases; written to a temporary name first, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = retrofit.settings
+    details = {"layer": retrofit.layer, "mode": s.mode, "k": s.k, "memory_size": s.memory_size,
+               "heads": retrofit.heads, "training": training or {}}
+    metadata = {"kind": MEMTRF, "model_name": retrofit.loaded.name,
+                "model_fingerprint": retrofit.loaded.model_fingerprint, "details": json.dumps(details)}
+    partial = path.with_name(path.name + ".partial")
+    save_file({"gate_bias": retrofit.gate_bias.detach().float().cpu().contiguous()}, str(partial), metadata=metadata)
+    partial.replace(path)
+    return path
+
+
+def read_adapter_info(path: Path) -> AdapterInfo:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError) as exc:
+        raise AdapterError(f"cannot read adapter {path}: {exc}") from exc
+    if "kind" not in meta:
+        raise AdapterError(f"{path} is not a kNN Explorer adapter (no 'kind' in its metadata)")
+    return AdapterInfo(meta["kind"], meta.get("model_name", "?"), meta.get("model_fingerprint", ""),
+                       json.loads(meta.get("details", "{}")))
+
+
+def load_memorizing_adapter(path: Path, retrofit: MemorizingRetrofit) -> AdapterInfo:
+    """Put the adapter's gate biases into `retrofit`, after checking it was trained for this model and layer."""
+    info = read_adapter_info(path)
+    if info.kind != MEMTRF:
+        raise AdapterError(f"{Path(path).name} is a {info.kind} adapter, not a Memorizing Transformer one")
+    if info.model_fingerprint != retrofit.loaded.model_fingerprint:
+        raise AdapterError(f"{Path(path).name} was trained for model '{info.model_name}', not "
+                           f"'{retrofit.loaded.name}' (weights differ)")
+    if info.details.get("layer") != retrofit.layer:
+        raise AdapterError(f"{Path(path).name} gates layer {info.details.get('layer')}, the memory is in layer "
+                           f"{retrofit.layer}")
+    bias = load_file(str(path))["gate_bias"]
+    if bias.shape != retrofit.gate_bias.shape:
+        raise AdapterError(f"{Path(path).name} has {bias.shape[0]} gates; this layer has {retrofit.heads} heads")
+    with torch.no_grad():
+        retrofit.gate_bias.copy_(bias.to(retrofit.gate_bias))
+    return info
