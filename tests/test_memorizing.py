@@ -159,3 +159,38 @@ def test_unsupported_models_and_layers_are_refused_with_a_reason(tmp_path):
     with pytest.raises(MemorizingError, match="layer 7 does not exist"):
         MemorizingRetrofit(gpt2, MemorizingSettings(layer=7))
     assert INITIAL_GATE_BIAS <= -12
+
+
+def test_generation_records_carry_gates_memory_attention_and_hits_from_earlier_text(tmp_path):
+    from knn_explorer.core.generation import GenerationSettings, StepGenerator
+    from knn_explorer.core.run_export import read_json, write_json
+
+    model = load_model(str(save_tiny_model(tmp_path / "llama", "llama")), device="cpu")
+    prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)  # longer than the window
+    window = 32
+    plain = list(StepGenerator(model, prompt, GenerationSettings(method="none", max_new_tokens=12,
+                                                                  stop_at_eos=False, context_window=window)))
+    retrofit = MemorizingRetrofit(model, MemorizingSettings(k=4))
+    try:
+        generator = StepGenerator(model, prompt, GenerationSettings(method="memtrf", max_new_tokens=12,
+                                                                    stop_at_eos=False, context_window=window),
+                                  memorizing=retrofit)
+        records = list(generator)
+    finally:
+        retrofit.remove()
+    assert len(generator.prompt_ids) > window
+    # Untrained gates: the same tokens and probabilities as the model alone.
+    assert [r.token_id for r in records] == [r.token_id for r in plain]
+    for record, base in zip(records, plain):
+        assert record.method == "memtrf"
+        assert record.chosen_prob_final == pytest.approx(base.chosen_prob_lm, abs=1e-5)
+        assert len(record.head_gates) == len(record.memory_attention) == retrofit.heads
+        assert all(0 <= g <= 1 for g in record.head_gates)
+        assert len(record.memory_hits) == retrofit.heads
+        for head in record.memory_hits:
+            assert head, "the memory held the start of the prompt"
+            for hit in head:
+                assert hit.position < len(generator.ids) - window // 2
+                assert hit.context[hit.highlight[0]:hit.highlight[1]] == hit.token
+    path = write_json(tmp_path / "run.json", records, prompt)
+    assert read_json(path)[2] == records  # memory hits survive the round trip

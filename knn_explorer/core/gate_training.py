@@ -105,7 +105,7 @@ def train_memorizing_gates(
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()
-                    step = TrainingStep(len(result.steps) + 1, float(loss), retrofit.gates().tolist())
+                    step = TrainingStep(len(result.steps) + 1, float(loss.detach()), retrofit.gates().tolist())
                     result.steps.append(step)
                     if on_step is not None:
                         on_step(step)

@@ -15,10 +15,11 @@ from typing import Iterator
 import torch
 
 from .knnlm import KnnLM, KnnStep
+from .memorizing import MemorizingRetrofit
 from .models import LoadedModel
-from .records import Neighbour, RetrievalSettings, TokenProb, TokenRecord
+from .records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
 
-METHODS = ("none", "knnlm")
+METHODS = ("none", "knnlm", "memtrf")
 
 
 @dataclass(frozen=True)
@@ -30,23 +31,34 @@ class GenerationSettings:
     top_shown: int = 10  # entries of each distribution in the record
     neighbours_shown: int = 16  # neighbours described in full (all k enter p_kNN)
     stop_at_eos: bool = True
+    context_window: int | None = None  # tokens local attention sees (default: the model's maximum)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if self.context_window is not None and self.context_window < 2:
+            raise ValueError("the context window must hold at least 2 tokens")
 
 
 class StepGenerator:
     def __init__(self, model: LoadedModel, prompt: str | list[int], settings: GenerationSettings = GenerationSettings(),
-                 knn: KnnLM | None = None, first_step: int = 0):
-        """`first_step` numbers the records of a branch that continues another run at that step."""
+                 knn: KnnLM | None = None, first_step: int = 0, memorizing: MemorizingRetrofit | None = None):
+        """`first_step` numbers the records of a branch that continues another run at that step.
+        `memorizing` (method "memtrf") is reset: its memory belongs to this generator's text."""
         if settings.method == "knnlm" and knn is None:
             raise ValueError("kNN-LM generation needs a datastore")
+        if settings.method == "memtrf" and memorizing is None:
+            raise ValueError("Memorizing Transformer generation needs a memory retrofit")
         self.model = model
         self.settings = settings
         self.knn = knn if settings.method == "knnlm" else None
+        self.memory = memorizing if settings.method == "memtrf" else None
+        if self.memory is not None:
+            self.memory.reset()
+        self._base_cache = None  # memtrf: the same text without memory, for p_LM
+        self._memory_filled_to = 0  # memtrf: text before this position has passed the memory layer
         ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
         if not ids:  # an empty prompt starts from end-of-text, the usual document separator
             ids = [model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0]
@@ -76,13 +88,13 @@ class StepGenerator:
 
     @torch.inference_mode()
     def step(self, forced_token: int | None = None) -> TokenRecord:
-        log_p_lm, query = self._next_distribution()
+        log_p_lm, query, log_p_model = self._next_distribution()
         knn_step: KnnStep | None = None
         if self.knn is not None:
             knn_step = self.knn.combine(log_p_lm[None], query[None])
             log_p_final = knn_step.log_p_final[0]
         else:
-            log_p_final = log_p_lm.double()
+            log_p_final = log_p_model.double()
         token_id = forced_token if forced_token is not None else self._choose(log_p_final)
         record = self._record(token_id, log_p_lm, log_p_final, knn_step)
         self.ids.append(token_id)
@@ -90,23 +102,51 @@ class StepGenerator:
         self.steps_taken += 1
         return record
 
-    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """LM log-probabilities for the next token and the kNN key of the current context."""
-        limit = self.model.max_positions
+    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LM log-probabilities for the next token, the kNN key of the current context, and the
+        model's log-probabilities with its memory (memtrf; otherwise the LM's again)."""
+        limit = min(self.model.max_positions, self.settings.context_window or self.model.max_positions)
         pending = len(self.ids) - self._cache_end
         if self._cache is not None and self._cache_tokens + pending <= limit:
             new_ids = self.ids[self._cache_end:]
+            window_start = self._cache_end - self._cache_tokens
         else:  # (re)start the cache: the whole sequence if it fits, else its most recent half window
             new_ids = self.ids if len(self.ids) <= limit else self.ids[-(limit // 2):]
-            self._cache, self._cache_tokens = None, 0
+            self._cache, self._base_cache, self._cache_tokens = None, None, 0
+            window_start = len(self.ids) - len(new_ids)
         input_ids = torch.tensor([new_ids], device=self.model.device)
+        input_start = len(self.ids) - len(new_ids)
+        base = None
+        if self.memory is not None and self._memory_filled_to < window_start:
+            self._fill_memory(window_start, limit)
+        if self.memory is not None:  # the same step without memory: p_LM, and what the gain is against
+            self.memory.enabled = False
+            self.memory.set_window(window_start, input_start)
+            base = self.model.forward(input_ids, cache=self._base_cache, use_cache=True, last_logits_only=True)
+            self._base_cache = base.past_key_values
+            self.memory.enabled = True
+            self.memory.set_window(window_start, input_start)
         with self.model.capture_keys() as captured:
             out = self.model.forward(input_ids, cache=self._cache, use_cache=True, last_logits_only=True)
         self._cache = out.past_key_values
         self._cache_tokens += len(new_ids)
         self._cache_end = len(self.ids)
-        log_p_lm = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
-        return log_p_lm, captured[-1][0, -1].float().cpu()
+        self._memory_filled_to = max(self._memory_filled_to, self._cache_end)
+        log_p = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+        log_p_lm = log_p if base is None else torch.log_softmax(base.logits[0, -1].float(), dim=-1).cpu()
+        return log_p_lm, captured[-1][0, -1].float().cpu(), log_p
+
+    def _fill_memory(self, end: int, window: int) -> None:
+        """Run text that never passed through the model (a prompt longer than the window) through it,
+        a window at a time, so the memory holds it. The memory layer's keys do not depend on the
+        memory, so it is off meanwhile."""
+        self.memory.enabled = False
+        for start in range(self._memory_filled_to, end, window):
+            chunk = self.ids[start:min(start + window, end)]
+            self.memory.set_window(start, start)
+            self.model.forward(torch.tensor([chunk], device=self.model.device), last_logits_only=True)
+        self.memory.enabled = True
+        self._memory_filled_to = end
 
     def _choose(self, log_p: torch.Tensor) -> int:
         if self.settings.greedy:
@@ -128,6 +168,11 @@ class StepGenerator:
                                           self.knn.datastore.name)
             p_knn = self._top(knn_step.p_knn[0])
             lam = float(knn_step.lambdas[0])
+        head_gates = memory_attention = memory_hits = None
+        if self.memory is not None and self.memory.last_step is not None:
+            last = self.memory.last_step
+            head_gates, memory_attention = last.head_gates, last.memory_attention
+            memory_hits = [[self._memory_hit(position, weight) for position, weight in head] for head in last.hits]
         return TokenRecord(
             step=self.step_number,
             token_id=token_id,
@@ -139,9 +184,18 @@ class StepGenerator:
             chosen_prob_lm=float(p_lm[token_id]),
             chosen_prob_final=float(p_final[token_id]),
             lambda_=lam,
+            head_gates=head_gates,
+            memory_attention=memory_attention,
+            memory_hits=memory_hits,
             neighbours=neighbours,
             retrieval=retrieval,
         )
+
+    def _memory_hit(self, position: int, weight: float) -> MemoryHit:
+        before = self.model.tokenizer.decode(self.ids[max(0, position - 8):position])
+        token = self._decode(self.ids[position])
+        after = self.model.tokenizer.decode(self.ids[position + 1:position + 5])
+        return MemoryHit(position, token, weight, before + token + after, (len(before), len(before) + len(token)))
 
     def _neighbours(self, knn_step: KnnStep) -> list[Neighbour]:
         r = knn_step.retrieval

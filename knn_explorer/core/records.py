@@ -32,6 +32,18 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
+class MemoryHit:
+    """A memory entry one head of the Memorizing Transformer's memory layer drew on: an earlier
+    token of the same text (prompt and output), with a few tokens around it."""
+
+    position: int  # token position in the text
+    token: str
+    weight: float  # its share of the head's output (gate × attention weight, or joint-softmax mass)
+    context: str
+    highlight: tuple[int, int]  # [start, end) of the token inside `context`
+
+
+@dataclass(frozen=True)
 class RetrievalSettings:
     """Shown with every record: results that differ silently by T or distance mode are the
     most common reproduction complaint of kNN-LM users."""
@@ -57,6 +69,7 @@ class TokenRecord:
     gate: float | None = None  # SPALM gate
     head_gates: list[float] | None = None  # Memorizing Transformer, one per head
     memory_attention: list[float] | None = None  # per-head attention mass on the memory
+    memory_hits: list[list[MemoryHit]] | None = None  # per head, the memory entries it drew on most
     neighbours: list[Neighbour] = field(default_factory=list)
     retrieval: RetrievalSettings | None = None
 
@@ -74,4 +87,7 @@ class TokenRecord:
         data["lambda"] = data.pop("lambda_")
         for n in data["neighbours"]:
             n["highlight"] = list(n["highlight"])
+        for hits in data["memory_hits"] or []:
+            for hit in hits:
+                hit["highlight"] = list(hit["highlight"])
         return data

@@ -9,7 +9,7 @@ import csv
 import json
 from pathlib import Path
 
-from .records import Neighbour, RetrievalSettings, TokenProb, TokenRecord
+from .records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
 
 FORMAT = "knn-explorer-run/1"
 CSV_COLUMNS = ["step", "token_id", "token", "method", "chosen_prob_lm", "chosen_prob_final", "gain", "lambda",
@@ -33,9 +33,14 @@ def record_from_json(data: dict) -> TokenRecord:
     probs = lambda rows: None if rows is None else [TokenProb(**row) for row in rows]  # noqa: E731
     neighbours = [Neighbour(**{**n, "highlight": tuple(n["highlight"])}) for n in data["neighbours"]]
     retrieval = RetrievalSettings(**data["retrieval"]) if data.get("retrieval") else None
-    fields = {k: v for k, v in data.items() if k not in ("lambda", "p_lm", "p_knn", "p_final", "neighbours", "retrieval")}
+    hits = data.get("memory_hits")
+    memory_hits = None if hits is None else [[MemoryHit(**{**h, "highlight": tuple(h["highlight"])}) for h in head]
+                                             for head in hits]
+    fields = {k: v for k, v in data.items()
+              if k not in ("lambda", "p_lm", "p_knn", "p_final", "neighbours", "retrieval", "memory_hits")}
     return TokenRecord(**fields, lambda_=data.get("lambda"), p_lm=probs(data["p_lm"]), p_knn=probs(data["p_knn"]),
-                       p_final=probs(data["p_final"]), neighbours=neighbours, retrieval=retrieval)
+                       p_final=probs(data["p_final"]), neighbours=neighbours, retrieval=retrieval,
+                       memory_hits=memory_hits)
 
 
 def write_csv(path: Path, records: list[TokenRecord]) -> Path:
