@@ -43,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
 def one_line(exc: BaseException) -> str:
     from .core.datastore import DatastoreError
     from .core.library import LibraryError
+    from .core.adapters import AdapterError
+    from .core.memorizing import MemorizingError
     from .core.models import ModelLoadError
     from .core.progress import Cancelled
 
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError)):
+    if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError, AdapterError,
+                        MemorizingError)):
         return text
     return f"{type(exc).__name__}: {text}"
 
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--greedy", action="store_true", help="always take the most likely token (default)")
     mode.add_argument("--seed", type=int, help="sample from p_final with this seed")
     generate.add_argument("--neighbours", type=int, default=16, help="neighbours described per token")
+    _memory_flags(generate)
     _method_flags(generate)
     _common_model_flags(generate)
     _json_flag(generate)
@@ -91,9 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
     evaluate.add_argument("--context", type=int, default=256)
     evaluate.add_argument("--stride", type=int, default=128)
+    _memory_flags(evaluate)
     _method_flags(evaluate)
     _common_model_flags(evaluate)
     _json_flag(evaluate)
+
+    train = sub.add_parser("train-gates", help="train the Memorizing Transformer's per-head gates on documents")
+    train.add_argument("--model", required=True)
+    train.add_argument("--docs", required=True, nargs="+", metavar="PATH", help="files and/or folders")
+    train.add_argument("--out", required=True, type=Path, help="adapter file to write (.safetensors)")
+    train.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
+    train.add_argument("--memory-size", type=int, default=65_536)
+    train.add_argument("--k", type=int, default=32)
+    train.add_argument("--segment", type=int, default=128, help="tokens local attention sees per segment")
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--lr", type=float, default=0.2, help="learning rate of the gate biases (Adam)")
+    _common_model_flags(train)
+    _json_flag(train)
 
     remove = sub.add_parser("remove", help="delete a datastore (or an unfinished build)")
     remove.add_argument("name")
@@ -112,14 +130,26 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datastore", help="datastore name (see `knn-explorer list`)")
-    parser.add_argument("--method", default=None, choices=["none", "knnlm"],
-                        help="default: knnlm with a datastore, none without")
+    parser.add_argument("--method", default=None, choices=["none", "knnlm", "memtrf"],
+                        help="default: knnlm with a datastore, none without; memtrf: Memorizing Transformer")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
     parser.add_argument("--lambda-mode", default="fixed", choices=["fixed", "entropy"])
     parser.add_argument("--temperature", type=float, default=1.0, help="kNN softmax temperature T")
     parser.add_argument("--approximate", action="store_true",
                         help="use the index's distances instead of recomputing them from stored keys")
+
+
+def _memory_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Memorizing Transformer (--method memtrf)")
+    group.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
+    group.add_argument("--memory-size", type=int, default=65_536, help="tokens the memory holds (default 65536)")
+    group.add_argument("--memory-mode", default="gated", choices=["gated", "joint"],
+                       help="gated: learned per-head gates (the paper); joint: one softmax over local and "
+                            "retrieved keys, no training")
+    group.add_argument("--adapter", type=Path, help="trained gates (train-gates output); the demo model has its own")
+    group.add_argument("--window", type=int, help="tokens local attention sees (generation) or per segment "
+                                                  "(eval, default 128)")
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -209,9 +239,10 @@ def cmd_generate(args) -> int:
     method = _method(args)
     model = _load_model(args)
     knn = _knn(args, model, method)
+    memory = _memorizing(args, model, method)
     settings = GenerationSettings(method=method, max_new_tokens=args.max_new_tokens, greedy=args.seed is None,
-                                  seed=args.seed or 0, neighbours_shown=args.neighbours)
-    generator = StepGenerator(model, args.prompt, settings, knn)
+                                  seed=args.seed or 0, neighbours_shown=args.neighbours, context_window=args.window)
+    generator = StepGenerator(model, args.prompt, settings, knn, memorizing=memory)
     if not args.json:
         sys.stdout.write(args.prompt)
     for record in generator:
@@ -237,6 +268,8 @@ def cmd_eval(args) -> int:
         raise UsageError(f"no readable text in {args.text} ({reasons})")
     text = "\n\n".join(texts)
     model = _load_model(args)
+    if method == "memtrf":
+        return _eval_memorizing(args, model, texts)
     knn = _knn(args, model, method)
     result = evaluate(model, text, knn, context_length=args.context, stride=args.stride,
                       on_progress=_progress_printer())
@@ -254,6 +287,59 @@ def cmd_eval(args) -> int:
         s = knn.settings
         print(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
               f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={out['distance']}")
+    return 0
+
+
+def _eval_memorizing(args, model, texts: list[str]) -> int:
+    from .core.evaluation import evaluate_memorizing
+
+    memory = _memorizing(args, model, "memtrf")
+    segment = args.window or 128
+    result = evaluate_memorizing(model, memory, texts, segment_length=segment, on_progress=_progress_printer())
+    out = {**result.to_json(), **_memory_description(memory), "segment": segment, "documents": len(texts)}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{result.tokens:,} tokens of {args.text} in segments of {segment} tokens")
+    print(f"  LM alone (same segments)  perplexity {result.ppl_lm:10.3f}")
+    print(f"  Memorizing Transformer    perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
+          f"layer {out['memory_layer']} · {out['memory_mode']} · memory {out['memory_size']:,} tokens · k={out['k']}")
+    return 0
+
+
+def cmd_train_gates(args) -> int:
+    from .core.documents import Document, iter_documents
+    from .core.gate_training import GateTrainingSettings, train_memorizing_gates
+    from .core.memorizing import MemorizingRetrofit, MemorizingSettings
+
+    if args.epochs < 1 or args.segment < 2 or args.lr <= 0 or args.k < 1:
+        raise UsageError("--epochs >= 1, --segment >= 2, --lr > 0 and --k >= 1 are required")
+    if args.out.suffix != ".safetensors":
+        raise UsageError("--out must name a .safetensors file")
+    texts = [d.text for d in iter_documents([Path(p) for p in args.docs]) if isinstance(d, Document)]
+    if not texts:
+        raise UsageError(f"no readable documents in {' '.join(args.docs)}")
+    model = _load_model(args)
+    memory = MemorizingRetrofit(model, MemorizingSettings(layer=args.memory_layer, k=args.k,
+                                                          memory_size=args.memory_size))
+    settings = GateTrainingSettings(epochs=args.epochs, segment_length=args.segment, learning_rate=args.lr)
+
+    def show(step) -> None:
+        if args.json:
+            print(json.dumps({"step": step.step, "loss": step.loss, "gates": step.gates}), flush=True)
+        elif sys.stderr.isatty() or step.step % 50 == 0:
+            gates = " ".join(f"{g:.3f}" for g in step.gates)
+            sys.stderr.write(f"step {step.step:5d}  loss {step.loss:.3f}  gates {gates}\n")
+
+    result = train_memorizing_gates(model, memory, texts, settings, checkpoint=args.out, on_step=show)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps({"adapter": str(args.out), "layer": memory.layer, **summary}))
+    else:
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {len(texts)} documents; "
+              f"loss {summary['loss_first']:.3f} → {summary['loss_last']:.3f}")
+        print(f"gates of layer {memory.layer}: " + " ".join(f"{g:.3f}" for g in summary["gates"]))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -277,6 +363,8 @@ def _load_model(args):
 
 def _method(args) -> str:
     method = args.method or ("knnlm" if args.datastore else "none")
+    if method == "memtrf" and args.datastore:
+        raise UsageError("--method memtrf remembers the text itself; it takes no --datastore")
     if method == "knnlm" and not args.datastore:
         raise UsageError("--method knnlm needs --datastore NAME (see `knn-explorer list`)")
     if args.k < 1 or not 0 <= args.lambda_ <= 1 or args.temperature <= 0:
@@ -297,6 +385,31 @@ def _knn(args, model, method):
     return KnnLM(datastore, settings)
 
 
+def _memorizing(args, model, method):
+    if method != "memtrf":
+        return None
+    from .core.adapters import load_memorizing_adapter
+    from .core.home import DEMO_MEMTRF_ADAPTER
+    from .core.memorizing import MemorizingRetrofit, MemorizingSettings
+    from .core.models import DEMO_SPEC
+
+    if args.window is not None and args.window < 2:
+        raise UsageError("--window must be at least 2 tokens")
+    settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=args.memory_size,
+                                  mode=args.memory_mode)
+    memory = MemorizingRetrofit(model, settings)
+    adapter = args.adapter or (DEMO_MEMTRF_ADAPTER if model.spec == DEMO_SPEC and args.memory_layer is None
+                               and DEMO_MEMTRF_ADAPTER.exists() else None)
+    if adapter is not None and settings.mode == "gated":
+        memory.adapter = load_memorizing_adapter(adapter, memory)
+    return memory
+
+
+def _memory_description(memory) -> dict:
+    return {"memory_layer": memory.layer, "memory_mode": memory.settings.mode, "memory_size": memory.settings.memory_size,
+            "k": memory.settings.k, "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None}
+
+
 def _progress_printer():
     """Progress on stderr, only for a person watching a terminal."""
     if not sys.stderr.isatty():
@@ -312,7 +425,7 @@ def _progress_printer():
 
 
 COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
-            "remove": cmd_remove}
+            "train-gates": cmd_train_gates, "remove": cmd_remove}
 
 if __name__ == "__main__":
     sys.exit(main())

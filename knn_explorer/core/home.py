@@ -10,6 +10,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = PROJECT_ROOT / "resources"
 DEMO_MODEL_DIR = RESOURCES / "demo" / "model"
 DEMO_DOCS_DIR = RESOURCES / "demo" / "docs"
+DEMO_MEMTRF_ADAPTER = RESOURCES / "demo" / "memtrf-gates.safetensors"  # made by packaging/train_demo_gates.py
 
 
 def data_home() -> Path:

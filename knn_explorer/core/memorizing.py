@@ -158,6 +158,7 @@ class MemorizingRetrofit:
         self.gate_bias = torch.nn.Parameter(torch.full((self.heads,), INITIAL_GATE_BIAS, device=device))
         self.memory = MemoryStore(settings.memory_size, self.kv_heads, self.head_dim, device=device)
         self.enabled = True
+        self.adapter = None  # the AdapterInfo of loaded gates, if any
         self.last_step: MemoryStep | None = None
         self._window_start = 0  # absolute position of the first token local attention sees
         self._input_start = 0  # absolute position of the next forward pass's first token
