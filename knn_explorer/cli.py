@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--k", type=int, default=32)
     train.add_argument("--segment", type=int, default=128, help="tokens local attention sees per segment")
     train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--lr", type=float, default=0.2, help="learning rate of the gate biases (Adam)")
+    train.add_argument("--lr", type=float, default=0.05, help="learning rate of the gate biases (Adam)")
+    train.add_argument("--segments-per-step", type=int, default=8, help="segments whose gradients make one update")
     _common_model_flags(train)
     _json_flag(train)
 
@@ -312,8 +313,8 @@ def cmd_train_gates(args) -> int:
     from .core.gate_training import GateTrainingSettings, train_memorizing_gates
     from .core.memorizing import MemorizingRetrofit, MemorizingSettings
 
-    if args.epochs < 1 or args.segment < 2 or args.lr <= 0 or args.k < 1:
-        raise UsageError("--epochs >= 1, --segment >= 2, --lr > 0 and --k >= 1 are required")
+    if args.epochs < 1 or args.segment < 2 or args.lr <= 0 or args.k < 1 or args.segments_per_step < 1:
+        raise UsageError("--epochs >= 1, --segment >= 2, --lr > 0, --k >= 1 and --segments-per-step >= 1 are required")
     if args.out.suffix != ".safetensors":
         raise UsageError("--out must name a .safetensors file")
     texts = [d.text for d in iter_documents([Path(p) for p in args.docs]) if isinstance(d, Document)]
@@ -322,7 +323,8 @@ def cmd_train_gates(args) -> int:
     model = _load_model(args)
     memory = MemorizingRetrofit(model, MemorizingSettings(layer=args.memory_layer, k=args.k,
                                                           memory_size=args.memory_size))
-    settings = GateTrainingSettings(epochs=args.epochs, segment_length=args.segment, learning_rate=args.lr)
+    settings = GateTrainingSettings(epochs=args.epochs, segment_length=args.segment, learning_rate=args.lr,
+                                    segments_per_step=args.segments_per_step)
 
     def show(step) -> None:
         if args.json:
@@ -388,21 +390,14 @@ def _knn(args, model, method):
 def _memorizing(args, model, method):
     if method != "memtrf":
         return None
-    from .core.adapters import load_memorizing_adapter
-    from .core.home import DEMO_MEMTRF_ADAPTER
-    from .core.memorizing import MemorizingRetrofit, MemorizingSettings
-    from .core.models import DEMO_SPEC
+    from .core.adapters import memorizing_with_gates
+    from .core.memorizing import MemorizingSettings
 
     if args.window is not None and args.window < 2:
         raise UsageError("--window must be at least 2 tokens")
     settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=args.memory_size,
                                   mode=args.memory_mode)
-    memory = MemorizingRetrofit(model, settings)
-    adapter = args.adapter or (DEMO_MEMTRF_ADAPTER if model.spec == DEMO_SPEC and args.memory_layer is None
-                               and DEMO_MEMTRF_ADAPTER.exists() else None)
-    if adapter is not None and settings.mode == "gated":
-        memory.adapter = load_memorizing_adapter(adapter, memory)
-    return memory
+    return memorizing_with_gates(model, settings, args.adapter)
 
 
 def _memory_description(memory) -> dict:

@@ -34,7 +34,7 @@ def test_generate_memtrf_json_has_head_gates_and_memory_attention_per_head(tiny_
 def test_train_gates_writes_an_adapter_that_generate_and_eval_load(tmp_path, tiny_gpt2_dir, long_docs):
     adapter = tmp_path / "gates.safetensors"
     out = cli("train-gates", "--model", tiny_gpt2_dir, "--docs", long_docs, "--out", adapter, "--segment", 16,
-              "--k", 4, "--lr", 0.5, "--json")
+              "--k", 4, "--lr", 0.5, "--segments-per-step", 1, "--json")
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     summary = lines[-1]
     assert summary["adapter"] == str(adapter) and summary["steps"] == len(lines) - 1 > 5

@@ -194,3 +194,21 @@ def test_generation_records_carry_gates_memory_attention_and_hits_from_earlier_t
                 assert hit.context[hit.highlight[0]:hit.highlight[1]] == hit.token
     path = write_json(tmp_path / "run.json", records, prompt)
     assert read_json(path)[2] == records  # memory hits survive the round trip
+
+
+def test_other_threads_sharing_the_model_see_the_plain_layer(tiny):
+    import threading
+
+    ids = _ids(seed=3)
+    with torch.no_grad():
+        base = tiny.model(ids[:, 24:]).logits
+    retrofit = MemorizingRetrofit(tiny, MemorizingSettings(mode="joint", k=4))
+    try:
+        _two_segments(tiny, retrofit, ids, 24)  # memory now holds 24 tokens and changes this thread's output
+        seen = {}
+        worker = threading.Thread(target=lambda: seen.update(logits=tiny.model(ids[:, 24:]).logits.detach()))
+        worker.start()
+        worker.join()
+        assert torch.allclose(seen["logits"], base, atol=1e-6)  # e.g. a build running beside a generation
+    finally:
+        retrofit.remove()

@@ -6,14 +6,16 @@ fingerprint, the layer and settings it was trained with). Loading checks it belo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .memorizing import MemorizingRetrofit
+from .home import DEMO_MEMTRF_ADAPTER
+from .memorizing import MemorizingRetrofit, MemorizingSettings
+from .models import DEMO_SPEC, LoadedModel
 
 MEMTRF = "memtrf"
 
@@ -74,3 +76,24 @@ def load_memorizing_adapter(path: Path, retrofit: MemorizingRetrofit) -> Adapter
     with torch.no_grad():
         retrofit.gate_bias.copy_(bias.to(retrofit.gate_bias))
     return info
+
+
+def memorizing_with_gates(model: LoadedModel, settings: MemorizingSettings,
+                          adapter: Path | None = None) -> MemorizingRetrofit:
+    """A retrofit with trained gates: `adapter` if given; for the demo model with no layer chosen,
+    the gates shipped with it, in the layer they were trained for; otherwise untrained gates (the
+    model unchanged)."""
+    if (adapter is None and settings.mode == "gated" and settings.layer is None and model.spec == DEMO_SPEC
+            and DEMO_MEMTRF_ADAPTER.exists()):
+        adapter = DEMO_MEMTRF_ADAPTER
+        settings = replace(settings, layer=read_adapter_info(adapter).details.get("layer"))
+    retrofit = MemorizingRetrofit(model, settings)
+    if settings.mode != "gated":
+        return retrofit
+    if adapter is not None:
+        try:
+            retrofit.adapter = load_memorizing_adapter(adapter, retrofit)
+        except AdapterError:
+            retrofit.remove()
+            raise
+    return retrofit

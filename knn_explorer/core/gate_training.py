@@ -28,7 +28,8 @@ from .progress import Cancelled, PhaseMeter, ProgressCallback
 class GateTrainingSettings:
     epochs: int = 1
     segment_length: int = 128
-    learning_rate: float = 0.2
+    learning_rate: float = 0.05
+    segments_per_step: int = 8  # gradients of this many segments are summed per update: less noise
     checkpoint_every: int = 50  # steps; 0 = only at the end
 
 
@@ -78,14 +79,32 @@ def train_memorizing_gates(
     docs = _segments(model, documents, length)
     if not docs:
         raise ValueError(f"no document is longer than one segment ({length} tokens): there is nothing to remember")
-    steps_per_epoch = sum(math.ceil((len(ids) - 1) / length) - 1 for ids in docs)
-    meter = PhaseMeter("training", steps_per_epoch * settings.epochs, "steps", on_progress)
+    segments_per_epoch = sum(math.ceil((len(ids) - 1) / length) - 1 for ids in docs)
+    per_step = max(1, settings.segments_per_step)
+    meter = PhaseMeter("training", math.ceil(segments_per_epoch * settings.epochs / per_step), "steps", on_progress)
     frozen = [(p, p.requires_grad) for p in model.model.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
     optimiser = torch.optim.Adam([retrofit.gate_bias], lr=settings.learning_rate, eps=1e-20)
     result, started = GateTrainingResult(), time.monotonic()
     model.model.eval()
+    accumulated, losses = 0, []
+    optimiser.zero_grad()
+
+    def update() -> None:
+        nonlocal accumulated
+        optimiser.step()
+        optimiser.zero_grad()
+        step = TrainingStep(len(result.steps) + 1, sum(losses) / len(losses), retrofit.gates().tolist())
+        accumulated = 0
+        losses.clear()
+        result.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        meter.update(step.step)
+        if checkpoint is not None and settings.checkpoint_every and step.step % settings.checkpoint_every == 0:
+            save_memorizing_adapter(checkpoint, retrofit, result.summary())
+
     try:
         for _epoch in range(settings.epochs):
             for ids in docs:
@@ -102,16 +121,13 @@ def train_memorizing_gates(
                     if not has_memory:  # the first segment only fills the memory
                         continue
                     loss = torch.nn.functional.cross_entropy(logits.float(), tokens[start + 1 : end + 1])
-                    optimiser.zero_grad()
                     loss.backward()
-                    optimiser.step()
-                    step = TrainingStep(len(result.steps) + 1, float(loss.detach()), retrofit.gates().tolist())
-                    result.steps.append(step)
-                    if on_step is not None:
-                        on_step(step)
-                    meter.update(step.step)
-                    if checkpoint is not None and settings.checkpoint_every and step.step % settings.checkpoint_every == 0:
-                        save_memorizing_adapter(checkpoint, retrofit, result.summary())
+                    losses.append(float(loss.detach()))
+                    accumulated += 1
+                    if accumulated == per_step:
+                        update()
+        if accumulated:
+            update()
     finally:
         for p, requires_grad in frozen:
             p.requires_grad_(requires_grad)

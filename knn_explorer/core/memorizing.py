@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -126,7 +127,11 @@ def _local_scores(query, key, attention_mask, scaling) -> torch.Tensor:
 
 
 def _memory_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    return module._knn_memory.attend(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    retrofit = module._knn_memory
+    if threading.get_ident() != retrofit._owner:
+        return retrofit._base_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                        **kwargs)
+    return retrofit.attend(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
 
 AttentionInterface.register(MEMORY_ATTENTION, _memory_attention)
@@ -164,6 +169,9 @@ class MemorizingRetrofit:
         self._input_start = 0  # absolute position of the next forward pass's first token
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Only the thread that made the retrofit uses the memory: another job sharing the model
+        # (a datastore build in the app) goes through the layer's plain attention.
+        self._owner = threading.get_ident()
 
         base_name = config._attn_implementation or "eager"
         eager = getattr(sys.modules[type(self.module).__module__], "eager_attention_forward", None)
@@ -176,6 +184,10 @@ class MemorizingRetrofit:
         self._hook = self.module.register_forward_pre_hook(self._capture_rotary, with_kwargs=True)
 
     # ---- lifecycle -------------------------------------------------------------------------
+    def adopt(self) -> None:
+        """Make the calling thread the one whose forward passes use the memory."""
+        self._owner = threading.get_ident()
+
     def remove(self) -> None:
         self._hook.remove()
         self.module.config = self._original_config

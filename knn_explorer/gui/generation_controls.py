@@ -10,7 +10,9 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
 
-METHODS = {"none": "LM alone", "knnlm": "kNN-LM"}
+from .memorizing_panel import MemorizingPanel
+
+METHODS = {"none": "LM alone", "knnlm": "kNN-LM", "memtrf": "Memorizing Transformer"}
 DEFAULT_PROMPT = "To register a view function for a URL, use the"
 
 
@@ -109,6 +111,8 @@ class GenerationControls(QWidget):
         self.knnlm = KnnLmPanel()
         self.method_panels.addWidget(QLabel("The model's own distribution, no retrieval."))
         self.method_panels.addWidget(self.knnlm)
+        self.memorizing = MemorizingPanel()
+        self.method_panels.addWidget(self.memorizing)
         box_layout.addWidget(self.method_panels)
         row.addWidget(self.method_box, 1)
         self.method.currentIndexChanged.connect(self._method_changed)
@@ -153,7 +157,7 @@ class GenerationControls(QWidget):
     def values(self) -> dict:
         return {"method": self.method.currentData(), "compare": self.compare.isChecked(),
                 "max_new_tokens": self.max_tokens.value(), "greedy": self.greedy.isChecked(), "seed": self.seed.value(),
-                "prompt": self.prompt.toPlainText(), **self.knnlm.values()}
+                "prompt": self.prompt.toPlainText(), **self.knnlm.values(), **self.memorizing.values()}
 
     def apply(self, values: dict) -> None:
         index = self.method.findData(values.get("method", "knnlm"))
@@ -165,3 +169,4 @@ class GenerationControls(QWidget):
         if values.get("prompt"):
             self.prompt.setPlainText(values["prompt"])
         self.knnlm.apply(values)
+        self.memorizing.apply(values)

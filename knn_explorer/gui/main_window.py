@@ -19,6 +19,8 @@ from ..core.generation import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLM, KnnLmSettings
 from ..core.library import compatibility, open_datastore
+from ..core.adapters import memorizing_with_gates
+from ..core.memorizing import MemorizingSettings
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
 from . import workers
@@ -283,8 +285,10 @@ class MainWindow(QMainWindow):
     # ---- generation ------------------------------------------------------------------------
     def _generation_settings(self) -> tuple[dict, GenerationSettings, KnnLmSettings | None]:
         values = self.controls.values()
+        memtrf = values["method"] == "memtrf"
         settings = GenerationSettings(method=values["method"], max_new_tokens=values["max_new_tokens"],
-                                      greedy=values["greedy"], seed=values["seed"])
+                                      greedy=values["greedy"], seed=values["seed"],
+                                      context_window=values["memory_window"] if memtrf else None)
         knn = None
         if values["method"] == "knnlm":
             knn = KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
@@ -318,18 +322,24 @@ class MainWindow(QMainWindow):
 
         def body(control: workers.JobControl):
             knn = KnnLM(self._datastore(name), knn_settings) if knn_settings is not None else None
-            main = StepGenerator(model, context, settings, knn, first_step=first_step)
-            lm_alone = None
-            if compare:
-                lm_settings = GenerationSettings(method="none", max_new_tokens=settings.max_new_tokens,
-                                                 greedy=settings.greedy, seed=settings.seed)
-                lm_alone = StepGenerator(model, context, lm_settings, first_step=first_step)
-            for taken in range(settings.max_new_tokens):
-                control.checkpoint()
-                record = main.step(forced_token if taken == 0 else None)
-                control.emit((record, lm_alone.step() if lm_alone is not None else None))
-                if record.token_id == model.tokenizer.eos_token_id:
-                    break
+            memory = self._memorizing(values) if settings.method == "memtrf" else None
+            try:
+                main = StepGenerator(model, context, settings, knn, first_step=first_step, memorizing=memory)
+                lm_alone = None
+                if compare:
+                    lm_settings = GenerationSettings(method="none", max_new_tokens=settings.max_new_tokens,
+                                                     greedy=settings.greedy, seed=settings.seed,
+                                                     context_window=settings.context_window)
+                    lm_alone = StepGenerator(model, context, lm_settings, first_step=first_step)
+                for taken in range(settings.max_new_tokens):
+                    control.checkpoint()
+                    record = main.step(forced_token if taken == 0 else None)
+                    control.emit((record, self._lm_alone_step(lm_alone, memory)))
+                    if record.token_id == model.tokenizer.eos_token_id:
+                        break
+            finally:
+                if memory is not None:
+                    memory.remove()
 
         job = workers.Job(body, start_paused=step_mode, parent=self)
         job.item.connect(lambda item: self._record_arrived(run, item))
@@ -341,6 +351,24 @@ class MainWindow(QMainWindow):
         job.start()
         if step_mode:
             job.step()
+
+    def _memorizing(self, values: dict):
+        """The memory retrofit for one memtrf run (made in the run's thread, removed when it ends)."""
+        settings = MemorizingSettings(layer=values["memory_layer"], k=values["memory_k"],
+                                      memory_size=values["memory_size"], mode=values["memory_mode"])
+        return memorizing_with_gates(self.model, settings, Path(values["adapter"]) if values["adapter"] else None)
+
+    @staticmethod
+    def _lm_alone_step(lm_alone: StepGenerator | None, memory):
+        if lm_alone is None:
+            return None
+        if memory is None:
+            return lm_alone.step()
+        memory.enabled = False  # the comparison lane is the model without its memory
+        try:
+            return lm_alone.step()
+        finally:
+            memory.enabled = True
 
     def _datastore(self, name: str):
         """Open (once) and cache a datastore; runs inside jobs, since opening reads the keys."""

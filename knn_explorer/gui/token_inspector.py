@@ -26,13 +26,14 @@ import pyqtgraph as pg
 from pyqtgraph.exporters import ImageExporter
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDialog, QGraphicsItem, QDialogButtonBox, QHBoxLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDialog, QDialogButtonBox, QGraphicsItem, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QSplitter, QStyle, QStyledItemDelegate,
-                               QStyleOptionViewItem, QTableView, QTextEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
-                               QWidget)
+                               QStyleOptionViewItem, QTableView, QTabWidget, QTextEdit, QTreeWidget, QTreeWidgetItem,
+                               QVBoxLayout, QWidget)
 
 from ..core.records import Neighbour, TokenProb, TokenRecord
 from . import colours
+from .memory_view import MemoryView
 from .token_strip import (format_distance, format_gain, format_prob, record_gain, record_weight, visible_token)
 
 TICK_CHARS = 8  # token labels under the bars are elided to this many characters
@@ -590,12 +591,21 @@ class TokenInspector(QWidget):
         self.neighbour_table = NeighbourTable()
         self.neighbour_table.open_document.connect(self.open_document)
         self.neighbour_caption = _caption("Neighbours", "The datastore entries retrieved for this token")
-        left = QWidget()
-        left_layout = QVBoxLayout(left)
-        left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.setSpacing(4)
-        left_layout.addWidget(self.neighbour_caption)
-        left_layout.addWidget(self.neighbour_table, 1)
+        neighbours = QWidget()
+        neighbours_layout = QVBoxLayout(neighbours)
+        neighbours_layout.setContentsMargins(0, 4, 0, 0)
+        neighbours_layout.setSpacing(4)
+        neighbours_layout.addWidget(self.neighbour_caption)
+        neighbours_layout.addWidget(self.neighbour_table, 1)
+        self.memory_view = MemoryView()
+        # Neighbours (kNN-LM, SPALM) and the memory layer (Memorizing Transformer) share this place.
+        left = QTabWidget()
+        left.setDocumentMode(True)
+        left.addTab(neighbours, "Neighbours")
+        left.addTab(self.memory_view, "Memory layer")
+        left.setTabToolTip(0, "The datastore entries retrieved for this token")
+        left.setTabToolTip(1, "Memorizing Transformer: per-head gates, memory share per token, and what each head retrieved")
+        self.lower_tabs = left
 
         self.alternatives = AlternativesList()
         self.alternatives.itemClicked.connect(self._alternative_clicked)
@@ -680,7 +690,12 @@ class TokenInspector(QWidget):
             [partial(self._show_distribution, plot, probs, record.token_id, y_top, reason) for plot, probs, reason in
              ((self.p_lm_plot, record.p_lm, ""), (self.p_knn_plot, record.p_knn, no_knn),
               (self.p_final_plot, record.p_final, ""))]
-            + [partial(self.history_plot.set_history, history, record.step)])
+            + [partial(self.history_plot.set_history, history, record.step),
+               partial(self.memory_view.set_run, history, record.step)])
+        if record.method == "memtrf":
+            self.lower_tabs.setCurrentWidget(self.memory_view)
+        elif record.neighbours:
+            self.lower_tabs.setCurrentIndex(0)
 
     def settle(self) -> None:
         """Apply plot updates still waiting for their turn (before reading or exporting the plots)."""
@@ -724,6 +739,7 @@ class TokenInspector(QWidget):
         self.neighbour_caption.setText("Neighbours")
         self.alternatives.clear()
         self.history_plot.set_history([], None)
+        self.memory_view.set_run([], None)
 
     def export_plots(self, folder: Path) -> list[Path]:
         """Write each plot as a PNG into `folder`; returns the paths written."""

@@ -46,8 +46,15 @@ _LEGENDS = {  # quantity -> (title, min label, max label, colour map, tooltip)
 # ----------------------------------------------------------------------------- record -> numbers / text
 
 def record_weight(record: TokenRecord) -> float | None:
-    """λ (kNN-LM) or the gate (SPALM) of a record, None when the step used no retrieval weight."""
-    return record.lambda_ if record.lambda_ is not None else record.gate
+    """λ (kNN-LM), the gate (SPALM) or the mean memory share over heads (Memorizing Transformer) of
+    a record; None when the step used no retrieval weight."""
+    if record.lambda_ is not None:
+        return record.lambda_
+    if record.gate is not None:
+        return record.gate
+    if record.memory_attention:
+        return sum(record.memory_attention) / len(record.memory_attention)
+    return None
 
 
 def record_gain(record: TokenRecord) -> float:

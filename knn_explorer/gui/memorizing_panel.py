@@ -1,0 +1,69 @@
+"""The Memorizing Transformer's parameters: memory layer, size, k, mode, local window, gates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox,
+                               QWidget)
+
+AUTO_LAYER = -1
+
+
+class MemorizingPanel(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.layer = QSpinBox(minimum=AUTO_LAYER, maximum=255, value=AUTO_LAYER)
+        self.layer.setSpecialValueText("auto (¾ of the depth)")
+        self.layer.setToolTip("0-based layer whose attention also looks up the memory (the paper: layer 9 of 12)")
+        self.size = QSpinBox(minimum=0, maximum=1 << 20, value=65_536, singleStep=1024)
+        self.size.setGroupSeparatorShown(True)
+        self.size.setSuffix(" tokens")
+        self.size.setToolTip("How many earlier tokens the memory keeps (FIFO); 0 turns it off")
+        self.k = QSpinBox(minimum=1, maximum=1024, value=32)
+        self.k.setToolTip("Memory entries each head retrieves per token (top-k by cosine similarity)")
+        self.mode = QComboBox()
+        self.mode.addItem("gated (learned per-head gates)", "gated")
+        self.mode.addItem("joint softmax (no training)", "joint")
+        self.mode.setToolTip("Gated: out = g·memory + (1−g)·local per head, g learned (train-gates).\n"
+                             "Joint: one softmax over local and retrieved keys, as in Extended Mind Transformers.")
+        self.window = QSpinBox(minimum=0, maximum=1 << 20, value=128)
+        self.window.setSpecialValueText("the model's maximum")
+        self.window.setSuffix(" tokens")
+        self.window.setToolTip("Tokens local attention sees; text older than this goes to the memory")
+        self.adapter = QLineEdit()
+        self.adapter.setPlaceholderText("demo gates with the demo model, else untrained")
+        self.adapter.setToolTip("Trained gates (.safetensors from train-gates); empty: the demo model's shipped "
+                                "gates, or untrained gates (σ(−16): the model unchanged)")
+        browse = QPushButton("Browse…")
+        browse.setToolTip("Choose a gate adapter file")
+        browse.clicked.connect(self._browse)
+        adapter_row = QHBoxLayout()
+        adapter_row.addWidget(self.adapter, 1)
+        adapter_row.addWidget(browse)
+        form.addRow("layer", self.layer)
+        form.addRow("memory", self.size)
+        form.addRow("k", self.k)
+        form.addRow("mode", self.mode)
+        form.addRow("window", self.window)
+        form.addRow("gates", adapter_row)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Gate adapter", str(Path.home()), "Adapters (*.safetensors)")
+        if path:
+            self.adapter.setText(path)
+
+    def values(self) -> dict:
+        return {"memory_layer": None if self.layer.value() == AUTO_LAYER else self.layer.value(),
+                "memory_size": self.size.value(), "memory_k": self.k.value(), "memory_mode": self.mode.currentData(),
+                "memory_window": self.window.value() or None, "adapter": self.adapter.text().strip()}
+
+    def apply(self, values: dict) -> None:
+        layer = values.get("memory_layer")
+        self.layer.setValue(AUTO_LAYER if layer is None else int(layer))
+        self.size.setValue(int(values.get("memory_size", self.size.value())))
+        self.k.setValue(int(values.get("memory_k", self.k.value())))
+        self.mode.setCurrentIndex(max(0, self.mode.findData(values.get("memory_mode", "gated"))))
+        self.window.setValue(int(values.get("memory_window") or 0))
+        self.adapter.setText(str(values.get("adapter", "")))

@@ -1,0 +1,182 @@
+"""The Memorizing Transformer's memory layer, per head: gates, memory share over the run, and hits.
+
+`MemoryView.set_run(records, step)` shows, for a run generated with method ``memtrf``:
+
+- a bar per head: its gate g_h (gated mode) or its memory share at the shown step (joint mode);
+- a heatmap of tokens × heads of the share of each head's output that came from memory;
+- for a clicked cell (or the shown step and the strongest head), the earlier passages that head
+  drew on, with their weights.
+
+It renders record fields only; items are created once and updated in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+
+from ..core.records import MemoryHit, TokenRecord
+from . import colours
+from .token_strip import visible_token
+
+
+def _inline(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", "↵").replace("\t", "⇥")
+
+
+def _style(plot: pg.PlotWidget, title: str) -> None:
+    plot.setBackground("w")
+    plot.setMenuEnabled(False)
+    plot.setMouseEnabled(x=False, y=False)
+    plot.hideButtons()
+    plot.setTitle(title, color=colours.TEXT, size="10pt")
+    for name in ("left", "bottom"):
+        axis = plot.getPlotItem().getAxis(name)
+        axis.setPen(pg.mkPen("#adb5bd"))
+        axis.setTextPen(pg.mkPen("#495057"))
+
+
+class MemoryView(QWidget):
+    """Gates, a tokens × heads heatmap of memory share, and the hits of one (step, head)."""
+
+    cell_selected = Signal(int, int)  # step, head
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.records: list[TokenRecord] = []
+        self.step: int | None = None
+        self.head: int | None = None
+
+        self.gate_plot = pg.PlotWidget()
+        _style(self.gate_plot, "Gates g<sub>h</sub>")
+        self.gate_plot.setYRange(0, 1, padding=0.02)
+        self.gate_plot.getPlotItem().setLabel("bottom", "head")
+        self.gate_bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush=colours.LAMBDA,
+                                         pen=pg.mkPen(None))
+        self.gate_plot.addItem(self.gate_bars)
+        self.gate_plot.setToolTip("g_h = σ(b_h): how much each head of the memory layer mixes in its memory result.\n"
+                                  "In joint mode (no gates): the head's attention mass on memory at the shown step.")
+        self.gate_plot.setMinimumSize(180, 140)
+
+        self.heatmap_plot = pg.PlotWidget()
+        _style(self.heatmap_plot, "Memory share per token and head")
+        item = self.heatmap_plot.getPlotItem()
+        item.setLabel("bottom", "step")
+        item.setLabel("left", "head")
+        self.image = pg.ImageItem(np.zeros((1, 1)))
+        lut = np.array([colours.LAMBDA_MAP.colour(v).getRgb()[:3] for v in np.linspace(0, 1, 256)], dtype=np.ubyte)
+        self.image.setLookupTable(lut)
+        self.image.setLevels((0.0, 1.0))
+        self.heatmap_plot.addItem(self.image)
+        self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen(colours.CHOSEN, width=1.5, style=Qt.DashLine))
+        self.heatmap_plot.addItem(self.marker, ignoreBounds=True)
+        self.marker.setVisible(False)
+        self.heatmap_plot.setToolTip("Share of each head's output that came from memory (0 white → 1 dark purple).\n"
+                                     "Click a cell to list the passages that head drew on for that token.")
+        self.heatmap_plot.scene().sigMouseClicked.connect(self._clicked)
+        self.heatmap_plot.setMinimumSize(220, 140)
+
+        self.hits_caption = QLabel("Memory hits")
+        self.hits_caption.setObjectName("InspectorCaption")
+        self.hits = QTreeWidget()
+        self.hits.setRootIsDecorated(False)
+        self.hits.setColumnCount(4)
+        self.hits.setHeaderLabels(["Position", "Token", "Weight", "Passage"])
+        self.hits.header().setStretchLastSection(True)
+        self.hits.header().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.hits.setToolTip("Earlier tokens of this text that the head retrieved from memory, strongest first;\n"
+                             "weight = the token's share of the head's output")
+
+        plots = QSplitter(Qt.Horizontal)
+        plots.addWidget(self.gate_plot)
+        plots.addWidget(self.heatmap_plot)
+        plots.setStretchFactor(0, 1)
+        plots.setStretchFactor(1, 3)
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.addWidget(self.hits_caption)
+        lower_layout.addWidget(self.hits)
+        body = QSplitter(Qt.Vertical)
+        body.addWidget(plots)
+        body.addWidget(lower)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(body)
+
+    # ---- public API ----------------------------------------------------------------------------
+    def set_run(self, records: list[TokenRecord], step: int | None) -> None:
+        self.records = [r for r in records if r.memory_attention is not None]
+        self.step = step
+        shown = self._record(step)
+        shares = np.array([r.memory_attention for r in self.records], dtype=float) if self.records else np.zeros((0, 0))
+        if shares.size:
+            self.image.setImage(shares, levels=(0.0, 1.0), autoLevels=False)
+            first = self.records[0].step
+            self.image.setRect(first - 0.5, -0.5, shares.shape[0], shares.shape[1])
+            self.heatmap_plot.setXRange(first - 0.5, first + shares.shape[0] - 0.5, padding=0)
+            self.heatmap_plot.setYRange(-0.5, shares.shape[1] - 0.5, padding=0)
+        else:
+            self.image.setImage(np.zeros((1, 1)), levels=(0.0, 1.0), autoLevels=False)
+        self.marker.setVisible(shown is not None)
+        if shown is not None:
+            self.marker.setValue(shown.step)
+        self._show_gates(shown)
+        head = None if shown is None else int(np.argmax(shown.memory_attention))
+        self.select(step, head)
+
+    def select(self, step: int | None, head: int | None) -> None:
+        """List the hits of `head` at `step`."""
+        self.head = head
+        record = self._record(step)
+        self.hits.clear()
+        if record is None or head is None or not record.memory_hits or head >= len(record.memory_hits):
+            self.hits_caption.setText("Memory hits <span style='font-weight:400; color:#868e96'>"
+                                      "none: the memory was empty or unused at this step</span>")
+            return
+        self.hits_caption.setText(f"Memory hits · head {head} · step {record.step} "
+                                  f"<span style='font-weight:400; color:#868e96'>share "
+                                  f"{record.memory_attention[head]:.3g}</span>")
+        for hit in record.memory_hits[head]:
+            self.hits.addTopLevelItem(self._hit_item(hit))
+
+    def gates(self) -> list[float]:
+        h = self.gate_bars.opts["height"]
+        return [] if h is None else [float(v) for v in h]
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _record(self, step: int | None) -> TokenRecord | None:
+        return next((r for r in self.records if r.step == step), None)
+
+    def _show_gates(self, record: TokenRecord | None) -> None:
+        values = [] if record is None else (record.head_gates or record.memory_attention)
+        gated = record is not None and record.head_gates is not None
+        self.gate_plot.setTitle("Gates g<sub>h</sub>" if gated or record is None else "Memory share",
+                                color=colours.TEXT, size="10pt")
+        self.gate_bars.setOpts(x=np.arange(len(values), dtype=float), height=np.array(values, dtype=float), width=0.7)
+        self.gate_plot.setXRange(-0.6, max(len(values), 1) - 0.4, padding=0)
+
+    @staticmethod
+    def _hit_item(hit: MemoryHit) -> QTreeWidgetItem:
+        start, end = hit.highlight
+        passage = f"{_inline(hit.context[:start])}«{_inline(hit.context[start:end])}»{_inline(hit.context[end:])}"
+        item = QTreeWidgetItem([f"{hit.position:,}", visible_token(hit.token), f"{hit.weight:.3g}", passage])
+        item.setToolTip(3, hit.context)
+        item.setTextAlignment(0, Qt.AlignRight | Qt.AlignVCenter)
+        item.setTextAlignment(2, Qt.AlignRight | Qt.AlignVCenter)
+        return item
+
+    def _clicked(self, event) -> None:
+        if not self.records:
+            return
+        vb = self.heatmap_plot.getPlotItem().vb
+        if not vb.sceneBoundingRect().contains(event.scenePos()):
+            return
+        point = vb.mapSceneToView(event.scenePos())
+        step, head = round(point.x()), round(point.y())
+        record = self._record(step)
+        if record is None or not 0 <= head < len(record.memory_attention):
+            return
+        self.select(step, head)
+        self.cell_selected.emit(step, head)
