@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True)
     train.add_argument("--docs", required=True, nargs="+", metavar="PATH", help="files and/or folders")
     train.add_argument("--out", required=True, type=Path, help="adapter file to write (.safetensors)")
+    train.add_argument("--name", help="catalogue the adapter under this name (default: the file's name)")
     train.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
     train.add_argument("--memory-size", type=int, default=65_536)
     train.add_argument("--k", type=int, default=32)
@@ -218,8 +219,12 @@ def cmd_list(args) -> int:
          "started": b.started.isoformat(timespec="seconds"), "error": b.error}
         for b in catalog.unfinished_builds()
     ]
+    adapters = [{"name": a.name, "kind": a.kind, "model": a.model_name, "path": a.path, "layer": a.details.get("layer"),
+                 "gates": a.details.get("gates"), "created": a.created.isoformat(timespec="seconds")}
+                for a in catalog.adapters()]
     if args.json:
-        print(json.dumps({"datastores": datastores, "unfinished_builds": unfinished}, ensure_ascii=False))
+        print(json.dumps({"datastores": datastores, "unfinished_builds": unfinished, "adapters": adapters},
+                         ensure_ascii=False))
         return 0
     if not datastores and not unfinished:
         print("no datastores yet; build one with: knn-explorer build --name NAME --model demo --docs FOLDER")
@@ -229,6 +234,9 @@ def cmd_list(args) -> int:
               f"{len(d['documents']) - skipped} documents, {skipped} skipped")
     for b in unfinished:
         print(f"{b['name']}\t{b['status']} build (run the same build command to resume, or remove it)")
+    for a in adapters:
+        gates = " ".join(f"{g:.3f}" for g in a["gates"] or [])
+        print(f"{a['name']}\t{a['kind']} adapter\tmodel {a['model']}\tlayer {a['layer']}\tgates {gates}\t{a['path']}")
     return 0
 
 
@@ -310,6 +318,8 @@ def _eval_memorizing(args, model, texts: list[str]) -> int:
 
 def cmd_train_gates(args) -> int:
     from .core.documents import Document, iter_documents
+    from .core.adapters import MEMTRF
+    from .core.catalog import Catalog
     from .core.gate_training import GateTrainingSettings, train_memorizing_gates
     from .core.memorizing import MemorizingRetrofit, MemorizingSettings
 
@@ -335,13 +345,16 @@ def cmd_train_gates(args) -> int:
 
     result = train_memorizing_gates(model, memory, texts, settings, checkpoint=args.out, on_step=show)
     summary = result.summary()
+    name = args.name or args.out.stem
+    Catalog().register_adapter(name, MEMTRF, args.out.resolve(), model.name, model.model_fingerprint,
+                               {"layer": memory.layer, **summary})
     if args.json:
-        print(json.dumps({"adapter": str(args.out), "layer": memory.layer, **summary}))
+        print(json.dumps({"adapter": str(args.out), "name": name, "layer": memory.layer, **summary}))
     else:
         print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {len(texts)} documents; "
               f"loss {summary['loss_first']:.3f} → {summary['loss_last']:.3f}")
         print(f"gates of layer {memory.layer}: " + " ".join(f"{g:.3f}" for g in summary["gates"]))
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} (catalogued as '{name}')")
     return 0
 
 

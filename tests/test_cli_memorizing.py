@@ -38,6 +38,8 @@ def test_train_gates_writes_an_adapter_that_generate_and_eval_load(tmp_path, tin
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     summary = lines[-1]
     assert summary["adapter"] == str(adapter) and summary["steps"] == len(lines) - 1 > 5
+    listed = json.loads(cli("list", "--json").stdout)["adapters"]
+    assert [(a["name"], a["kind"], a["path"], a["layer"]) for a in listed] == [("gates", "memtrf", str(adapter), 1)]
     bias = load_file(str(adapter))["gate_bias"]
     assert bias.shape == (2,)
     assert summary["gates"] == pytest.approx(bias.sigmoid().tolist(), rel=1e-5)

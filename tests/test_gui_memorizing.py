@@ -56,3 +56,41 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
         assert view.hits.topLevelItem(i).text(0) == f"{hit.position:,}"
     assert "head 1" in view.hits_caption.text()
     view.grab().save(str(tmp_path / "memory-view.png"))
+
+
+def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to_the_panel(qtbot, tmp_path):
+    from knn_explorer.core.adapters import read_adapter_info
+
+    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for source in sorted(DEMO_DOCS_DIR.glob("*.rst"))[:2]:
+        (docs / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    window.open_gate_training()
+    dialog = window.gate_training_dialog
+    dialog.docs.setText(str(docs))
+    dialog.name.setText("bad name!")
+    assert not dialog.start()  # one-line reason, nothing started
+    assert "letters, digits" in dialog.status.text() and dialog.job is None
+    dialog.name.setText("tiny-gates")
+    dialog.segment.setValue(32)
+    dialog.layer.setValue(0)
+    dialog.lr.setValue(0.5)
+    with qtbot.waitSignal(dialog.adapter_ready, timeout=300_000) as blocker:
+        assert dialog.start()
+    path = blocker.args[0]
+    assert len(dialog.steps) > 3
+    xs, ys = dialog.loss_curve.getData()
+    assert list(xs) == [s.step for s in dialog.steps] and list(ys) == [s.loss for s in dialog.steps]
+    assert list(dialog.gate_bars.opts["height"]) == dialog.steps[-1].gates
+    row = window.catalog.adapter("tiny-gates")
+    assert row is not None and row.path == path and row.details["layer"] == 0
+    assert read_adapter_info(path).model_fingerprint == window.model.model_fingerprint
+    assert window.controls.memorizing.adapter.text() == path
+    assert window.controls.method.currentData() == "memtrf"
+    assert not hasattr(window.model.model.transformer.h[0].attn, "_knn_memory")  # the model is itself again
+    dialog.grab().save(str(tmp_path / "gate-training.png"))
+    dialog.close()

@@ -87,6 +87,20 @@ class ModelRow(Base):
     last_used: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AdapterRow(Base):
+    """A small trained part kept apart from its model (Memorizing Transformer gates, SPALM gate)."""
+
+    __tablename__ = "adapters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    kind: Mapped[str] = mapped_column(String)  # memtrf | spalm
+    path: Mapped[str] = mapped_column(String)
+    model_name: Mapped[str] = mapped_column(String)
+    model_fingerprint: Mapped[str] = mapped_column(String)
+    details: Mapped[dict] = mapped_column(JSON)  # layer, settings, training summary
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Catalog:
     """A handle on one catalog file. Use `with catalog.session() as s:` for a transaction."""
 
@@ -178,6 +192,32 @@ class Catalog:
             for b in rows:
                 b.status, b.finished = "removed", utcnow()
             return list(rows)
+
+    # ---- adapters --------------------------------------------------------------------------
+    def register_adapter(self, name: str, kind: str, path: Path, model_name: str, model_fingerprint: str,
+                         details: dict) -> AdapterRow:
+        """Catalogue an adapter file; a later one of the same name replaces the entry."""
+        with self.session() as s:
+            row = s.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
+            if row is None:
+                row = AdapterRow(name=name)
+                s.add(row)
+            row.kind, row.path, row.model_name, row.model_fingerprint = kind, str(path), model_name, model_fingerprint
+            row.details, row.created = details, utcnow()
+        return self.adapter(name)
+
+    def adapter(self, name: str) -> AdapterRow | None:
+        with self._sessions() as s:
+            return s.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
+
+    def adapters(self, kind: str | None = None, model_fingerprint: str | None = None) -> list[AdapterRow]:
+        query = select(AdapterRow).order_by(AdapterRow.name)
+        if kind is not None:
+            query = query.where(AdapterRow.kind == kind)
+        if model_fingerprint is not None:
+            query = query.where(AdapterRow.model_fingerprint == model_fingerprint)
+        with self._sessions() as s:
+            return list(s.scalars(query).all())
 
     # ---- models ----------------------------------------------------------------------------
     def remember_model(self, spec: str, name: str, fingerprint: str) -> None:

@@ -26,6 +26,7 @@ from ..core.runtime import configure_threads
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
+from .gate_training_dialog import GateTrainingDialog
 from .generation_controls import GenerationControls
 from .model_dialog import LoadModelDialog
 from .runs import Run
@@ -141,6 +142,7 @@ class MainWindow(QMainWindow):
         for text, keys, slot in (
             ("Load model…", "Ctrl+L", self.open_model_dialog),
             ("Build datastore…", "Ctrl+B", self.open_build_dialog),
+            ("Train memory gates…", "Ctrl+G", self.open_gate_training),
             (None, None, None),
             ("Export run as JSON…", "Ctrl+S", self.export_json),
             ("Export run as CSV…", "Ctrl+Shift+S", self.export_csv),
@@ -259,6 +261,21 @@ class MainWindow(QMainWindow):
         dialog.build_started.connect(self._track_build)
         dialog.show()
         self.build_dialog = dialog
+
+    def open_gate_training(self) -> None:
+        if self.model is None:
+            self.show_error("Load a model first: the gates are trained for it")
+            return
+        dialog = GateTrainingDialog(self.catalog, self.model, DEMO_DOCS_DIR if self.model.spec == DEMO_SPEC else None,
+                                    self)
+        dialog.adapter_ready.connect(self._use_adapter)
+        dialog.show()
+        self.gate_training_dialog = dialog
+
+    def _use_adapter(self, path: str) -> None:
+        self.controls.memorizing.adapter.setText(path)
+        self.controls.method.setCurrentIndex(self.controls.method.findData("memtrf"))
+        self.statusBar().showMessage(f"Memorizing Transformer now uses the gates in {Path(path).name}", 10_000)
 
     def _track_build(self, tracker: BuildTracker) -> None:
         self.build_trackers.append(tracker)

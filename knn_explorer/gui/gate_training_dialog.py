@@ -1,0 +1,209 @@
+"""Train the Memorizing Transformer's gates on documents, watching the loss and the gates move.
+
+The job runs `core.gate_training.train_memorizing_gates` off the UI thread; each update arrives as
+a `TrainingStep` and extends the loss curve and the per-head gate bars in place. Cancel stops at
+the next segment and keeps the last checkpoint. The adapter is written under the data home's
+`adapters/` folder and catalogued against the model; `adapter_ready(path)` tells the main window.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QSpinBox, QVBoxLayout)
+
+from ..core.adapters import MEMTRF
+from ..core.catalog import Catalog
+from ..core.documents import Document, iter_documents
+from ..core.gate_training import GateTrainingSettings, TrainingStep, train_memorizing_gates
+from ..core.home import data_home
+from ..core.memorizing import MemorizingRetrofit, MemorizingSettings
+from ..core.models import LoadedModel
+from . import colours, workers
+from .memorizing_panel import AUTO_LAYER
+
+
+def _plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
+    plot = pg.PlotWidget()
+    plot.setBackground("w")
+    plot.setMenuEnabled(False)
+    plot.hideButtons()
+    plot.setTitle(title, color=colours.TEXT, size="10pt")
+    plot.getPlotItem().setLabel("left", left)
+    plot.getPlotItem().setLabel("bottom", bottom)
+    plot.setMinimumSize(260, 180)
+    return plot
+
+
+class GateTrainingDialog(QDialog):
+    adapter_ready = Signal(str)
+
+    def __init__(self, catalog: Catalog, model: LoadedModel, folder: Path | None = None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Train Memorizing Transformer gates")
+        self.catalog, self.model = catalog, model
+        self.job: workers.Job | None = None
+        self.steps: list[TrainingStep] = []
+        self.adapter_path: Path | None = None
+
+        self.docs = QLineEdit(str(folder) if folder else "")
+        self.docs.setPlaceholderText("a folder of documents")
+        self.docs.setToolTip("Documents to learn from; each is read segment by segment with its own memory")
+        browse = QPushButton("Browse…")
+        browse.setToolTip("Choose the folder of documents")
+        browse.clicked.connect(self._browse)
+        docs_row = QHBoxLayout()
+        docs_row.addWidget(self.docs, 1)
+        docs_row.addWidget(browse)
+        self.name = QLineEdit("memtrf-gates")
+        self.name.setToolTip("The adapter's name in the catalog (letters, digits, - and _)")
+        self.layer = QSpinBox(minimum=AUTO_LAYER, maximum=255, value=AUTO_LAYER)
+        self.layer.setSpecialValueText("auto (¾ of the depth)")
+        self.layer.setToolTip("0-based layer whose gates are trained")
+        self.segment = QSpinBox(minimum=8, maximum=4096, value=64)
+        self.segment.setToolTip("Tokens local attention sees per segment; earlier segments are the memory")
+        self.memory = QSpinBox(minimum=256, maximum=1 << 20, value=4096, singleStep=1024)
+        self.memory.setToolTip("Memory size in tokens")
+        self.epochs = QSpinBox(minimum=1, maximum=100, value=1)
+        self.epochs.setToolTip("Passes over the documents")
+        self.lr = QDoubleSpinBox(minimum=0.0001, maximum=10.0, value=0.05, decimals=4, singleStep=0.01)
+        self.lr.setToolTip("Adam learning rate of the gate biases")
+        form = QFormLayout()
+        form.addRow("documents", docs_row)
+        form.addRow("name", self.name)
+        form.addRow("layer", self.layer)
+        form.addRow("segment", self.segment)
+        form.addRow("memory", self.memory)
+        form.addRow("epochs", self.epochs)
+        form.addRow("learning rate", self.lr)
+
+        self.loss_plot = _plot("Training loss", "loss (nats)", "update")
+        self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(colours.GAIN, width=2))
+        self.loss_plot.setToolTip("Mean language-modelling loss of the segments in each update")
+        self.gate_plot = _plot("Gates g<sub>h</sub>", "gate", "head")
+        self.gate_plot.setYRange(0, 1, padding=0.02)
+        self.gate_plot.setMouseEnabled(x=False, y=False)
+        self.gate_bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush=colours.LAMBDA,
+                                         pen=pg.mkPen(None))
+        self.gate_plot.addItem(self.gate_bars)
+        self.gate_plot.setToolTip("σ(b_h) per head, as training moves them (they start at σ(−16) ≈ 0)")
+        plots = QHBoxLayout()
+        plots.addWidget(self.loss_plot, 3)
+        plots.addWidget(self.gate_plot, 2)
+
+        self.progress = QProgressBar()
+        self.progress.setToolTip("Updates done of all updates")
+        self.status = QLabel("Choose documents and press Train.")
+        self.status.setWordWrap(True)
+        self.start_button = QPushButton("Train")
+        self.start_button.setToolTip("Start training (Ctrl+Return)")
+        self.start_button.setShortcut("Ctrl+Return")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop at the next segment; the last checkpoint stays (Escape)")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.status, 1)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(plots, 1)
+        layout.addWidget(self.progress)
+        layout.addLayout(buttons)
+        self.resize(820, 620)
+
+    # ---- actions -------------------------------------------------------------------------------
+    def start(self) -> bool:
+        problem = self._problem()
+        if problem:
+            self.status.setText(f"<span style='color:#c92a2a'>{problem}</span>")
+            return False
+        texts = [d.text for d in iter_documents([Path(self.docs.text())]) if isinstance(d, Document)]
+        if not texts:
+            self.status.setText("<span style='color:#c92a2a'>no readable documents in that folder</span>")
+            return False
+        name = self.name.text().strip()
+        path = data_home() / "adapters" / f"{name}.safetensors"
+        settings = GateTrainingSettings(epochs=self.epochs.value(), segment_length=self.segment.value(),
+                                        learning_rate=self.lr.value())
+        memory_settings = MemorizingSettings(layer=None if self.layer.value() == AUTO_LAYER else self.layer.value(),
+                                             memory_size=self.memory.value())
+        model, catalog = self.model, self.catalog
+
+        def body(control: workers.JobControl):
+            retrofit = MemorizingRetrofit(model, memory_settings)
+            try:
+                result = train_memorizing_gates(model, retrofit, texts, settings, checkpoint=path,
+                                                on_step=control.emit, on_progress=control.report,
+                                                should_stop=control.should_stop)
+                catalog.register_adapter(name, MEMTRF, path, model.name, model.model_fingerprint,
+                                         {"layer": retrofit.layer, **result.summary()})
+                return path
+            finally:
+                retrofit.remove()
+
+        self.steps.clear()
+        self.job = workers.Job(body, parent=self)
+        self.job.item.connect(self._stepped)
+        self.job.progress.connect(self._progressed)
+        self.job.finished.connect(self._finished)
+        self.job.failed.connect(lambda reason: self._ended(f"<span style='color:#c92a2a'>Failed: {reason}</span>"))
+        self.job.cancelled.connect(lambda: self._ended("Cancelled; the last checkpoint (if any) was kept."))
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Training the gates of {model.name}…")
+        self.job.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.is_running():
+            self.job.stop()
+            self.status.setText("Stopping after this segment…")
+
+    def reject(self) -> None:  # Escape or closing: cancel a running job first
+        if self.job is not None and self.job.is_running():
+            self.cancel()
+            return
+        super().reject()
+
+    # ---- progress ------------------------------------------------------------------------------
+    def _problem(self) -> str | None:
+        if not self.docs.text().strip() or not Path(self.docs.text()).exists():
+            return "choose a folder of documents that exists"
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name.text().strip()):
+            return "the name may only hold letters, digits, - and _"
+        return None
+
+    def _stepped(self, step: TrainingStep) -> None:
+        self.steps.append(step)
+        self.loss_curve.setData([s.step for s in self.steps], [s.loss for s in self.steps])
+        self.gate_bars.setOpts(x=np.arange(len(step.gates), dtype=float), height=np.array(step.gates), width=0.7)
+        self.gate_plot.setXRange(-0.6, len(step.gates) - 0.4, padding=0)
+
+    def _progressed(self, progress) -> None:
+        self.progress.setMaximum(max(1, progress.total))
+        self.progress.setValue(progress.done)
+        self.status.setText(progress.describe())
+
+    def _finished(self, path: Path) -> None:
+        self.adapter_path = Path(path)
+        gates = " ".join(f"{g:.3f}" for g in self.steps[-1].gates) if self.steps else "—"
+        self._ended(f"Done: {len(self.steps)} updates; gates {gates}. Saved as {Path(path).name}.")
+        self.adapter_ready.emit(str(path))
+
+    def _ended(self, message: str) -> None:
+        self.status.setText(message)
+        self.start_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Documents", self.docs.text() or str(Path.home()))
+        if folder:
+            self.docs.setText(folder)
