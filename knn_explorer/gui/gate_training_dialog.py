@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QProgressBar, QPushButton, QSpinBox, QVBoxLayout)
+from PySide6.QtWidgets import (QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+                               QPushButton, QSpinBox, QVBoxLayout)
 
 from ..core.adapters import MEMTRF
 from ..core.catalog import Catalog
@@ -25,6 +25,7 @@ from ..core.memorizing import MemorizingRetrofit, MemorizingSettings
 from ..core.models import LoadedModel
 from . import colours, workers
 from .memorizing_panel import AUTO_LAYER
+from .path_field import PathField
 
 
 def _plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
@@ -50,15 +51,9 @@ class GateTrainingDialog(QDialog):
         self.steps: list[TrainingStep] = []
         self.adapter_path: Path | None = None
 
-        self.docs = QLineEdit(str(folder) if folder else "")
-        self.docs.setPlaceholderText("a folder of documents")
-        self.docs.setToolTip("Documents to learn from; each is read segment by segment with its own memory")
-        browse = QPushButton("Browse…")
-        browse.setToolTip("Choose the folder of documents")
-        browse.clicked.connect(self._browse)
-        docs_row = QHBoxLayout()
-        docs_row.addWidget(self.docs, 1)
-        docs_row.addWidget(browse)
+        self.docs = PathField("The documents' folder", "a folder of documents",
+                              "Documents to learn from; each is read segment by segment with its own memory")
+        self.docs.setText(str(folder) if folder else "")
         self.name = QLineEdit("memtrf-gates")
         self.name.setToolTip("The adapter's name in the catalog (letters, digits, - and _)")
         self.layer = QSpinBox(minimum=AUTO_LAYER, maximum=255, value=AUTO_LAYER)
@@ -73,7 +68,7 @@ class GateTrainingDialog(QDialog):
         self.lr = QDoubleSpinBox(minimum=0.0001, maximum=10.0, value=0.05, decimals=4, singleStep=0.01)
         self.lr.setToolTip("Adam learning rate of the gate biases")
         form = QFormLayout()
-        form.addRow("documents", docs_row)
+        form.addRow("documents", self.docs)
         form.addRow("name", self.name)
         form.addRow("layer", self.layer)
         form.addRow("segment", self.segment)
@@ -202,8 +197,3 @@ class GateTrainingDialog(QDialog):
         self.status.setText(message)
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Documents", self.docs.text() or str(Path.home()))
-        if folder:
-            self.docs.setText(folder)

@@ -1,10 +1,9 @@
 """The Memorizing Transformer's parameters: memory layer, size, k, mode, local window, gates."""
 from __future__ import annotations
 
-from pathlib import Path
+from PySide6.QtWidgets import QComboBox, QFormLayout, QSpinBox, QWidget
 
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox,
-                               QWidget)
+from .path_field import PathField
 
 AUTO_LAYER = -1
 
@@ -32,27 +31,16 @@ class MemorizingPanel(QWidget):
         self.window.setSpecialValueText("the model's maximum")
         self.window.setSuffix(" tokens")
         self.window.setToolTip("Tokens local attention sees; text older than this goes to the memory")
-        self.adapter = QLineEdit()
-        self.adapter.setPlaceholderText("demo gates with the demo model, else untrained")
-        self.adapter.setToolTip("Trained gates (.safetensors from train-gates); empty: the demo model's shipped "
-                                "gates, or untrained gates (σ(−16): the model unchanged)")
-        browse = QPushButton("Browse…")
-        browse.setToolTip("Choose a gate adapter file")
-        browse.clicked.connect(self._browse)
-        adapter_row = QHBoxLayout()
-        adapter_row.addWidget(self.adapter, 1)
-        adapter_row.addWidget(browse)
+        self.adapter = PathField("A gate adapter", "demo gates with the demo model, else untrained",
+                                 "Trained gates (.safetensors from Train memory gates / train-gates); empty: the demo "
+                                 "model's shipped gates, or untrained gates (σ(−16): the model unchanged)",
+                                 file_filter="Adapters (*.safetensors)")
         form.addRow("layer", self.layer)
         form.addRow("memory", self.size)
         form.addRow("k", self.k)
         form.addRow("mode", self.mode)
         form.addRow("window", self.window)
-        form.addRow("gates", adapter_row)
-
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Gate adapter", str(Path.home()), "Adapters (*.safetensors)")
-        if path:
-            self.adapter.setText(path)
+        form.addRow("gates", self.adapter)
 
     def values(self) -> dict:
         return {"memory_layer": None if self.layer.value() == AUTO_LAYER else self.layer.value(),

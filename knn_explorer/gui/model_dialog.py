@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLineEdit, QListWidget, QPushButton, QRadioButton, QVBoxLayout)
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLineEdit,
+                               QListWidget, QRadioButton, QVBoxLayout)
 
 from ..core.models import DEMO_SPEC
+from .path_field import PathField
 
 
 @dataclass(frozen=True)
@@ -35,22 +36,15 @@ class LoadModelDialog(QDialog):
         for button in (self.demo, self.folder, self.hub):
             group.addButton(button)
         self.demo.setChecked(True)
-        self.folder_path = QLineEdit()
-        self.folder_path.setPlaceholderText("/path/to/model")
-        self.folder_path.setToolTip("Folder holding config.json")
-        browse = QPushButton("Browse…")
-        browse.setToolTip("Pick a model folder")
-        browse.clicked.connect(self._browse)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder_path)
-        folder_row.addWidget(browse)
+        self.folder_path = PathField("A model folder", "/path/to/model", "Folder holding config.json")
+        self.folder_path.picked.connect(lambda _path: self.folder.setChecked(True))
         self.hub_id = QLineEdit()
         self.hub_id.setPlaceholderText("organisation/model")
         self.hub_id.setToolTip("A Hugging Face hub model id")
         self.folder_path.textEdited.connect(lambda: self.folder.setChecked(True))
         self.hub_id.textEdited.connect(lambda: self.hub.setChecked(True))
         form.addRow(self.demo)
-        form.addRow(self.folder, folder_row)
+        form.addRow(self.folder, self.folder_path)
         form.addRow(self.hub, self.hub_id)
         self.recent = QListWidget()
         self.recent.addItems([r for r in recent if r])
@@ -80,12 +74,6 @@ class LoadModelDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Model folder")
-        if folder:
-            self.folder_path.setText(folder)
-            self.folder.setChecked(True)
 
     def set_spec(self, spec: str) -> None:
         if spec == DEMO_SPEC:
