@@ -91,6 +91,30 @@ def main() -> int:
     save(window.inspector, "token-inspector")
     window.stop()
     wait_until(lambda: not window.generation_job.is_running())
+
+    # The Memorizing Transformer with the demo's trained gates: a long prompt fills the memory.
+    controls = window.controls
+    controls.method.setCurrentIndex(controls.method.findData("memtrf"))
+    controls.memorizing.window.setValue(64)
+    controls.prompt.setPlainText((DEMO_DOCS_DIR / "quickstart.rst").read_text(encoding="utf-8")[:2400])
+    controls.max_tokens.setValue(24)
+    controls.generate.click()
+    wait_until(lambda: window.generation_job is not None and not window.generation_job.is_running())
+    wait_until(lambda: window.inspector.record is not None and window.inspector.is_settled())
+    settle()
+    save(window, "main-window-memtrf")
+    save(window.inspector, "memory-layer")
+
+    window.open_gate_training()
+    dialog = window.gate_training_dialog
+    dialog.epochs.setValue(1)
+    dialog.start()
+    wait_until(lambda: len(dialog.steps) >= 40)
+    settle()
+    save(dialog, "gate-training")
+    dialog.cancel()
+    wait_until(lambda: not dialog.job.is_running())
+    dialog.close()
     return 0
 
 

@@ -88,7 +88,7 @@ def test_memory_keys_are_stored_before_the_rotary_embedding(tmp_path, model_type
         with torch.no_grad():
             model.model(ids)
         retrofit.set_window(8, 8)  # everything moves to memory
-        keys = retrofit.memory.keys[:8]
+        keys = retrofit.memory.keys[:, :8].transpose(0, 1)  # (tokens, kv_heads, head_dim)
         assert torch.allclose(keys[0], keys[3], atol=1e-5) and torch.allclose(keys[0], keys[7], atol=1e-5)
         assert torch.allclose(keys[1], keys[4], atol=1e-5)
         assert not torch.allclose(keys[0], keys[1], atol=1e-3)

@@ -30,7 +30,7 @@ class MemoryStore:
         if capacity < 0:
             raise ValueError("memory size must be >= 0")
         self.capacity = capacity
-        shape = (capacity, kv_heads, head_dim)
+        shape = (kv_heads, capacity, head_dim)  # per head contiguous: a lookup is one batched matmul
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.unit_keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -52,10 +52,10 @@ class MemoryStore:
         keys, values, positions = keys[-self.capacity:], values[-self.capacity:], positions[-self.capacity:]
         n = keys.shape[0]
         slots = (self._next + torch.arange(n, device=self.positions.device)) % self.capacity
-        keys = keys.detach().to(self.keys)
-        self.keys[slots] = keys
-        self.unit_keys[slots] = torch.nn.functional.normalize(keys, dim=-1)
-        self.values[slots] = values.detach().to(self.values)
+        keys = keys.detach().to(self.keys).transpose(0, 1)
+        self.keys[:, slots] = keys
+        self.unit_keys[:, slots] = torch.nn.functional.normalize(keys, dim=-1)
+        self.values[:, slots] = values.detach().to(self.values).transpose(0, 1)
         self.positions[slots] = positions.to(self.positions)
         self._next = (self._next + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
@@ -68,19 +68,14 @@ class MemoryStore:
         local attention scores are on one scale.
         """
         heads, n, dim = queries.shape
-        kv_heads = self.keys.shape[1]
+        kv_heads = self.keys.shape[0]
         group = heads // kv_heads
         k = min(k, self.size)
-        keys = self.keys[: self.size].permute(1, 0, 2)  # (kv_heads, size, dim)
-        unit_keys = self.unit_keys[: self.size].permute(1, 0, 2)
         q = queries.to(self.keys.dtype).reshape(kv_heads, group * n, dim)
-        similarity = torch.nn.functional.normalize(q, dim=-1) @ unit_keys.transpose(1, 2)
+        similarity = torch.nn.functional.normalize(q, dim=-1) @ self.unit_keys[:, : self.size].transpose(1, 2)
         slots = similarity.topk(k, dim=-1).indices  # (kv_heads, group * n, k)
-        picked_keys = torch.gather(keys[:, None].expand(-1, group * n, -1, -1), 2,
-                                   slots[..., None].expand(-1, -1, -1, dim))
-        values = self.values[: self.size].permute(1, 0, 2)
-        picked_values = torch.gather(values[:, None].expand(-1, group * n, -1, -1), 2,
-                                     slots[..., None].expand(-1, -1, -1, dim))
+        head = torch.arange(kv_heads, device=slots.device)[:, None, None]
+        picked_keys, picked_values = self.keys[head, slots], self.values[head, slots]  # (kv_heads, group * n, k, dim)
         logits = (q[:, :, None, :] * picked_keys).sum(-1) * scaling
         return MemoryLookup(slots=slots.reshape(heads, n, k), logits=logits.reshape(heads, n, k),
                             values=picked_values.reshape(heads, n, k, dim))

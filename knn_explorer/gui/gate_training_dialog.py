@@ -21,7 +21,7 @@ from ..core.catalog import Catalog
 from ..core.documents import Document, iter_documents
 from ..core.gate_training import GateTrainingSettings, TrainingStep, train_memorizing_gates
 from ..core.home import data_home
-from ..core.memorizing import MemorizingRetrofit, MemorizingSettings
+from ..core.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
 from ..core.models import LoadedModel
 from . import colours, workers
 from .memorizing_panel import AUTO_LAYER
@@ -61,7 +61,7 @@ class GateTrainingDialog(QDialog):
         self.layer.setToolTip("0-based layer whose gates are trained")
         self.segment = QSpinBox(minimum=8, maximum=4096, value=64)
         self.segment.setToolTip("Tokens local attention sees per segment; earlier segments are the memory")
-        self.memory = QSpinBox(minimum=256, maximum=1 << 20, value=4096, singleStep=1024)
+        self.memory = QSpinBox(minimum=256, maximum=MAX_MEMORY, value=4096, singleStep=1024)
         self.memory.setToolTip("Memory size in tokens")
         self.epochs = QSpinBox(minimum=1, maximum=100, value=1)
         self.epochs.setToolTip("Passes over the documents")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QComboBox, QFormLayout, QSpinBox, QWidget
 
+from ..core.memorizing import MAX_MEMORY
 from .path_field import PathField
 
 AUTO_LAYER = -1
@@ -16,7 +17,7 @@ class MemorizingPanel(QWidget):
         self.layer = QSpinBox(minimum=AUTO_LAYER, maximum=255, value=AUTO_LAYER)
         self.layer.setSpecialValueText("auto (¾ of the depth)")
         self.layer.setToolTip("0-based layer whose attention also looks up the memory (the paper: layer 9 of 12)")
-        self.size = QSpinBox(minimum=0, maximum=1 << 20, value=65_536, singleStep=1024)
+        self.size = QSpinBox(minimum=0, maximum=MAX_MEMORY, value=65_536, singleStep=1024)
         self.size.setGroupSeparatorShown(True)
         self.size.setSuffix(" tokens")
         self.size.setToolTip("How many earlier tokens the memory keeps (FIFO); 0 turns it off")
