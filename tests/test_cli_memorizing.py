@@ -69,3 +69,16 @@ def test_memtrf_mistakes_are_one_line_errors(tmp_path, tiny_gpt2_dir, long_docs)
                               "--prompt", "hi", check=False), 1, "cannot read adapter")
     assert_one_line_error(cli("train-gates", "--model", tiny_gpt2_dir, "--docs", long_docs, "--out",
                               tmp_path / "g.bin", check=False), 2, ".safetensors")
+
+
+def test_the_demo_model_uses_the_gates_it_ships_with():
+    from knn_explorer.core.home import DEMO_MEMTRF_ADAPTER
+
+    out = cli("generate", "--model", "demo", "--method", "memtrf", "--prompt", "Flask", "--max-new-tokens", 1, "--json")
+    record = json.loads(out.stdout)
+    shipped = load_file(str(DEMO_MEMTRF_ADAPTER))["gate_bias"].sigmoid().tolist()
+    assert record["head_gates"] == pytest.approx(shipped, rel=1e-5)
+    assert max(record["head_gates"]) > 0.1  # learned, not the initial σ(-16)
+    untrained = json.loads(cli("generate", "--model", "demo", "--method", "memtrf", "--memory-layer", 2, "--prompt",
+                               "Flask", "--max-new-tokens", 1, "--json").stdout)
+    assert max(untrained["head_gates"]) < 1e-6  # another layer: no shipped gates apply
