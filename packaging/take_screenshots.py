@@ -17,6 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def controls_ready(window) -> bool:
+    return window.controls.generate.isEnabled()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -91,6 +95,7 @@ def main() -> int:
     save(window.inspector, "token-inspector")
     window.stop()
     wait_until(lambda: not window.generation_job.is_running())
+    wait_until(lambda: controls_ready(window))
 
     # The Memorizing Transformer with the demo's trained gates: a long prompt fills the memory.
     controls = window.controls
@@ -98,8 +103,11 @@ def main() -> int:
     controls.memorizing.window.setValue(64)
     controls.prompt.setPlainText((DEMO_DOCS_DIR / "quickstart.rst").read_text(encoding="utf-8")[:2400])
     controls.max_tokens.setValue(24)
+    before = window.generation_job
     controls.generate.click()
-    wait_until(lambda: window.generation_job is not None and not window.generation_job.is_running())
+    if window.generation_job is before:
+        raise RuntimeError(f"the Memorizing Transformer run did not start: {window.last_error}")
+    wait_until(lambda: not window.generation_job.is_running())
     wait_until(lambda: window.inspector.record is not None and window.inspector.is_settled())
     settle()
     save(window, "main-window-memtrf")
@@ -108,6 +116,7 @@ def main() -> int:
     window.open_gate_training()
     dialog = window.gate_training_dialog
     dialog.epochs.setValue(1)
+    dialog.layer.setValue(0)  # where the gates open for this model (resources/demo/README.md)
     dialog.start()
     wait_until(lambda: len(dialog.steps) >= 40)
     settle()

@@ -60,6 +60,7 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
 
 def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to_the_panel(qtbot, tmp_path):
     from knn_explorer.core.adapters import read_adapter_info
+    from knn_explorer.gui.gate_bars import gate_label
 
     window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
     qtbot.addWidget(window)
@@ -85,7 +86,9 @@ def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to
     assert len(dialog.steps) > 3
     xs, ys = dialog.loss_curve.getData()
     assert list(xs) == [s.step for s in dialog.steps] and list(ys) == [s.loss for s in dialog.steps]
-    assert list(dialog.gate_bars.opts["height"]) == dialog.steps[-1].gates
+    assert dialog.gate_plot.values() == dialog.steps[-1].gates
+    assert [label.textItem.toPlainText() for label in dialog.gate_plot.labels] == [
+        gate_label(g) for g in dialog.steps[-1].gates]
     row = window.catalog.adapter("tiny-gates")
     assert row is not None and row.path == path and row.details["layer"] == 0
     assert read_adapter_info(path).model_fingerprint == window.model.model_fingerprint

@@ -24,8 +24,11 @@ from ..core.home import data_home
 from ..core.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
 from ..core.models import LoadedModel
 from . import colours, workers
+from .gate_bars import GateBars
 from .memorizing_panel import AUTO_LAYER
 from .path_field import PathField
+
+TREND = 10  # updates in the loss curve's moving mean
 
 
 def _plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
@@ -77,15 +80,11 @@ class GateTrainingDialog(QDialog):
         form.addRow("learning rate", self.lr)
 
         self.loss_plot = _plot("Training loss", "loss (nats)", "update")
-        self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(colours.GAIN, width=2))
-        self.loss_plot.setToolTip("Mean language-modelling loss of the segments in each update")
-        self.gate_plot = _plot("Gates g<sub>h</sub>", "gate", "head")
-        self.gate_plot.setYRange(0, 1, padding=0.02)
-        self.gate_plot.setMouseEnabled(x=False, y=False)
-        self.gate_bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush=colours.LAMBDA,
-                                         pen=pg.mkPen(None))
-        self.gate_plot.addItem(self.gate_bars)
-        self.gate_plot.setToolTip("σ(b_h) per head, as training moves them (they start at σ(−16) ≈ 0)")
+        self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(colours.P_LM, width=1))
+        self.trend_curve = self.loss_plot.plot(pen=pg.mkPen(colours.GAIN, width=2.5))
+        self.loss_plot.setToolTip("Mean language-modelling loss of the segments in each update (thin), and its "
+                                  f"mean over the last {TREND} updates (thick)")
+        self.gate_plot = GateBars("Gates g<sub>h</sub>", "σ(b_h) per head, as training moves them (from σ(−16) ≈ 1e-7)")
         plots = QHBoxLayout()
         plots.addWidget(self.loss_plot, 3)
         plots.addWidget(self.gate_plot, 2)
@@ -178,9 +177,13 @@ class GateTrainingDialog(QDialog):
 
     def _stepped(self, step: TrainingStep) -> None:
         self.steps.append(step)
-        self.loss_curve.setData([s.step for s in self.steps], [s.loss for s in self.steps])
-        self.gate_bars.setOpts(x=np.arange(len(step.gates), dtype=float), height=np.array(step.gates), width=0.7)
-        self.gate_plot.setXRange(-0.6, len(step.gates) - 0.4, padding=0)
+        steps, losses = [s.step for s in self.steps], np.array([s.loss for s in self.steps])
+        self.loss_curve.setData(steps, losses)
+        cumulative = np.concatenate(([0.0], np.cumsum(losses)))
+        ends = np.arange(1, len(losses) + 1)
+        window = np.minimum(ends, TREND)
+        self.trend_curve.setData(steps, (cumulative[ends] - cumulative[ends - window]) / window)
+        self.gate_plot.set_values(step.gates)
 
     def _progressed(self, progress) -> None:
         self.progress.setMaximum(max(1, progress.total))

@@ -1,7 +1,7 @@
 """The Memorizing Transformer's parameters: memory layer, size, k, mode, local window, gates."""
 from __future__ import annotations
 
-from PySide6.QtWidgets import QComboBox, QFormLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QComboBox, QFormLayout, QGridLayout, QLabel, QSpinBox, QWidget
 
 from ..core.memorizing import MAX_MEMORY
 from .path_field import PathField
@@ -36,11 +36,18 @@ class MemorizingPanel(QWidget):
                                  "Trained gates (.safetensors from Train memory gates / train-gates); empty: the demo "
                                  "model's shipped gates, or untrained gates (σ(−16): the model unchanged)",
                                  file_filter="Adapters (*.safetensors)")
-        form.addRow("layer", self.layer)
-        form.addRow("memory", self.size)
-        form.addRow("k", self.k)
+        # Two columns, so the panel is no taller than kNN-LM's.
+        grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
+        for row, pairs in enumerate(((("layer", self.layer), ("k", self.k)),
+                                     (("memory", self.size), ("window", self.window)))):
+            for column, (label, widget) in enumerate(pairs):
+                grid.addWidget(QLabel(label), row, column * 2)
+                grid.addWidget(widget, row, column * 2 + 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        form.addRow(grid)
         form.addRow("mode", self.mode)
-        form.addRow("window", self.window)
         form.addRow("gates", self.adapter)
 
     def values(self) -> dict:

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTreeWidget, QTree
 
 from ..core.records import MemoryHit, TokenRecord
 from . import colours
+from .gate_bars import GateBars
 from .token_strip import visible_token
 
 
@@ -48,16 +49,9 @@ class MemoryView(QWidget):
         self.step: int | None = None
         self.head: int | None = None
 
-        self.gate_plot = pg.PlotWidget()
-        _style(self.gate_plot, "Gates g<sub>h</sub>")
-        self.gate_plot.setYRange(0, 1, padding=0.02)
-        self.gate_plot.getPlotItem().setLabel("bottom", "head")
-        self.gate_bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush=colours.LAMBDA,
-                                         pen=pg.mkPen(None))
-        self.gate_plot.addItem(self.gate_bars)
-        self.gate_plot.setToolTip("g_h = σ(b_h): how much each head of the memory layer mixes in its memory result.\n"
+        self.gate_plot = GateBars("Gates g<sub>h</sub>",
+                                  "g_h = σ(b_h): how much each head of the memory layer mixes in its memory result.\n"
                                   "In joint mode (no gates): the head's attention mass on memory at the shown step.")
-        self.gate_plot.setMinimumSize(180, 140)
 
         self.heatmap_plot = pg.PlotWidget()
         _style(self.heatmap_plot, "Memory share per token and head")
@@ -142,8 +136,7 @@ class MemoryView(QWidget):
             self.hits.addTopLevelItem(self._hit_item(hit))
 
     def gates(self) -> list[float]:
-        h = self.gate_bars.opts["height"]
-        return [] if h is None else [float(v) for v in h]
+        return self.gate_plot.values()
 
     # ---- internals -----------------------------------------------------------------------------
     def _record(self, step: int | None) -> TokenRecord | None:
@@ -152,10 +145,7 @@ class MemoryView(QWidget):
     def _show_gates(self, record: TokenRecord | None) -> None:
         values = [] if record is None else (record.head_gates or record.memory_attention)
         gated = record is not None and record.head_gates is not None
-        self.gate_plot.setTitle("Gates g<sub>h</sub>" if gated or record is None else "Memory share",
-                                color=colours.TEXT, size="10pt")
-        self.gate_bars.setOpts(x=np.arange(len(values), dtype=float), height=np.array(values, dtype=float), width=0.7)
-        self.gate_plot.setXRange(-0.6, max(len(values), 1) - 0.4, padding=0)
+        self.gate_plot.set_values(values, "Gates g<sub>h</sub>" if gated or record is None else "Memory share")
 
     @staticmethod
     def _hit_item(hit: MemoryHit) -> QTreeWidgetItem:
