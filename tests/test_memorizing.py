@@ -212,3 +212,24 @@ def test_other_threads_sharing_the_model_see_the_plain_layer(tiny):
         assert torch.allclose(seen["logits"], base, atol=1e-6)  # e.g. a build running beside a generation
     finally:
         retrofit.remove()
+
+
+def test_a_large_memory_searches_full_chunks_with_faiss_and_forgets_evicted_ones():
+    torch.manual_seed(1)
+    heads, kv_heads, dim, k = 4, 2, 16, 5
+    exact = MemoryStore(capacity=256, kv_heads=kv_heads, head_dim=dim, approximate=False)
+    chunked = MemoryStore(capacity=256, kv_heads=kv_heads, head_dim=dim, chunk=64, approximate=True)
+    keys, values = torch.randn(230, kv_heads, dim), torch.randn(230, kv_heads, dim)
+    for store in (exact, chunked):
+        store.add(keys, values, torch.arange(230))
+    assert sorted(chunked.chunks.indexes) == [0, 1, 2]  # three full chunks indexed, the fourth filling
+    queries = keys[200:210].transpose(0, 1).repeat_interleave(2, dim=0)  # stored keys as queries
+    a, b = exact.search(queries, k, 0.25), chunked.search(queries, k, 0.25)
+    same = (a.slots[..., :, None] == b.slots[..., None, :]).any(-1).float().mean()
+    assert same > 0.9  # IVF with nprobe over a few lists: (nearly) the exact top-k
+    assert torch.equal(b.slots[..., 0], a.slots[..., 0])  # a stored key finds itself first
+    # Wrapping overwrites chunk 0 first: its index goes, and no evicted position comes back.
+    chunked.add(torch.randn(40, kv_heads, dim), torch.randn(40, kv_heads, dim), torch.arange(230, 270))
+    assert 0 not in chunked.chunks.indexes and len(chunked) == 256
+    found = chunked.search(torch.randn(heads, 3, dim), k, 0.25)
+    assert chunked.positions[found.slots].min() >= 270 - 256

@@ -2,15 +2,17 @@
 
 Keys are stored before any rotary position embedding (see `memorizing.py` for why), with their
 unit-length copies for the lookup; each entry keeps the absolute position of its token in the
-document, so a hit can be shown as a passage. Search is exact (a matmul + top-k per head): at the
-sizes a memory holds (≤ 65k tokens × a few heads × head_dim 64–128) that is a few ms per query on a
-CPU and it runs on the model's device.
+document, so a hit can be shown as a passage. Up to 65,536 tokens search is exact (a matmul +
+top-k per head, a few ms per query on a CPU, on the model's device); a larger memory searches its
+full chunks with FAISS (`memory_chunks.py`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from .memory_chunks import CHUNK, EXACT_LIMIT, ChunkIndexes
 
 
 @dataclass
@@ -26,7 +28,8 @@ class MemoryStore:
     """A ring buffer of `capacity` tokens × `kv_heads` keys and values."""
 
     def __init__(self, capacity: int, kv_heads: int, head_dim: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, chunk: int = CHUNK, approximate: bool | None = None):
+        """`approximate` (default: above EXACT_LIMIT tokens) searches full chunks with FAISS."""
         if capacity < 0:
             raise ValueError("memory size must be >= 0")
         self.capacity = capacity
@@ -37,6 +40,8 @@ class MemoryStore:
         self.positions = torch.full((capacity,), -1, device=device, dtype=torch.long)
         self.size = 0
         self._next = 0  # the slot the next entry goes to
+        use_faiss = capacity > EXACT_LIMIT if approximate is None else approximate
+        self.chunks = ChunkIndexes(capacity, chunk) if use_faiss and capacity else None
 
     def __len__(self) -> int:
         return self.size
@@ -44,6 +49,8 @@ class MemoryStore:
     def clear(self) -> None:
         self.size, self._next = 0, 0
         self.positions.fill_(-1)
+        if self.chunks is not None:
+            self.chunks.clear()
 
     def add(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         """Append (n, kv_heads, head_dim) keys/values; the oldest entries make room."""
@@ -57,6 +64,8 @@ class MemoryStore:
         self.unit_keys[:, slots] = torch.nn.functional.normalize(keys, dim=-1)
         self.values[:, slots] = values.detach().to(self.values).transpose(0, 1)
         self.positions[slots] = positions.to(self.positions)
+        if self.chunks is not None:
+            self.chunks.written(self._next, n, self.unit_keys)
         self._next = (self._next + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
 
@@ -72,10 +81,26 @@ class MemoryStore:
         group = heads // kv_heads
         k = min(k, self.size)
         q = queries.to(self.keys.dtype).reshape(kv_heads, group * n, dim)
-        similarity = torch.nn.functional.normalize(q, dim=-1) @ self.unit_keys[:, : self.size].transpose(1, 2)
-        slots = similarity.topk(k, dim=-1).indices  # (kv_heads, group * n, k)
+        unit_q = torch.nn.functional.normalize(q, dim=-1)
+        if self.chunks is None:
+            similarity = unit_q @ self.unit_keys[:, : self.size].transpose(1, 2)
+            slots = similarity.topk(k, dim=-1).indices  # (kv_heads, group * n, k)
+        else:
+            slots = self._search_chunks(unit_q, k)
         head = torch.arange(kv_heads, device=slots.device)[:, None, None]
         picked_keys, picked_values = self.keys[head, slots], self.values[head, slots]  # (kv_heads, group * n, k, dim)
         logits = (q[:, :, None, :] * picked_keys).sum(-1) * scaling
         return MemoryLookup(slots=slots.reshape(heads, n, k), logits=logits.reshape(heads, n, k),
                             values=picked_values.reshape(heads, n, k, dim))
+
+    def _search_chunks(self, unit_q: torch.Tensor, k: int) -> torch.Tensor:
+        """Top-k slots from the exact part (the chunk being filled) and the FAISS-indexed chunks."""
+        exact_slots = self.chunks.unindexed_slots(self.size, unit_q.device)
+        exact_sim = unit_q @ self.unit_keys[:, exact_slots].transpose(1, 2)
+        top = exact_sim.topk(min(k, exact_slots.numel()), dim=-1)
+        index_sim, index_slots = self.chunks.search(unit_q, k)
+        sims = torch.cat((top.values.float().cpu(), index_sim), dim=-1)
+        slots = torch.cat((exact_slots[top.indices].cpu(), index_slots), dim=-1)
+        sims[slots < 0] = float("-inf")  # FAISS pads with -1 when a chunk has fewer than k hits
+        best = sims.topk(k, dim=-1).indices
+        return slots.gather(-1, best).clamp(min=0).to(unit_q.device)
