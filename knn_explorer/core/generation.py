@@ -14,12 +14,14 @@ from typing import Iterator
 
 import torch
 
-from .knnlm import KnnLM, KnnStep
+from .datastore import Datastore
+from .knnlm import KnnLM, KnnStep, Retrieval
 from .memorizing import MemorizingRetrofit
-from .models import LoadedModel
+from .models import LoadedModel, capture_output_input
 from .records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
+from .spalm import Spalm, SpalmStep
 
-METHODS = ("none", "knnlm", "memtrf")
+METHODS = ("none", "knnlm", "spalm", "memtrf")
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,21 @@ class GenerationSettings:
 
 class StepGenerator:
     def __init__(self, model: LoadedModel, prompt: str | list[int], settings: GenerationSettings = GenerationSettings(),
-                 knn: KnnLM | None = None, first_step: int = 0, memorizing: MemorizingRetrofit | None = None):
+                 knn: KnnLM | None = None, first_step: int = 0, memorizing: MemorizingRetrofit | None = None,
+                 spalm: Spalm | None = None):
         """`first_step` numbers the records of a branch that continues another run at that step.
         `memorizing` (method "memtrf") is reset: its memory belongs to this generator's text."""
         if settings.method == "knnlm" and knn is None:
             raise ValueError("kNN-LM generation needs a datastore")
+        if settings.method == "spalm" and spalm is None:
+            raise ValueError("SPALM generation needs a datastore")
         if settings.method == "memtrf" and memorizing is None:
             raise ValueError("Memorizing Transformer generation needs a memory retrofit")
         self.model = model
         self.settings = settings
         self.knn = knn if settings.method == "knnlm" else None
         self.memory = memorizing if settings.method == "memtrf" else None
+        self.spalm = spalm if settings.method == "spalm" else None
         if self.memory is not None:
             self.memory.reset()
         self._base_cache = None  # memtrf: the same text without memory, for p_LM
@@ -88,23 +94,28 @@ class StepGenerator:
 
     @torch.inference_mode()
     def step(self, forced_token: int | None = None) -> TokenRecord:
-        log_p_lm, query, log_p_model = self._next_distribution()
+        log_p_lm, query, log_p_model, hidden = self._next_distribution()
         knn_step: KnnStep | None = None
+        spalm_step: SpalmStep | None = None
         if self.knn is not None:
             knn_step = self.knn.combine(log_p_lm[None], query[None])
             log_p_final = knn_step.log_p_final[0]
+        elif self.spalm is not None:
+            spalm_step = self.spalm.combine(hidden[None], query[None])
+            log_p_final = spalm_step.log_p_final[0]
         else:
             log_p_final = log_p_model.double()
         token_id = forced_token if forced_token is not None else self._choose(log_p_final)
-        record = self._record(token_id, log_p_lm, log_p_final, knn_step)
+        record = self._record(token_id, log_p_lm, log_p_final, knn_step, spalm_step)
         self.ids.append(token_id)
         self.step_number += 1
         self.steps_taken += 1
         return record
 
-    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """LM log-probabilities for the next token, the kNN key of the current context, and the
-        model's log-probabilities with its memory (memtrf; otherwise the LM's again)."""
+    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LM log-probabilities for the next token, the kNN key of the current context, the
+        model's log-probabilities with its memory (memtrf; otherwise the LM's again), and the
+        hidden state fed to the output embedding (SPALM's h_t)."""
         limit = min(self.model.max_positions, self.settings.context_window or self.model.max_positions)
         pending = len(self.ids) - self._cache_end
         if self._cache is not None and self._cache_tokens + pending <= limit:
@@ -126,7 +137,7 @@ class StepGenerator:
             self._base_cache = base.past_key_values
             self.memory.enabled = True
             self.memory.set_window(window_start, input_start)
-        with self.model.capture_keys() as captured:
+        with self.model.capture_keys() as captured, capture_output_input(self.model) as hidden:
             out = self.model.forward(input_ids, cache=self._cache, use_cache=True, last_logits_only=True)
         self._cache = out.past_key_values
         self._cache_tokens += len(new_ids)
@@ -134,7 +145,7 @@ class StepGenerator:
         self._memory_filled_to = max(self._memory_filled_to, self._cache_end)
         log_p = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
         log_p_lm = log_p if base is None else torch.log_softmax(base.logits[0, -1].float(), dim=-1).cpu()
-        return log_p_lm, captured[-1][0, -1].float().cpu(), log_p
+        return log_p_lm, captured[-1][0, -1].float().cpu(), log_p, hidden[-1][0, -1]
 
     def _fill_memory(self, end: int, window: int) -> None:
         """Run text that never passed through the model (a prompt longer than the window) through it,
@@ -158,16 +169,23 @@ class StepGenerator:
         return [TokenProb(self._decode(int(i)), int(i), float(v)) for v, i in zip(values, ids) if v > 0]
 
     def _record(self, token_id: int, log_p_lm: torch.Tensor, log_p_final: torch.Tensor,
-                knn_step: KnnStep | None) -> TokenRecord:
+                knn_step: KnnStep | None, spalm_step: SpalmStep | None = None) -> TokenRecord:
         p_lm, p_final = log_p_lm.exp(), log_p_final.exp()
-        neighbours, retrieval, p_knn, lam = [], None, None, None
+        neighbours, retrieval, p_knn, lam, gate = [], None, None, None, None
         if knn_step is not None:
             s = self.knn.settings
-            neighbours = self._neighbours(knn_step)
+            neighbours = self._neighbours(knn_step.retrieval, knn_step.retrieval.weights, self.knn.datastore)
             retrieval = RetrievalSettings(s.k, s.temperature, "exact" if s.exact_distances else "approximate",
                                           self.knn.datastore.name)
             p_knn = self._top(knn_step.p_knn[0])
             lam = float(knn_step.lambdas[0])
+        if spalm_step is not None:  # neighbours weighted by their attention in m_t; T plays no part
+            s = self.spalm.settings
+            neighbours = self._neighbours(spalm_step.retrieval, spalm_step.attention, self.spalm.datastore)
+            retrieval = RetrievalSettings(s.k, 1.0, "exact" if s.exact_distances else "approximate",
+                                          self.spalm.datastore.name)
+            p_knn = self._top(spalm_step.p_memory[0])
+            gate = float(spalm_step.gates[0])
         head_gates = memory_attention = memory_hits = None
         if self.memory is not None and self.memory.last_step is not None:
             last = self.memory.last_step
@@ -184,6 +202,7 @@ class StepGenerator:
             chosen_prob_lm=float(p_lm[token_id]),
             chosen_prob_final=float(p_final[token_id]),
             lambda_=lam,
+            gate=gate,
             head_gates=head_gates,
             memory_attention=memory_attention,
             memory_hits=memory_hits,
@@ -197,9 +216,7 @@ class StepGenerator:
         after = self.model.tokenizer.decode(self.ids[position + 1:position + 5])
         return MemoryHit(position, token, weight, before + token + after, (len(before), len(before) + len(token)))
 
-    def _neighbours(self, knn_step: KnnStep) -> list[Neighbour]:
-        r = knn_step.retrieval
-        datastore = self.knn.datastore
+    def _neighbours(self, r: Retrieval, weights: torch.Tensor, datastore: Datastore) -> list[Neighbour]:
         out = []
         for rank in range(min(self.settings.neighbours_shown, r.ids.shape[1])):
             entry = int(r.ids[0, rank])
@@ -209,7 +226,7 @@ class StepGenerator:
             token = self._decode(token_id)
             document, offset, context, highlight = datastore.passage(entry, len(token))
             out.append(Neighbour(rank=rank + 1, token=token, token_id=token_id, distance=float(r.distances[0, rank]),
-                                 weight=float(r.weights[0, rank]), document=document.path, offset=offset,
+                                 weight=float(weights[0, rank]), document=document.path, offset=offset,
                                  context=context, highlight=highlight))
         return out
 

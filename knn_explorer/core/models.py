@@ -128,6 +128,18 @@ class LoadedModel:
                 handle.remove()
 
 
+@contextmanager
+def capture_output_input(model: LoadedModel):
+    """Record the hidden states fed to the output embedding (h_t) in every forward pass inside the block."""
+    captured: list[torch.Tensor] = []
+    handle = model.model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach()))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
