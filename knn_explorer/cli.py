@@ -47,10 +47,11 @@ def one_line(exc: BaseException) -> str:
     from .core.memorizing import MemorizingError
     from .core.models import ModelLoadError
     from .core.progress import Cancelled
+    from .core.spalm import SpalmError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError, AdapterError,
-                        MemorizingError)):
+                        MemorizingError, SpalmError)):
         return text
     return f"{type(exc).__name__}: {text}"
 
@@ -132,8 +133,9 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datastore", help="datastore name (see `knn-explorer list`)")
-    parser.add_argument("--method", default=None, choices=["none", "knnlm", "memtrf"],
-                        help="default: knnlm with a datastore, none without; memtrf: Memorizing Transformer")
+    parser.add_argument("--method", default=None, choices=["none", "knnlm", "spalm", "memtrf"],
+                        help="default: knnlm with a datastore, none without; spalm: SPALM (needs a datastore); "
+                             "memtrf: Memorizing Transformer")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
     parser.add_argument("--lambda-mode", default="fixed", choices=["fixed", "entropy"])
@@ -249,9 +251,10 @@ def cmd_generate(args) -> int:
     model = _load_model(args)
     knn = _knn(args, model, method)
     memory = _memorizing(args, model, method)
+    spalm = _spalm(args, model, method)
     settings = GenerationSettings(method=method, max_new_tokens=args.max_new_tokens, greedy=args.seed is None,
                                   seed=args.seed or 0, neighbours_shown=args.neighbours, context_window=args.window)
-    generator = StepGenerator(model, args.prompt, settings, knn, memorizing=memory)
+    generator = StepGenerator(model, args.prompt, settings, knn, memorizing=memory, spalm=spalm)
     if not args.json:
         sys.stdout.write(args.prompt)
     for record in generator:
@@ -280,9 +283,13 @@ def cmd_eval(args) -> int:
     if method == "memtrf":
         return _eval_memorizing(args, model, texts)
     knn = _knn(args, model, method)
+    spalm = _spalm(args, model, method)
     result = evaluate(model, text, knn, context_length=args.context, stride=args.stride,
-                      on_progress=_progress_printer())
+                      on_progress=_progress_printer(), spalm=spalm)
     out = result.to_json()
+    if spalm is not None:
+        out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate="initial (w = 0, b = ln 9)",
+                   distance="exact" if spalm.settings.exact_distances else "approximate")
     if knn is not None:
         s = knn.settings
         out.update(datastore=knn.datastore.name, k=s.k, temperature=s.temperature, lambda_mode=s.lambda_mode,
@@ -292,6 +299,9 @@ def cmd_eval(args) -> int:
         return 0
     print(f"{result.tokens:,} tokens of {args.text}")
     print(f"  LM alone      perplexity {result.ppl_lm:10.3f}")
+    if spalm is not None:
+        print(f"  SPALM         perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  k={spalm.settings.k} "
+              f"gate {out['gate']} distances={out['distance']}")
     if knn is not None:
         s = knn.settings
         print(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
@@ -380,8 +390,8 @@ def _method(args) -> str:
     method = args.method or ("knnlm" if args.datastore else "none")
     if method == "memtrf" and args.datastore:
         raise UsageError("--method memtrf remembers the text itself; it takes no --datastore")
-    if method == "knnlm" and not args.datastore:
-        raise UsageError("--method knnlm needs --datastore NAME (see `knn-explorer list`)")
+    if method in ("knnlm", "spalm") and not args.datastore:
+        raise UsageError(f"--method {method} needs --datastore NAME (see `knn-explorer list`)")
     if args.k < 1 or not 0 <= args.lambda_ <= 1 or args.temperature <= 0:
         raise UsageError("--k must be >= 1, --lambda within [0, 1], --temperature > 0")
     return method
@@ -398,6 +408,17 @@ def _knn(args, model, method):
     settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
                              exact_distances=not args.approximate, lambda_mode=args.lambda_mode)
     return KnnLM(datastore, settings)
+
+
+def _spalm(args, model, method):
+    if method != "spalm":
+        return None
+    from .core.catalog import Catalog
+    from .core.library import open_datastore
+    from .core.spalm import Spalm, SpalmSettings
+
+    datastore = open_datastore(Catalog(), args.datastore, model)
+    return Spalm(model, datastore, SpalmSettings(k=args.k, exact_distances=not args.approximate))
 
 
 def _memorizing(args, model, method):

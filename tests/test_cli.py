@@ -122,3 +122,20 @@ def test_output_cut_short_by_the_reader_is_not_an_error(built, tiny_gpt2_dir):
     proc.wait(timeout=300)
     assert json.loads(first)["step"] == 0
     assert "error" not in proc.stderr.read()
+
+
+def test_generate_and_eval_with_spalm(built, tiny_gpt2_dir, tmp_path):
+    docs, _ = built
+    out = cli("generate", "--model", tiny_gpt2_dir, "--datastore", "notes", "--method", "spalm", "--prompt",
+              "The quick", "--max-new-tokens", 3, "--k", 8, "--json")
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(records) == 3
+    for r in records:
+        assert r["method"] == "spalm" and 0 < r["gate"] < 1 and r["neighbours"]
+        assert all(Path(n["document"]).is_relative_to(docs) for n in r["neighbours"])
+    text = next(docs.rglob("*.md"))
+    result = json.loads(cli("eval", "--model", tiny_gpt2_dir, "--datastore", "notes", "--method", "spalm", "--text",
+                            text, "--context", 32, "--stride", 16, "--json").stdout)
+    assert result["method"] == "spalm" and result["datastore"] == "notes" and result["ppl"] != result["ppl_lm"]
+    assert_one_line_error(cli("generate", "--model", tiny_gpt2_dir, "--method", "spalm", "--prompt", "x",
+                              check=False), 2, "--method spalm needs --datastore")

@@ -16,8 +16,9 @@ import torch
 
 from .knnlm import KnnLM
 from .memorizing import MemorizingRetrofit
-from .models import LoadedModel
+from .models import LoadedModel, capture_output_input
 from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .spalm import Spalm
 from .windows import sliding_windows
 
 
@@ -50,7 +51,9 @@ def evaluate(
     batch_size: int = 8,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    spalm: Spalm | None = None,
 ) -> EvalResult:
+    """`knn` (kNN-LM) or `spalm` (SPALM) is the method compared with the LM; neither: the LM alone."""
     ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if len(ids) < 2:
         raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
@@ -69,9 +72,9 @@ def evaluate(
         for row, s in enumerate(batch):
             input_ids[row, : s.end - s.begin] = tokens[s.begin : s.end]
             mask[row, : s.end - s.begin] = 1
-        with model.capture_keys() as captured:
+        with model.capture_keys() as captured, capture_output_input(model) as hidden_states:
             logits = model.forward(input_ids.to(model.device), mask.to(model.device)).logits
-        keys = captured[-1]
+        keys, hidden = captured[-1], hidden_states[-1]
         for row, s in enumerate(batch):
             positions = slice(s.first_target - 1 - s.begin, s.end - 1 - s.begin)
             targets = tokens[s.first_target : s.end]
@@ -80,13 +83,16 @@ def evaluate(
             if knn is not None:
                 log_p = knn.combine(log_p_lm, keys[row, positions]).log_p_final
                 final_parts.append(log_p.gather(1, targets[:, None])[:, 0])
+            elif spalm is not None:
+                log_p = spalm.combine(hidden[row, positions], keys[row, positions]).log_p_final
+                final_parts.append(log_p.gather(1, targets[:, None])[:, 0])
             done += len(targets)
         meter.update(done)
     meter.update(done, force=True)
     log_p_lm = torch.cat(lm_parts).numpy()
-    log_p = torch.cat(final_parts).numpy() if knn is not None else log_p_lm
+    log_p = torch.cat(final_parts).numpy() if final_parts else log_p_lm
     return EvalResult(
-        method="knnlm" if knn is not None else "none",
+        method="knnlm" if knn is not None else "spalm" if spalm is not None else "none",
         tokens=len(log_p_lm),
         ppl_lm=perplexity(log_p_lm),
         ppl=perplexity(log_p),
