@@ -183,3 +183,25 @@ def test_first_launch_builds_and_catalogues_the_demo_datastore(qtbot, data_home)
     qtbot.addWidget(again)
     qtbot.waitUntil(lambda: again.model is not None, timeout=60_000)
     assert again.datastore_name == "demo-docs" and not again.build_trackers
+
+
+def test_spalm_generates_with_its_gate_on_the_chips_and_neighbours_in_the_inspector(qtbot, window, tmp_path):
+    docs = write_corpus(tmp_path / "docs")
+    build_through_dialog(qtbot, window, docs)
+    window.use_datastore("notes")
+    window.controls.method.setCurrentIndex(window.controls.method.findData("spalm"))
+    assert window.controls.method_panels.currentWidget() is window.controls.spalm
+    window.controls.spalm.k.setValue(8)
+    window.strip.set_colour_by("lambda")
+    generate(qtbot, window, 6)
+    run = window.current_run
+    assert len(run.records) == 6 and all(r.method == "spalm" and 0 < r.gate < 1 for r in run.records)
+    qtbot.waitUntil(lambda: window.inspector.record is not None and window.inspector.is_settled(), timeout=5000)
+    record = window.inspector.record
+    assert "gate</b> " in window.inspector.settings_label.text()
+    assert window.inspector.lower_tabs.currentIndex() == 0  # the neighbours, weighted by attention in m_t
+    table = window.inspector.neighbour_table.model()
+    assert table.rowCount() == len(record.neighbours) == 8
+    assert all(docs in Path(n.document).parents for n in record.neighbours)
+    xs, ys = window.inspector.history_plot.weight_curve.getData()
+    assert list(ys) == pytest.approx([r.gate for r in run.records])  # the gate over the steps

@@ -11,8 +11,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
 
 from .memorizing_panel import MemorizingPanel
+from .spalm_panel import SpalmPanel
 
-METHODS = {"none": "LM alone", "knnlm": "kNN-LM", "memtrf": "Memorizing Transformer"}
+METHODS = {"none": "LM alone", "knnlm": "kNN-LM", "spalm": "SPALM", "memtrf": "Memorizing Transformer"}
 DEFAULT_PROMPT = "To register a view function for a URL, use the"
 
 
@@ -111,6 +112,8 @@ class GenerationControls(QWidget):
         self.knnlm = KnnLmPanel()
         self.method_panels.addWidget(QLabel("The model's own distribution, no retrieval."))
         self.method_panels.addWidget(self.knnlm)
+        self.spalm = SpalmPanel()
+        self.method_panels.addWidget(self.spalm)
         self.memorizing = MemorizingPanel()
         self.method_panels.addWidget(self.memorizing)
         box_layout.addWidget(self.method_panels)
@@ -157,7 +160,8 @@ class GenerationControls(QWidget):
     def values(self) -> dict:
         return {"method": self.method.currentData(), "compare": self.compare.isChecked(),
                 "max_new_tokens": self.max_tokens.value(), "greedy": self.greedy.isChecked(), "seed": self.seed.value(),
-                "prompt": self.prompt.toPlainText(), **self.knnlm.values(), **self.memorizing.values()}
+                "prompt": self.prompt.toPlainText(), **self.knnlm.values(), **self.spalm.values(),
+                **self.memorizing.values()}
 
     def apply(self, values: dict) -> None:
         index = self.method.findData(values.get("method", "knnlm"))
@@ -169,4 +173,5 @@ class GenerationControls(QWidget):
         if values.get("prompt"):
             self.prompt.setPlainText(values["prompt"])
         self.knnlm.apply(values)
+        self.spalm.apply(values)
         self.memorizing.apply(values)

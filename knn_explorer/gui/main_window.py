@@ -23,6 +23,7 @@ from ..core.adapters import memorizing_with_gates
 from ..core.memorizing import MemorizingSettings
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
+from ..core.spalm import Spalm, SpalmSettings
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
@@ -318,8 +319,10 @@ class MainWindow(QMainWindow):
             return False
         if self.generation_job is not None and self.generation_job.is_running():
             return False
-        if self.controls.method.currentData() == "knnlm" and not self.datastore_name:
-            self.show_error("kNN-LM needs a datastore: double-click one in the library, or build one (Ctrl+B)")
+        method = self.controls.method.currentData()
+        if method in ("knnlm", "spalm") and not self.datastore_name:
+            label = "kNN-LM" if method == "knnlm" else "SPALM"
+            self.show_error(f"{label} needs a datastore: double-click one in the library, or build one (Ctrl+B)")
             return False
         return True
 
@@ -340,8 +343,13 @@ class MainWindow(QMainWindow):
         def body(control: workers.JobControl):
             knn = KnnLM(self._datastore(name), knn_settings) if knn_settings is not None else None
             memory = self._memorizing(values) if settings.method == "memtrf" else None
+            spalm = None
+            if settings.method == "spalm":
+                spalm = Spalm(model, self._datastore(name), SpalmSettings(k=values["spalm_k"],
+                                                                          exact_distances=values["spalm_exact"]))
             try:
-                main = StepGenerator(model, context, settings, knn, first_step=first_step, memorizing=memory)
+                main = StepGenerator(model, context, settings, knn, first_step=first_step, memorizing=memory,
+                                     spalm=spalm)
                 lm_alone = None
                 if compare:
                     lm_settings = GenerationSettings(method="none", max_new_tokens=settings.max_new_tokens,

@@ -1,0 +1,30 @@
+"""SPALM's parameters: k and the distance mode (the gate is learned; distances only rank neighbours)."""
+from __future__ import annotations
+
+from PySide6.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QWidget
+
+
+class SpalmPanel(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.k = QSpinBox(minimum=1, maximum=1024, value=32)
+        self.k.setToolTip("Neighbours retrieved per token; their next tokens' embeddings are averaged into m_t")
+        self.exact = QCheckBox("exact distances")
+        self.exact.setChecked(True)
+        self.exact.setToolTip("Rank neighbours by distances recomputed from the stored keys (else the index's)")
+        note = QLabel("z = (1 − g)·m + g·h, g = σ(w·h + b): g per token is the chip colour under “λ / gate”. "
+                      "Untrained gate: g = 0.9.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #868e96")
+        form.addRow("k", self.k)
+        form.addRow("", self.exact)
+        form.addRow(note)
+
+    def values(self) -> dict:
+        return {"spalm_k": self.k.value(), "spalm_exact": self.exact.isChecked()}
+
+    def apply(self, values: dict) -> None:
+        self.k.setValue(int(values.get("spalm_k", self.k.value())))
+        self.exact.setChecked(bool(values.get("spalm_exact", True)))
