@@ -12,6 +12,7 @@ from knn_explorer.core.generation import GenerationSettings, StepGenerator
 from knn_explorer.core.library import build_datastore, open_datastore
 from knn_explorer.core.models import capture_output_input, load_model
 from knn_explorer.core.spalm import INITIAL_GATE_BIAS, Spalm, SpalmSettings
+from tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,51 @@ def test_a_prompt_longer_than_the_window_runs_on_the_short_term_memory(built):
         probs = torch.softmax(model.model(input_ids=torch.tensor([context])).logits[0, -1].double(), -1)
     assert records[-1].token_id == int(probs.argmax())
     assert records[-1].chosen_prob_final == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+def test_leave_one_out_drops_each_position_itself_and_keeps_k():
+    from knn_explorer.core.knnlm import Retrieval
+    from knn_explorer.core.spalm_training import without_self
+
+    ids = np.array([[7, 3, 9], [4, 5, 6]])
+    r = Retrieval(ids=ids, distances=np.array([[0.0, 1.0, 2.0], [0.5, 1.0, 3.0]]),
+                  values=torch.tensor([[70, 30, 90], [40, 50, 60]]), weights=torch.ones(2, 3) / 3)
+    kept = without_self(r, np.array([7, 99]), k=2)
+    assert kept.ids.tolist() == [[3, 9], [4, 5]]  # row 0 loses itself; row 1 (not found) its farthest
+    assert kept.values.tolist() == [[30, 90], [40, 50]]
+    assert kept.distances.tolist() == [[1.0, 2.0], [0.5, 1.0]]
+
+
+def test_gate_training_learns_from_the_datastore_without_seeing_itself_and_saves_an_adapter(built, tmp_path):
+    from knn_explorer.core.adapters import AdapterError
+    from knn_explorer.core.spalm_training import (SpalmTrainingSettings, load_spalm_adapter, train_spalm_gate,
+                                                  without_self)
+
+    model, datastore, _ = built
+    spalm = Spalm(model, datastore, SpalmSettings(k=4))
+    seen = []
+    original = without_self
+
+    def spy(retrieval, own, k, temperature=1.0):
+        kept = original(retrieval, own, k, temperature)
+        seen.append((kept.ids, own))
+        return kept
+
+    import knn_explorer.core.spalm_training as training
+    training.without_self = spy
+    try:
+        result = train_spalm_gate(spalm, SpalmTrainingSettings(context_length=16, learning_rate=0.05,
+                                                               windows_per_step=2), checkpoint=tmp_path / "g.safetensors")
+    finally:
+        training.without_self = original
+    assert result.steps and all(np.isfinite(s.loss) for s in result.steps)
+    assert all((ids != own[:, None]).all() for ids, own in seen)  # no position retrieved itself
+    gate = spalm.gate
+    assert float(gate.weight.detach().abs().max()) > 0 or float(gate.bias.detach()) != pytest.approx(INITIAL_GATE_BIAS)
+    fresh = Spalm(model, datastore, SpalmSettings(k=4))
+    load_spalm_adapter(tmp_path / "g.safetensors", fresh)
+    assert torch.equal(fresh.gate.weight.detach(), gate.weight.detach())
+    assert float(fresh.gate.bias.detach()) == float(gate.bias.detach())
+    other = load_model(str(save_tiny_model(tmp_path / "other", "gpt2", seed=1)), device="cpu")
+    with pytest.raises(AdapterError, match="trained for model"):
+        load_spalm_adapter(tmp_path / "g.safetensors", Spalm(other, datastore, SpalmSettings(k=4)))

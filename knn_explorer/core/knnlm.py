@@ -92,9 +92,10 @@ class KnnLM:
         self.datastore = datastore
         self.settings = settings
 
-    def retrieve(self, queries: torch.Tensor) -> Retrieval:
+    def retrieve(self, queries: torch.Tensor, k: int | None = None) -> Retrieval:
+        """The k (default: the settings' k) nearest entries of each query."""
         s = self.settings
-        distances, ids = self.datastore.search(queries.float().cpu().numpy(), s.k, exact=s.exact_distances)
+        distances, ids = self.datastore.search(queries.float().cpu().numpy(), k or s.k, exact=s.exact_distances)
         values = torch.from_numpy(np.where(ids >= 0, self.datastore.values[np.maximum(ids, 0)], -1).astype(np.int64))
         weights = neighbour_weights(torch.from_numpy(distances).double(), s.temperature)
         return Retrieval(ids=ids, distances=distances, values=values, weights=weights)
