@@ -101,17 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common_model_flags(evaluate)
     _json_flag(evaluate)
 
-    train = sub.add_parser("train-gates", help="train the Memorizing Transformer's per-head gates on documents")
+    train = sub.add_parser("train-gates", help="train the Memorizing Transformer's per-head gates on documents, "
+                                               "or SPALM's gate on a datastore's documents")
+    train.add_argument("--method", default="memtrf", choices=["memtrf", "spalm"])
     train.add_argument("--model", required=True)
-    train.add_argument("--docs", required=True, nargs="+", metavar="PATH", help="files and/or folders")
+    train.add_argument("--docs", nargs="+", metavar="PATH", help="memtrf: files and/or folders to learn from")
+    train.add_argument("--datastore", help="spalm: the datastore whose documents (and memory) it learns from")
     train.add_argument("--out", required=True, type=Path, help="adapter file to write (.safetensors)")
     train.add_argument("--name", help="catalogue the adapter under this name (default: the file's name)")
     train.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
     train.add_argument("--memory-size", type=int, default=65_536)
     train.add_argument("--k", type=int, default=32)
-    train.add_argument("--segment", type=int, default=128, help="tokens local attention sees per segment")
+    train.add_argument("--segment", type=int, default=128, help="tokens per segment (memtrf) or window (spalm)")
     train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--lr", type=float, default=0.05, help="learning rate of the gate biases (Adam)")
+    train.add_argument("--lr", type=float, help="Adam learning rate (default 0.05 for memtrf, 0.01 for spalm)")
     train.add_argument("--segments-per-step", type=int, default=8, help="segments whose gradients make one update")
     _common_model_flags(train)
     _json_flag(train)
@@ -288,7 +291,8 @@ def cmd_eval(args) -> int:
                       on_progress=_progress_printer(), spalm=spalm)
     out = result.to_json()
     if spalm is not None:
-        out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate="initial (w = 0, b = ln 9)",
+        gate = "initial (w = 0, b = ln 9)" if args.adapter is None else str(args.adapter)
+        out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate=gate,
                    distance="exact" if spalm.settings.exact_distances else "approximate")
     if knn is not None:
         s = knn.settings
@@ -327,24 +331,13 @@ def _eval_memorizing(args, model, texts: list[str]) -> int:
 
 
 def cmd_train_gates(args) -> int:
-    from .core.documents import Document, iter_documents
-    from .core.adapters import MEMTRF
     from .core.catalog import Catalog
-    from .core.gate_training import GateTrainingSettings, train_memorizing_gates
-    from .core.memorizing import MemorizingRetrofit, MemorizingSettings
 
-    if args.epochs < 1 or args.segment < 2 or args.lr <= 0 or args.k < 1 or args.segments_per_step < 1:
+    if args.epochs < 1 or args.segment < 2 or (args.lr is not None and args.lr <= 0) or args.k < 1 \
+            or args.segments_per_step < 1:
         raise UsageError("--epochs >= 1, --segment >= 2, --lr > 0, --k >= 1 and --segments-per-step >= 1 are required")
     if args.out.suffix != ".safetensors":
         raise UsageError("--out must name a .safetensors file")
-    texts = [d.text for d in iter_documents([Path(p) for p in args.docs]) if isinstance(d, Document)]
-    if not texts:
-        raise UsageError(f"no readable documents in {' '.join(args.docs)}")
-    model = _load_model(args)
-    memory = MemorizingRetrofit(model, MemorizingSettings(layer=args.memory_layer, k=args.k,
-                                                          memory_size=args.memory_size))
-    settings = GateTrainingSettings(epochs=args.epochs, segment_length=args.segment, learning_rate=args.lr,
-                                    segments_per_step=args.segments_per_step)
 
     def show(step) -> None:
         if args.json:
@@ -353,19 +346,54 @@ def cmd_train_gates(args) -> int:
             gates = " ".join(f"{g:.3f}" for g in step.gates)
             sys.stderr.write(f"step {step.step:5d}  loss {step.loss:.3f}  gates {gates}\n")
 
-    result = train_memorizing_gates(model, memory, texts, settings, checkpoint=args.out, on_step=show)
-    summary = result.summary()
+    train = _train_spalm if args.method == "spalm" else _train_memorizing
+    model, summary, details, source = train(args, show)
     name = args.name or args.out.stem
-    Catalog().register_adapter(name, MEMTRF, args.out.resolve(), model.name, model.model_fingerprint,
-                               {"layer": memory.layer, **summary})
+    Catalog().register_adapter(name, args.method, args.out.resolve(), model.name, model.model_fingerprint,
+                               {**details, **summary})
     if args.json:
-        print(json.dumps({"adapter": str(args.out), "name": name, "layer": memory.layer, **summary}))
+        print(json.dumps({"adapter": str(args.out), "name": name, **details, **summary}))
     else:
-        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {len(texts)} documents; "
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {source}; "
               f"loss {summary['loss_first']:.3f} → {summary['loss_last']:.3f}")
-        print(f"gates of layer {memory.layer}: " + " ".join(f"{g:.3f}" for g in summary["gates"]))
+        print("gates: " + " ".join(f"{g:.3f}" for g in summary["gates"]))
         print(f"wrote {args.out} (catalogued as '{name}')")
     return 0
+
+
+def _train_memorizing(args, show):
+    from .core.documents import Document, iter_documents
+    from .core.gate_training import GateTrainingSettings, train_memorizing_gates
+    from .core.memorizing import MemorizingRetrofit, MemorizingSettings
+
+    if not args.docs:
+        raise UsageError("train-gates --method memtrf needs --docs PATH...")
+    texts = [d.text for d in iter_documents([Path(p) for p in args.docs]) if isinstance(d, Document)]
+    if not texts:
+        raise UsageError(f"no readable documents in {' '.join(args.docs)}")
+    model = _load_model(args)
+    memory = MemorizingRetrofit(model, MemorizingSettings(layer=args.memory_layer, k=args.k,
+                                                          memory_size=args.memory_size))
+    settings = GateTrainingSettings(epochs=args.epochs, segment_length=args.segment,
+                                    learning_rate=args.lr or 0.05, segments_per_step=args.segments_per_step)
+    result = train_memorizing_gates(model, memory, texts, settings, checkpoint=args.out, on_step=show)
+    return model, result.summary(), {"layer": memory.layer}, f"{len(texts)} documents"
+
+
+def _train_spalm(args, show):
+    from .core.catalog import Catalog
+    from .core.library import open_datastore
+    from .core.spalm import Spalm, SpalmSettings
+    from .core.spalm_training import SpalmTrainingSettings, train_spalm_gate
+
+    if not args.datastore:
+        raise UsageError("train-gates --method spalm needs --datastore NAME (it learns from its documents)")
+    model = _load_model(args)
+    spalm = Spalm(model, open_datastore(Catalog(), args.datastore, model), SpalmSettings(k=args.k))
+    settings = SpalmTrainingSettings(epochs=args.epochs, context_length=args.segment, learning_rate=args.lr or 0.01,
+                                     windows_per_step=args.segments_per_step)
+    result = train_spalm_gate(spalm, settings, checkpoint=args.out, on_step=show)
+    return model, result.summary(), {"datastore": args.datastore}, f"the documents of '{args.datastore}'"
 
 
 def cmd_remove(args) -> int:
@@ -416,9 +444,13 @@ def _spalm(args, model, method):
     from .core.catalog import Catalog
     from .core.library import open_datastore
     from .core.spalm import Spalm, SpalmSettings
+    from .core.spalm_training import load_spalm_adapter
 
     datastore = open_datastore(Catalog(), args.datastore, model)
-    return Spalm(model, datastore, SpalmSettings(k=args.k, exact_distances=not args.approximate))
+    spalm = Spalm(model, datastore, SpalmSettings(k=args.k, exact_distances=not args.approximate))
+    if args.adapter is not None:
+        spalm.adapter = load_spalm_adapter(args.adapter, spalm)
+    return spalm
 
 
 def _memorizing(args, model, method):

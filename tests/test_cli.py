@@ -139,3 +139,22 @@ def test_generate_and_eval_with_spalm(built, tiny_gpt2_dir, tmp_path):
     assert result["method"] == "spalm" and result["datastore"] == "notes" and result["ppl"] != result["ppl_lm"]
     assert_one_line_error(cli("generate", "--model", tiny_gpt2_dir, "--method", "spalm", "--prompt", "x",
                               check=False), 2, "--method spalm needs --datastore")
+
+
+def test_train_spalm_gate_then_generate_with_it(built, tiny_gpt2_dir, tmp_path):
+    gate = tmp_path / "spalm-gate.safetensors"
+    out = cli("train-gates", "--method", "spalm", "--model", tiny_gpt2_dir, "--datastore", "notes", "--out", gate,
+              "--segment", 16, "--k", 4, "--json")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["datastore"] == "notes" and summary["steps"] == len(lines) - 1 > 0 and gate.exists()
+    listed = json.loads(cli("list", "--json").stdout)["adapters"]
+    assert [(a["name"], a["kind"]) for a in listed] == [("spalm-gate", "spalm")]
+    first = json.loads(cli("generate", "--model", tiny_gpt2_dir, "--datastore", "notes", "--method", "spalm",
+                           "--adapter", gate, "--prompt", "The quick", "--max-new-tokens", 1, "--k", 4,
+                           "--json").stdout)
+    untrained = json.loads(cli("generate", "--model", tiny_gpt2_dir, "--datastore", "notes", "--method", "spalm",
+                               "--prompt", "The quick", "--max-new-tokens", 1, "--k", 4, "--json").stdout)
+    assert untrained["gate"] == pytest.approx(0.9) and first["gate"] != pytest.approx(0.9)
+    assert_one_line_error(cli("train-gates", "--method", "spalm", "--model", tiny_gpt2_dir, "--out", gate,
+                              check=False), 2, "needs --datastore")

@@ -78,6 +78,7 @@ class Spalm:
                              f"{self.embeddings.weight.shape[1]} wide")
         self.gate = gate if gate is not None else SpalmGate(dim).to(self.output.weight.device)
         self.forced_gate: float | None = None  # set to force g_t (tests, "LM alone" comparisons)
+        self.adapter = None  # the AdapterInfo of a loaded trained gate, if any
 
     @property
     def datastore(self) -> Datastore:
