@@ -291,7 +291,7 @@ def cmd_eval(args) -> int:
                       on_progress=_progress_printer(), spalm=spalm)
     out = result.to_json()
     if spalm is not None:
-        gate = "initial (w = 0, b = ln 9)" if args.adapter is None else str(args.adapter)
+        gate = "initial (w = 0, b = ln 9)" if spalm.adapter is None else str(args.adapter or "shipped with the demo")
         out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate=gate,
                    distance="exact" if spalm.settings.exact_distances else "approximate")
     if knn is not None:
@@ -443,14 +443,12 @@ def _spalm(args, model, method):
         return None
     from .core.catalog import Catalog
     from .core.library import open_datastore
-    from .core.spalm import Spalm, SpalmSettings
-    from .core.spalm_training import load_spalm_adapter
+    from .core.spalm import SpalmSettings
+    from .core.spalm_training import spalm_with_gate
 
     datastore = open_datastore(Catalog(), args.datastore, model)
-    spalm = Spalm(model, datastore, SpalmSettings(k=args.k, exact_distances=not args.approximate))
-    if args.adapter is not None:
-        spalm.adapter = load_spalm_adapter(args.adapter, spalm)
-    return spalm
+    return spalm_with_gate(model, datastore, SpalmSettings(k=args.k, exact_distances=not args.approximate),
+                           args.adapter)
 
 
 def _memorizing(args, model, method):

@@ -82,7 +82,8 @@ def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to
     dialog.lr.setValue(0.5)
     with qtbot.waitSignal(dialog.adapter_ready, timeout=300_000) as blocker:
         assert dialog.start()
-    path = blocker.args[0]
+    assert blocker.args[0] == "memtrf"
+    path = blocker.args[1]
     assert len(dialog.steps) > 3
     xs, ys = dialog.loss_curve.getData()
     assert list(xs) == [s.step for s in dialog.steps] and list(ys) == [s.loss for s in dialog.steps]
@@ -96,4 +97,32 @@ def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to
     assert window.controls.method.currentData() == "memtrf"
     assert not hasattr(window.model.model.transformer.h[0].attn, "_knn_memory")  # the model is itself again
     dialog.grab().save(str(tmp_path / "gate-training.png"))
+    dialog.close()
+
+
+def test_the_training_dialog_trains_a_spalm_gate_on_the_datastore_in_use(qtbot, tmp_path):
+    from corpus import write_corpus
+    from test_gui_main_flow import build_through_dialog
+
+    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
+    window.open_gate_training()
+    assert not window.gate_training_dialog.method.model().item(1).isEnabled()  # no datastore in use yet
+    window.gate_training_dialog.close()
+    build_through_dialog(qtbot, window, write_corpus(tmp_path / "docs"))
+    window.use_datastore("notes")
+    window.open_gate_training()
+    dialog = window.gate_training_dialog
+    dialog.method.setCurrentIndex(dialog.method.findData("spalm"))
+    assert dialog.name.text() == "spalm-gate" and dialog.datastore_label.text() == "notes"
+    assert not dialog.docs.isVisibleTo(dialog) and dialog.datastore_label.isVisibleTo(dialog)
+    dialog.segment.setValue(16)
+    with qtbot.waitSignal(dialog.adapter_ready, timeout=300_000) as blocker:
+        assert dialog.start()
+    method, path = blocker.args
+    assert method == "spalm" and window.catalog.adapter("spalm-gate").details["datastore"] == "notes"
+    assert window.controls.method.currentData() == "spalm" and window.controls.spalm.adapter.text() == path
+    assert len(dialog.gate_plot.values()) == 1 and 0 < dialog.gate_plot.values()[0] < 1
     dialog.close()

@@ -11,6 +11,7 @@ RESOURCES = PROJECT_ROOT / "resources"
 DEMO_MODEL_DIR = RESOURCES / "demo" / "model"
 DEMO_DOCS_DIR = RESOURCES / "demo" / "docs"
 DEMO_MEMTRF_ADAPTER = RESOURCES / "demo" / "memtrf-gates.safetensors"  # made by packaging/train_demo_gates.py
+DEMO_SPALM_GATE = RESOURCES / "demo" / "spalm-gate.safetensors"  # made by packaging/train_demo_spalm_gate.py
 
 
 def data_home() -> Path:

@@ -212,9 +212,9 @@ def import_model_stack() -> None:
     large modules, torch.distributed registering its ops). Left to the first `load_model` in a worker
     thread, it would freeze the UI thread that long; the app calls this at startup instead.
     """
-    import transformers.activations
-    import transformers.generation.utils
-    import transformers.modeling_utils
+    import transformers.activations  # noqa: F401
+    import transformers.generation.utils  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
 
 
 def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> LoadedModel:

@@ -146,3 +146,17 @@ def train_spalm_gate(
     if checkpoint is not None:
         save_spalm_adapter(checkpoint, spalm, result.summary())
     return result
+
+
+def spalm_with_gate(model, datastore, settings, adapter: Path | None = None) -> Spalm:
+    """SPALM with a trained gate: `adapter` if given, the demo model's shipped gate for the demo
+    model, otherwise the initial gate (g = 0.9)."""
+    from .home import DEMO_SPALM_GATE
+    from .models import DEMO_SPEC
+
+    spalm = Spalm(model, datastore, settings)
+    if adapter is None and model.spec == DEMO_SPEC and DEMO_SPALM_GATE.exists():
+        adapter = DEMO_SPALM_GATE
+    if adapter is not None:
+        spalm.adapter = load_spalm_adapter(adapter, spalm)
+    return spalm

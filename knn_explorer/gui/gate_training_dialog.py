@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                QPushButton, QSpinBox, QVBoxLayout)
 
 from ..core.adapters import MEMTRF
@@ -22,7 +22,10 @@ from ..core.documents import Document, iter_documents
 from ..core.gate_training import GateTrainingSettings, TrainingStep, train_memorizing_gates
 from ..core.home import data_home
 from ..core.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
+from ..core.library import open_datastore
 from ..core.models import LoadedModel
+from ..core.spalm import Spalm
+from ..core.spalm_training import SPALM, SpalmTrainingSettings, train_spalm_gate
 from . import colours, workers
 from .gate_bars import GateBars
 from .memorizing_panel import AUTO_LAYER
@@ -44,12 +47,13 @@ def _plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
 
 
 class GateTrainingDialog(QDialog):
-    adapter_ready = Signal(str)
+    adapter_ready = Signal(str, str)  # method (memtrf | spalm), adapter path
 
-    def __init__(self, catalog: Catalog, model: LoadedModel, folder: Path | None = None, parent=None):
+    def __init__(self, catalog: Catalog, model: LoadedModel, folder: Path | None = None,
+                 datastore: str | None = None, parent=None):
         super().__init__(parent)
-        self.setWindowTitle("Train Memorizing Transformer gates")
-        self.catalog, self.model = catalog, model
+        self.setWindowTitle("Train gates")
+        self.catalog, self.model, self.datastore = catalog, model, datastore
         self.job: workers.Job | None = None
         self.steps: list[TrainingStep] = []
         self.adapter_path: Path | None = None
@@ -70,9 +74,22 @@ class GateTrainingDialog(QDialog):
         self.epochs.setToolTip("Passes over the documents")
         self.lr = QDoubleSpinBox(minimum=0.0001, maximum=10.0, value=0.05, decimals=4, singleStep=0.01)
         self.lr.setToolTip("Adam learning rate of the gate biases")
+        self.method = QComboBox()
+        self.method.addItem("Memorizing Transformer: per-head gates", "memtrf")
+        self.method.addItem("SPALM: context gate", "spalm")
+        self.method.setToolTip("Which gates to train")
+        if datastore is None:  # SPALM learns from a datastore's documents, with it as memory
+            self.method.model().item(1).setEnabled(False)
+            self.method.setItemData(1, "Use a datastore first (double-click one in the library)", Qt.ToolTipRole)
+        self.datastore_label = QLabel(datastore or "—")
+        self.datastore_label.setToolTip("SPALM learns from this datastore's documents, leaving each position's own "
+                                        "entry out of its neighbours")
         form = QFormLayout()
+        form.addRow("train", self.method)
         form.addRow("documents", self.docs)
+        form.addRow("datastore", self.datastore_label)
         form.addRow("name", self.name)
+        self.form = form
         form.addRow("layer", self.layer)
         form.addRow("segment", self.segment)
         form.addRow("memory", self.memory)
@@ -106,6 +123,8 @@ class GateTrainingDialog(QDialog):
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.cancel_button)
 
+        self.method.currentIndexChanged.connect(self._method_changed)
+        self._method_changed()
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(plots, 1)
@@ -113,18 +132,32 @@ class GateTrainingDialog(QDialog):
         layout.addLayout(buttons)
         self.resize(820, 620)
 
+    def _method_changed(self) -> None:
+        spalm = self.method.currentData() == "spalm"
+        for widget in (self.docs, self.layer, self.memory):
+            self.form.setRowVisible(widget, not spalm)
+        self.form.setRowVisible(self.datastore_label, spalm)
+        if self.name.text() in ("memtrf-gates", "spalm-gate"):
+            self.name.setText("spalm-gate" if spalm else "memtrf-gates")
+        self.lr.setValue(0.01 if spalm else 0.05)
+        self.segment.setToolTip("Tokens per training window" if spalm else
+                                "Tokens local attention sees per segment; earlier segments are the memory")
+        self.gate_plot.setTitle("Mean gate g" if spalm else "Gates g<sub>h</sub>", color=colours.TEXT, size="10pt")
+
     # ---- actions -------------------------------------------------------------------------------
     def start(self) -> bool:
         problem = self._problem()
         if problem:
             self.status.setText(f"<span style='color:#c92a2a'>{problem}</span>")
             return False
+        name = self.name.text().strip()
+        path = data_home() / "adapters" / f"{name}.safetensors"
+        if self.method.currentData() == "spalm":
+            return self._start_job(self._spalm_body(name, path))
         texts = [d.text for d in iter_documents([Path(self.docs.text())]) if isinstance(d, Document)]
         if not texts:
             self.status.setText("<span style='color:#c92a2a'>no readable documents in that folder</span>")
             return False
-        name = self.name.text().strip()
-        path = data_home() / "adapters" / f"{name}.safetensors"
         settings = GateTrainingSettings(epochs=self.epochs.value(), segment_length=self.segment.value(),
                                         learning_rate=self.lr.value())
         memory_settings = MemorizingSettings(layer=None if self.layer.value() == AUTO_LAYER else self.layer.value(),
@@ -143,6 +176,24 @@ class GateTrainingDialog(QDialog):
             finally:
                 retrofit.remove()
 
+        return self._start_job(body)
+
+    def _spalm_body(self, name: str, path: Path):
+        settings = SpalmTrainingSettings(epochs=self.epochs.value(), context_length=self.segment.value(),
+                                         learning_rate=self.lr.value())
+        model, catalog, datastore = self.model, self.catalog, self.datastore
+
+        def body(control: workers.JobControl):
+            spalm = Spalm(model, open_datastore(catalog, datastore, model))
+            result = train_spalm_gate(spalm, settings, checkpoint=path, on_step=control.emit,
+                                      on_progress=control.report, should_stop=control.should_stop)
+            catalog.register_adapter(name, SPALM, path, model.name, model.model_fingerprint,
+                                     {"datastore": datastore, **result.summary()})
+            return path
+
+        return body
+
+    def _start_job(self, body) -> bool:
         self.steps.clear()
         self.job = workers.Job(body, parent=self)
         self.job.item.connect(self._stepped)
@@ -152,7 +203,7 @@ class GateTrainingDialog(QDialog):
         self.job.cancelled.connect(lambda: self._ended("Cancelled; the last checkpoint (if any) was kept."))
         self.start_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"Training the gates of {model.name}…")
+        self.status.setText(f"Training the gates of {self.model.name}…")
         self.job.start()
         return True
 
@@ -169,7 +220,10 @@ class GateTrainingDialog(QDialog):
 
     # ---- progress ------------------------------------------------------------------------------
     def _problem(self) -> str | None:
-        if not self.docs.text().strip() or not Path(self.docs.text()).exists():
+        if self.method.currentData() == "spalm":
+            if self.datastore is None:
+                return "SPALM needs a datastore: use one in the library first"
+        elif not self.docs.text().strip() or not Path(self.docs.text()).exists():
             return "choose a folder of documents that exists"
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name.text().strip()):
             return "the name may only hold letters, digits, - and _"
@@ -194,7 +248,7 @@ class GateTrainingDialog(QDialog):
         self.adapter_path = Path(path)
         gates = " ".join(f"{g:.3f}" for g in self.steps[-1].gates) if self.steps else "—"
         self._ended(f"Done: {len(self.steps)} updates; gates {gates}. Saved as {Path(path).name}.")
-        self.adapter_ready.emit(str(path))
+        self.adapter_ready.emit(self.method.currentData(), str(path))
 
     def _ended(self, message: str) -> None:
         self.status.setText(message)

@@ -23,7 +23,8 @@ from ..core.adapters import memorizing_with_gates
 from ..core.memorizing import MemorizingSettings
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
-from ..core.spalm import Spalm, SpalmSettings
+from ..core.spalm import SpalmSettings
+from ..core.spalm_training import spalm_with_gate
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
@@ -268,15 +269,17 @@ class MainWindow(QMainWindow):
             self.show_error("Load a model first: the gates are trained for it")
             return
         dialog = GateTrainingDialog(self.catalog, self.model, DEMO_DOCS_DIR if self.model.spec == DEMO_SPEC else None,
-                                    self)
+                                    self.datastore_name, self)
         dialog.adapter_ready.connect(self._use_adapter)
         dialog.show()
         self.gate_training_dialog = dialog
 
-    def _use_adapter(self, path: str) -> None:
-        self.controls.memorizing.adapter.setText(path)
-        self.controls.method.setCurrentIndex(self.controls.method.findData("memtrf"))
-        self.statusBar().showMessage(f"Memorizing Transformer now uses the gates in {Path(path).name}", 10_000)
+    def _use_adapter(self, method: str, path: str) -> None:
+        panel = self.controls.memorizing if method == "memtrf" else self.controls.spalm
+        panel.adapter.setText(path)
+        self.controls.method.setCurrentIndex(self.controls.method.findData(method))
+        label = "Memorizing Transformer" if method == "memtrf" else "SPALM"
+        self.statusBar().showMessage(f"{label} now uses the gates in {Path(path).name}", 10_000)
 
     def _track_build(self, tracker: BuildTracker) -> None:
         self.build_trackers.append(tracker)
@@ -345,8 +348,9 @@ class MainWindow(QMainWindow):
             memory = self._memorizing(values) if settings.method == "memtrf" else None
             spalm = None
             if settings.method == "spalm":
-                spalm = Spalm(model, self._datastore(name), SpalmSettings(k=values["spalm_k"],
-                                                                          exact_distances=values["spalm_exact"]))
+                spalm = spalm_with_gate(model, self._datastore(name), SpalmSettings(
+                    k=values["spalm_k"], exact_distances=values["spalm_exact"]),
+                    Path(values["spalm_gate"]) if values["spalm_gate"] else None)
             try:
                 main = StepGenerator(model, context, settings, knn, first_step=first_step, memorizing=memory,
                                      spalm=spalm)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QWidget
 
+from .path_field import PathField
+
 
 class SpalmPanel(QWidget):
     def __init__(self, parent=None):
@@ -14,17 +16,23 @@ class SpalmPanel(QWidget):
         self.exact = QCheckBox("exact distances")
         self.exact.setChecked(True)
         self.exact.setToolTip("Rank neighbours by distances recomputed from the stored keys (else the index's)")
+        self.adapter = PathField("A SPALM gate", "the demo's trained gate with the demo model, else untrained",
+                                 "A trained gate (.safetensors from Train gates / train-gates --method spalm)",
+                                 file_filter="Adapters (*.safetensors)")
         note = QLabel("z = (1 − g)·m + g·h, g = σ(w·h + b): g per token is the chip colour under “λ / gate”. "
                       "Untrained gate: g = 0.9.")
         note.setWordWrap(True)
         note.setStyleSheet("color: #868e96")
         form.addRow("k", self.k)
         form.addRow("", self.exact)
+        form.addRow("gate", self.adapter)
         form.addRow(note)
 
     def values(self) -> dict:
-        return {"spalm_k": self.k.value(), "spalm_exact": self.exact.isChecked()}
+        return {"spalm_k": self.k.value(), "spalm_exact": self.exact.isChecked(),
+                "spalm_gate": self.adapter.text().strip()}
 
     def apply(self, values: dict) -> None:
         self.k.setValue(int(values.get("spalm_k", self.k.value())))
         self.exact.setChecked(bool(values.get("spalm_exact", True)))
+        self.adapter.setText(str(values.get("spalm_gate", "")))
