@@ -64,6 +64,7 @@ def test_build_generate_inspect_branch_export(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: window.inspector.record is not None and window.inspector.record.step == 5, timeout=5000)
     table = window.inspector.neighbour_table.model()
     assert table.rowCount() == len(run.records[5].neighbours) > 0
+    assert window.inspector.neighbour_table.isColumnHidden(table.KNN_WEIGHT)  # only SPALM compares with kNN-LM
     for neighbour in run.records[5].neighbours:
         assert docs in Path(neighbour.document).parents
 
@@ -203,5 +204,12 @@ def test_spalm_generates_with_its_gate_on_the_chips_and_neighbours_in_the_inspec
     table = window.inspector.neighbour_table.model()
     assert table.rowCount() == len(record.neighbours) == 8
     assert all(docs in Path(n.document).parents for n in record.neighbours)
+    # SPALM's attention weights beside kNN-LM's distance weights for the same neighbours.
+    view = window.inspector.neighbour_table
+    assert not view.isColumnHidden(table.KNN_WEIGHT)
+    for row, n in enumerate(record.neighbours):
+        assert table.data(table.index(row, table.WEIGHT)) == f"{n.weight * 100:.1f}%"
+        assert table.data(table.index(row, table.KNN_WEIGHT)) == f"{n.knn_weight * 100:.1f}%"
+    assert sum(n.knn_weight for n in record.neighbours) == pytest.approx(1.0, abs=1e-6)
     xs, ys = window.inspector.history_plot.weight_curve.getData()
     assert list(ys) == pytest.approx([r.gate for r in run.records])  # the gate over the steps

@@ -181,7 +181,8 @@ class StepGenerator:
             lam = float(knn_step.lambdas[0])
         if spalm_step is not None:  # neighbours weighted by their attention in m_t; T plays no part
             s = self.spalm.settings
-            neighbours = self._neighbours(spalm_step.retrieval, spalm_step.attention, self.spalm.datastore)
+            neighbours = self._neighbours(spalm_step.retrieval, spalm_step.attention, self.spalm.datastore,
+                                          knn_weights=spalm_step.retrieval.weights)
             retrieval = RetrievalSettings(s.k, 1.0, "exact" if s.exact_distances else "approximate",
                                           self.spalm.datastore.name)
             p_knn = self._top(spalm_step.p_memory[0])
@@ -216,7 +217,8 @@ class StepGenerator:
         after = self.model.tokenizer.decode(self.ids[position + 1:position + 5])
         return MemoryHit(position, token, weight, before + token + after, (len(before), len(before) + len(token)))
 
-    def _neighbours(self, r: Retrieval, weights: torch.Tensor, datastore: Datastore) -> list[Neighbour]:
+    def _neighbours(self, r: Retrieval, weights: torch.Tensor, datastore: Datastore,
+                    knn_weights: torch.Tensor | None = None) -> list[Neighbour]:
         out = []
         for rank in range(min(self.settings.neighbours_shown, r.ids.shape[1])):
             entry = int(r.ids[0, rank])
@@ -227,7 +229,8 @@ class StepGenerator:
             document, offset, context, highlight = datastore.passage(entry, len(token))
             out.append(Neighbour(rank=rank + 1, token=token, token_id=token_id, distance=float(r.distances[0, rank]),
                                  weight=float(weights[0, rank]), document=document.path, offset=offset,
-                                 context=context, highlight=highlight))
+                                 context=context, highlight=highlight,
+                                 knn_weight=None if knn_weights is None else float(knn_weights[0, rank])))
         return out
 
 

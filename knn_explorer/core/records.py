@@ -24,11 +24,12 @@ class Neighbour:
     token: str
     token_id: int
     distance: float
-    weight: float  # its share of p_kNN (softmax of -distance / T over the k neighbours)
+    weight: float  # kNN-LM: its share of p_kNN (softmax of -distance / T); SPALM: its attention weight in m_t
     document: str  # path of the source document
     offset: int  # character offset of the neighbour's next token in the document text
     context: str  # passage around the offset
     highlight: tuple[int, int]  # [start, end) of the next token inside `context`
+    knn_weight: float | None = None  # SPALM records: its kNN-LM weight (softmax of −distance / T), to compare
 
 
 @dataclass(frozen=True)

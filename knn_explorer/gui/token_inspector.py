@@ -64,21 +64,23 @@ _DISPLAY, _TOOLTIP, _ALIGNMENT = int(Qt.DisplayRole.value), int(Qt.ToolTipRole.v
 _FOREGROUND, _FONT = int(Qt.ForegroundRole.value), int(Qt.FontRole.value)
 
 class NeighbourTableModel(QAbstractTableModel):
-    RANK, TOKEN, DISTANCE, WEIGHT, DOCUMENT, PASSAGE = range(6)
-    COLUMNS = ("#", "Token", "Distance", "Weight", "Document", "Passage")
+    RANK, TOKEN, DISTANCE, WEIGHT, KNN_WEIGHT, DOCUMENT, PASSAGE = range(7)
+    COLUMNS = ("#", "Token", "Distance", "Weight", "kNN-LM", "Document", "Passage")
     HEADER_TIPS = (
         "Rank of the neighbour (1 = nearest)",
         "The token that followed the neighbour's context in the document",
         "Distance between the current context's key and the neighbour's key (smaller = closer)",
-        "The neighbour's share of p_kNN (softmax of −distance / T over the k neighbours)",
+        "kNN-LM: the neighbour's share of p_kNN (softmax of −distance / T over the k neighbours).\n"
+        "SPALM: its attention weight in m_t (softmax of e(y)·h over the k retrieved tokens).",
+        "SPALM: the same neighbour's kNN-LM weight (softmax of −distance / T), to see where the two disagree",
         "Source document (hover for the full path)",
         "The passage around the neighbour; its next token is highlighted. Double-click to open the document.",
     )
     NEIGHBOUR_ROLE = int(Qt.UserRole.value) + 1
 
-    # Numbers right-aligned: rank, distance, weight.
+    # Numbers right-aligned: rank, distance, the weights.
     ALIGNMENTS = tuple(int((Qt.AlignRight if right else Qt.AlignLeft) | Qt.AlignVCenter)
-                       for right in (True, False, True, True, False, False))
+                       for right in (True, False, True, True, True, False, False))
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -93,7 +95,8 @@ class NeighbourTableModel(QAbstractTableModel):
         self._rows = list(neighbours)
         # A view asks for every role of every visible cell on each paint: format the text once here.
         self._display = [(str(n.rank), visible_token(n.token), format_distance(n.distance), f"{n.weight * 100:.1f}%",
-                          Path(n.document).name, _inline(n.context)) for n in self._rows]
+                          "" if n.knn_weight is None else f"{n.knn_weight * 100:.1f}%", Path(n.document).name,
+                          _inline(n.context)) for n in self._rows]
         self.endResetModel()
 
     def neighbour(self, row: int) -> Neighbour:
@@ -143,7 +146,9 @@ class NeighbourTableModel(QAbstractTableModel):
             if col == self.DISTANCE:
                 return f"distance {n.distance!r}"
             if col == self.WEIGHT:
-                return f"weight in p_kNN: {n.weight:.6f}"
+                return f"weight: {n.weight:.6f}"
+            if col == self.KNN_WEIGHT and n.knn_weight is not None:
+                return f"kNN-LM weight: {n.knn_weight:.6f}"
             return self.HEADER_TIPS[col]
         return None
 
@@ -201,17 +206,22 @@ class PassageDelegate(QStyledItemDelegate):
 
 
 class WeightDelegate(QStyledItemDelegate):
-    """The weight as text over a bar proportional to it."""
+    """A weight (the neighbour's `field`) as text over a bar proportional to it."""
+
+    def __init__(self, field: str = "weight", colour: str = colours.P_KNN_LIGHT, parent=None):
+        super().__init__(parent)
+        self.field, self.colour = field, colour
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
         n: Neighbour = index.data(NeighbourTableModel.NEIGHBOUR_ROLE)
-        if n is not None and not option.state & QStyle.State_Selected:
+        value = None if n is None else getattr(n, self.field)
+        if value is not None and not option.state & QStyle.State_Selected:
             bar = QRectF(option.rect.adjusted(3, 4, -3, -4))
-            bar.setWidth(max(0.0, bar.width() * min(1.0, n.weight)))
+            bar.setWidth(max(0.0, bar.width() * min(1.0, value)))
             painter.save()
             painter.setRenderHint(QPainter.Antialiasing)
             painter.setPen(Qt.NoPen)
-            painter.setBrush(QColor(colours.P_KNN_LIGHT))
+            painter.setBrush(QColor(self.colour))
             painter.drawRoundedRect(bar, 2, 2)
             painter.restore()
         super().paint(painter, option, index)
@@ -227,7 +237,9 @@ class NeighbourTable(QTableView):
         self.table_model = NeighbourTableModel(self)
         self.setModel(self.table_model)
         self.setItemDelegateForColumn(NeighbourTableModel.PASSAGE, PassageDelegate(self))
-        self.setItemDelegateForColumn(NeighbourTableModel.WEIGHT, WeightDelegate(self))
+        self.setItemDelegateForColumn(NeighbourTableModel.WEIGHT, WeightDelegate(parent=self))
+        self.setItemDelegateForColumn(NeighbourTableModel.KNN_WEIGHT,
+                                      WeightDelegate("knn_weight", colours.ACCENT_LIGHT, parent=self))
         self.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.setSelectionMode(QAbstractItemView.SingleSelection)
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -242,7 +254,8 @@ class NeighbourTable(QTableView):
         header.setStretchLastSection(True)
         header.setDefaultAlignment(Qt.AlignLeft | Qt.AlignVCenter)
         widths = {NeighbourTableModel.RANK: 34, NeighbourTableModel.TOKEN: 90, NeighbourTableModel.DISTANCE: 76,
-                  NeighbourTableModel.WEIGHT: 74, NeighbourTableModel.DOCUMENT: 130}
+                  NeighbourTableModel.WEIGHT: 74, NeighbourTableModel.KNN_WEIGHT: 74,
+                  NeighbourTableModel.DOCUMENT: 130}
         for column, width in widths.items():
             header.resizeSection(column, width)
         self.setToolTip("Neighbours retrieved for this token. Double-click a row to open its document.")
@@ -250,6 +263,8 @@ class NeighbourTable(QTableView):
 
     def set_neighbours(self, neighbours: list[Neighbour]) -> None:
         self.table_model.set_neighbours(neighbours)
+        # The kNN-LM comparison column only for SPALM's records, which carry it.
+        self.setColumnHidden(NeighbourTableModel.KNN_WEIGHT, all(n.knn_weight is None for n in neighbours))
 
     def neighbour(self, row: int) -> Neighbour:
         return self.table_model.neighbour(row)
