@@ -233,3 +233,26 @@ def test_a_large_memory_searches_full_chunks_with_faiss_and_forgets_evicted_ones
     assert 0 not in chunked.chunks.indexes and len(chunked) == 256
     found = chunked.search(torch.randn(heads, 3, dim), k, 0.25)
     assert chunked.positions[found.slots].min() >= 270 - 256
+
+
+def test_joint_mode_local_part_is_the_models_own_attention(tiny):
+    # With every memory logit at -inf the joint softmax is local attention alone: the joint path's
+    # own scores and masking must then reproduce the model exactly.
+    ids = _ids(seed=4)
+    with torch.no_grad():
+        base = tiny.model(ids[:, 24:]).logits
+    retrofit = MemorizingRetrofit(tiny, MemorizingSettings(mode="joint", k=4))
+    search = retrofit.memory.search
+
+    def silenced(queries, k, scaling):
+        found = search(queries, k, scaling)
+        found.logits = torch.full_like(found.logits, float("-inf"))
+        return found
+
+    retrofit.memory.search = silenced
+    try:
+        logits = _two_segments(tiny, retrofit, ids, 24)
+        assert retrofit.memory_tokens() == 24 and retrofit.last_step.memory_attention == [0.0] * retrofit.heads
+        assert float((logits - base).abs().max()) < 1e-5
+    finally:
+        retrofit.remove()
