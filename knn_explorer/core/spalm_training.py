@@ -8,7 +8,6 @@ each position retrieves k + 1 neighbours and drops itself (leave-one-out).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .adapters import AdapterError, read_adapter_info
-from .gate_training import GateTrainingResult, TrainingStep
 from .knnlm import Retrieval, neighbour_weights
 from .models import capture_output_input
-from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .progress import Cancelled, ProgressCallback
 from .spalm import Spalm
+from .update_loop import GateTrainingResult, TrainingStep, UpdateLoop, frozen
 
 SPALM = "spalm"
 
@@ -92,29 +91,19 @@ def train_spalm_gate(
     tokens = np.fromfile(datastore.folder / "tokens.i32", dtype=np.int32).astype(np.int64)
     documents = sorted(datastore.documents.values(), key=lambda d: d.id)
     windows = [(d, start) for d in documents for start in range(0, d.token_count - 1, length)]
-    per_step = max(1, settings.windows_per_step)
-    meter = PhaseMeter("training", math.ceil(len(windows) * settings.epochs / per_step), "steps", on_progress)
-    frozen = [(p, p.requires_grad) for p in model.model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
+    per_update = max(1, settings.windows_per_step)
     optimiser = torch.optim.Adam(spalm.gate.parameters(), lr=settings.learning_rate)
-    result, started, losses, gates = GateTrainingResult(), time.monotonic(), [], []
-    optimiser.zero_grad()
+    gates: list[float] = []  # mean gate of each window since the last update
 
-    def update() -> None:
-        optimiser.step()
-        optimiser.zero_grad()
-        step = TrainingStep(len(result.steps) + 1, sum(losses) / len(losses), [sum(gates) / len(gates)])
-        losses.clear()
+    def mean_gate() -> list[float]:
+        value = [sum(gates) / len(gates)] if gates else []
         gates.clear()
-        result.steps.append(step)
-        if on_step is not None:
-            on_step(step)
-        meter.update(step.step)
-        if checkpoint is not None and settings.checkpoint_every and step.step % settings.checkpoint_every == 0:
-            save_spalm_adapter(checkpoint, spalm, result.summary())
+        return value
 
-    try:
+    save = None if checkpoint is None else (lambda summary: save_spalm_adapter(checkpoint, spalm, summary))
+    loop = UpdateLoop(optimiser, per_update, math.ceil(len(windows) * settings.epochs / per_update), mean_gate,
+                      on_step, on_progress, settings.checkpoint_every, save)
+    with frozen(model.model):
         for _epoch in range(settings.epochs):
             for document, start in windows:
                 if should_stop is not None and should_stop():
@@ -130,22 +119,9 @@ def train_spalm_gate(
                 kept = without_self(retrieval, own, spalm.settings.k)
                 with torch.enable_grad():
                     step = spalm.combine_retrieved(hidden[-1][0], kept)
-                    loss = -step.log_p_final.gather(1, targets[:, None]).mean()
-                    (loss / per_step).backward()
-                losses.append(float(loss.detach()))
-                gates.append(float(step.gates.detach().mean()))
-                if len(losses) == per_step:
-                    update()
-        if losses:
-            update()
-    finally:
-        for p, requires_grad in frozen:
-            p.requires_grad_(requires_grad)
-        result.seconds = time.monotonic() - started
-    meter.update(len(result.steps), force=True)
-    if checkpoint is not None:
-        save_spalm_adapter(checkpoint, spalm, result.summary())
-    return result
+                    gates.append(float(step.gates.detach().mean()))
+                    loop.add(-step.log_p_final.gather(1, targets[:, None]).mean())
+        return loop.finish()
 
 
 def spalm_with_gate(model, datastore, settings, adapter: Path | None = None) -> Spalm:
