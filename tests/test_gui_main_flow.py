@@ -193,8 +193,12 @@ def test_spalm_generates_with_its_gate_on_the_chips_and_neighbours_in_the_inspec
     window.controls.method.setCurrentIndex(window.controls.method.findData("spalm"))
     assert window.controls.method_panels.currentWidget() is window.controls.spalm
     window.controls.spalm.k.setValue(8)
+    window.controls.spalm.short_term.setValue(16)  # a short-term memory of 16 tokens
+    window.controls.prompt.setPlainText("The quick brown fox jumps over the lazy dog. " * 3)
     window.strip.set_colour_by("lambda")
     generate(qtbot, window, 6)
+    assert window.current_run.settings["spalm_short_term"] == 16
+    assert window.last_error is None  # a prompt longer than the short-term memory runs on its recent half
     run = window.current_run
     assert len(run.records) == 6 and all(r.method == "spalm" and 0 < r.gate < 1 for r in run.records)
     qtbot.waitUntil(lambda: window.inspector.record is not None and window.inspector.is_settled(), timeout=5000)

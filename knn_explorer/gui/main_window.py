@@ -309,7 +309,8 @@ class MainWindow(QMainWindow):
         memtrf = values["method"] == "memtrf"
         settings = GenerationSettings(method=values["method"], max_new_tokens=values["max_new_tokens"],
                                       greedy=values["greedy"], seed=values["seed"],
-                                      context_window=values["memory_window"] if memtrf else None)
+                                      context_window=values["memory_window"] if memtrf
+                                      else values["spalm_short_term"] if values["method"] == "spalm" else None)
         knn = None
         if values["method"] == "knnlm":
             knn = KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],

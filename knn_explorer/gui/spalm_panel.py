@@ -13,6 +13,11 @@ class SpalmPanel(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         self.k = QSpinBox(minimum=1, maximum=1024, value=32)
         self.k.setToolTip("Neighbours retrieved per token; their next tokens' embeddings are averaged into m_t")
+        self.short_term = QSpinBox(minimum=0, maximum=1 << 20, value=0, singleStep=64)
+        self.short_term.setSpecialValueText("the model's maximum")
+        self.short_term.setSuffix(" tokens")
+        self.short_term.setToolTip("Short-term memory: how many recent tokens the key/value cache keeps; when full, "
+                                   "generation continues from its most recent half")
         self.exact = QCheckBox("exact distances")
         self.exact.setChecked(True)
         self.exact.setToolTip("Rank neighbours by distances recomputed from the stored keys (else the index's)")
@@ -24,15 +29,17 @@ class SpalmPanel(QWidget):
         note.setWordWrap(True)
         note.setStyleSheet("color: #868e96")
         form.addRow("k", self.k)
+        form.addRow("short-term", self.short_term)
         form.addRow("", self.exact)
         form.addRow("gate", self.adapter)
         form.addRow(note)
 
     def values(self) -> dict:
         return {"spalm_k": self.k.value(), "spalm_exact": self.exact.isChecked(),
-                "spalm_gate": self.adapter.text().strip()}
+                "spalm_gate": self.adapter.text().strip(), "spalm_short_term": self.short_term.value() or None}
 
     def apply(self, values: dict) -> None:
         self.k.setValue(int(values.get("spalm_k", self.k.value())))
         self.exact.setChecked(bool(values.get("spalm_exact", True)))
         self.adapter.setText(str(values.get("spalm_gate", "")))
+        self.short_term.setValue(int(values.get("spalm_short_term") or 0))
