@@ -1,0 +1,172 @@
+"""kNN-LM perplexity as one parameter varies: λ, k, the temperature, the datastore's size, or the
+distance mode — from one forward pass over the held-out text.
+
+Perplexity needs only each target token's probability. One pass (the same sliding windows as
+`evaluate`) collects, per target, log p_LM(target) and the kNN key; one retrieval of the largest k
+gives every neighbour's distance and next token. Then for any (k, T, λ)
+
+    p_kNN(target) = Σ_{i ≤ k} softmax_i(−d_i / T) · 1[v_i = target]
+    p(target)     = λ · p_kNN(target) + (1 − λ) · p_LM(target)
+
+without touching the model again. A size sweep searches random fractions of the stored keys
+(seeded) exactly, with no forward pass over the corpus; a distance sweep retrieves with the
+index's approximate distances and with distances recomputed from the stored keys.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .datastore import Datastore
+from .index import TorchExactSearch
+from .knnlm import KnnLmSettings
+from .models import LoadedModel
+from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .windows import sliding_windows
+
+PARAMS = ("lambda", "k", "temperature", "size", "distance")
+
+
+@dataclass
+class Collected:
+    """Per target token of the held-out text: its id, log p_LM and kNN key."""
+
+    targets: np.ndarray  # n
+    log_p_lm: np.ndarray  # n, float64
+    keys: np.ndarray  # n × dim, float32
+
+
+@dataclass
+class SweepResult:
+    param: str
+    tokens: int
+    ppl_lm: float
+    results: list[dict] = field(default_factory=list)  # {"value": v, "ppl": p}
+    fixed: dict = field(default_factory=dict)  # the other parameters, as used
+
+    def to_json(self) -> dict:
+        return {"param": self.param, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "results": self.results,
+                **self.fixed}
+
+
+@torch.inference_mode()
+def collect(model: LoadedModel, text: str, context_length: int = 256, stride: int = 128, batch_size: int = 8,
+            on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> Collected:
+    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < 2:
+        raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    spans = list(sliding_windows(len(ids), min(context_length, model.max_positions), stride))
+    meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
+    targets, log_p, keys, done = [], [], [], 0
+    for start in range(0, len(spans), batch_size):
+        if should_stop is not None and should_stop():
+            raise Cancelled("sweep cancelled")
+        batch = spans[start: start + batch_size]
+        longest = max(s.end - s.begin for s in batch)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, s in enumerate(batch):
+            input_ids[row, : s.end - s.begin] = tokens[s.begin: s.end]
+            mask[row, : s.end - s.begin] = 1
+        with model.capture_keys() as captured:
+            logits = model.forward(input_ids.to(model.device), mask.to(model.device)).logits
+        for row, s in enumerate(batch):
+            positions = slice(s.first_target - 1 - s.begin, s.end - 1 - s.begin)
+            target = tokens[s.first_target: s.end]
+            lp = torch.log_softmax(logits[row, positions].float(), dim=-1).cpu()
+            targets.append(target)
+            log_p.append(lp.gather(1, target[:, None])[:, 0].double())
+            keys.append(captured[-1][row, positions].float().cpu())
+            done += len(target)
+        meter.update(done)
+    meter.update(done, force=True)
+    return Collected(torch.cat(targets).numpy(), torch.cat(log_p).numpy(), torch.cat(keys).numpy())
+
+
+def target_knn_probs(values: np.ndarray, distances: np.ndarray, targets: np.ndarray, k: int,
+                     temperature: float) -> np.ndarray:
+    """p_kNN(target) of each row from its first k neighbours (missing ones: distance +inf)."""
+    d = distances[:, :k].astype(np.float64)
+    logits = np.where(np.isfinite(d), -d / temperature, -np.inf)
+    top = logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    return (weights * (values[:, :k] == targets[:, None])).sum(axis=1)
+
+
+def perplexity_with(log_p_lm: np.ndarray, p_knn: np.ndarray, lam: float) -> float:
+    """exp of the mean negative log of λ p_kNN + (1 − λ) p_LM, computed in log space."""
+    with np.errstate(divide="ignore"):
+        mixed = np.logaddexp(np.log(lam) + np.log(p_knn), np.log1p(-lam) + log_p_lm) if lam > 0 else log_p_lm
+    return math.exp(-float(np.mean(mixed)))
+
+
+def _retrieve(datastore: Datastore, keys: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    distances, ids = datastore.search(keys, k, exact=exact)
+    values = np.where(ids >= 0, datastore.values[np.maximum(ids, 0)], -1)
+    return values, distances
+
+
+def _retrieve_subset(datastore: Datastore, keys: np.ndarray, k: int, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over a random `fraction` of the stored keys: no model forward, no re-encoding."""
+    chosen = np.sort(np.random.default_rng(seed).choice(datastore.size, max(1, round(fraction * datastore.size)),
+                                                        replace=False))
+    distances, local = TorchExactSearch(datastore.keys[chosen]).search(keys, k)
+    ids = np.where(local >= 0, chosen[np.maximum(local, 0)], -1)
+    values = np.where(ids >= 0, datastore.values[np.maximum(ids, 0)], -1)
+    return values, np.where(ids < 0, np.inf, distances)
+
+
+def sweep(datastore: Datastore, collected: Collected, param: str, values: list[float],
+          settings: KnnLmSettings = KnnLmSettings(), seed: int = 0,
+          should_stop: Callable[[], bool] | None = None) -> SweepResult:
+    """Perplexity of kNN-LM (fixed λ) at each value of `param`, the others as in `settings`."""
+    if param not in PARAMS:
+        raise ValueError(f"unknown sweep parameter {param!r}: use one of {', '.join(PARAMS)}")
+    if not values:
+        raise ValueError("give at least one value to sweep")
+    checks = {"lambda": (lambda v: 0 <= v <= 1, "λ values must lie in [0, 1]"),
+              "k": (lambda v: v >= 1 and float(v).is_integer(), "k values must be whole numbers >= 1"),
+              "temperature": (lambda v: v > 0, "temperatures must be > 0"),
+              "size": (lambda v: 0 < v <= 1, "sizes are fractions of the datastore, in (0, 1]"),
+              "distance": (lambda v: v in (0, 1), "distance values are 1 (exact) or 0 (the index's)")}
+    valid, reason = checks[param]
+    if not all(valid(v) for v in values):
+        raise ValueError(reason)
+    c = collected
+    ppl_lm = math.exp(-float(np.mean(c.log_p_lm)))
+    fixed = {"k": settings.k, "lambda": settings.lambda_, "temperature": settings.temperature,
+             "distance": "exact" if settings.exact_distances else "approximate", "datastore": datastore.name,
+             "entries": datastore.size}
+    fixed.pop(param, None)  # the swept one is in the results
+    result = SweepResult(param, len(c.targets), ppl_lm, fixed=fixed)
+    k_max = int(max(values)) if param == "k" else settings.k
+    shared = None if param in ("size", "distance") else _retrieve(datastore, c.keys, k_max, settings.exact_distances)
+    for value in values:
+        if should_stop is not None and should_stop():
+            raise Cancelled("sweep cancelled")
+        k, temperature, lam = settings.k, settings.temperature, settings.lambda_
+        neighbours = shared
+        if param == "lambda":
+            lam = float(value)
+        elif param == "k":
+            k = int(value)
+        elif param == "temperature":
+            temperature = float(value)
+        elif param == "size":
+            neighbours = _retrieve_subset(datastore, c.keys, k, float(value), seed)
+        else:  # distance: 1 = exact (recomputed from the stored keys), 0 = the index's own
+            neighbours = _retrieve(datastore, c.keys, k, bool(value))
+        p_knn = target_knn_probs(neighbours[0], neighbours[1], c.targets, k, temperature)
+        point = {"value": value, "ppl": perplexity_with(c.log_p_lm, p_knn, lam)}
+        if param == "size":
+            point["entries"] = max(1, round(float(value) * datastore.size))
+        result.results.append(point)
+    return result

@@ -1,0 +1,73 @@
+"""Sweeps: the target-probability shortcut equals the full evaluation; size sweeps reuse stored keys."""
+import math
+
+import pytest
+
+from corpus import write_corpus
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.evaluation import evaluate
+from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.models import load_model
+from knn_explorer.core.sweeps import collect, sweep
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
+    catalog = Catalog(tmp_path_factory.mktemp("home") / "catalog.sqlite")
+    docs = write_corpus(tmp_path_factory.mktemp("docs"))
+    build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(docs.rglob("*.md")))
+    return model, open_datastore(catalog, "small", model), text
+
+
+@pytest.mark.parametrize("param,value,settings", [
+    ("lambda", 0.25, KnnLmSettings(k=8, lambda_=0.25)),
+    ("lambda", 0.9, KnnLmSettings(k=8, lambda_=0.9)),
+    ("k", 3, KnnLmSettings(k=3, lambda_=0.5)),
+    ("temperature", 10.0, KnnLmSettings(k=8, lambda_=0.5, temperature=10.0)),
+])
+def test_each_sweep_point_equals_a_full_evaluation_with_those_settings(setup, param, value, settings):
+    model, datastore, text = setup
+    collected = collect(model, text, context_length=32, stride=16)
+    base = KnnLmSettings(k=8, lambda_=0.5)
+    point = sweep(datastore, collected, param, [value], base).results[0]
+    full = evaluate(model, text, KnnLM(datastore, settings), context_length=32, stride=16)
+    assert point["ppl"] == pytest.approx(full.ppl, rel=1e-6)
+
+
+def test_lambda_zero_is_the_lm_and_the_lm_line_is_shared(setup):
+    model, datastore, text = setup
+    collected = collect(model, text, context_length=32, stride=16)
+    result = sweep(datastore, collected, "lambda", [0.0, 0.5])
+    full = evaluate(model, text, context_length=32, stride=16)
+    assert result.ppl_lm == pytest.approx(full.ppl_lm, rel=1e-9)
+    assert result.results[0]["ppl"] == pytest.approx(result.ppl_lm, rel=1e-12)
+    assert result.to_json()["param"] == "lambda" and "lambda" not in result.fixed and result.fixed["k"] == 32
+
+
+def test_size_sweep_searches_stored_keys_without_running_the_model(setup, monkeypatch):
+    model, datastore, text = setup
+    collected = collect(model, text, context_length=32, stride=16)
+    full_point = sweep(datastore, collected, "lambda", [0.25], KnnLmSettings(k=8)).results[0]["ppl"]
+
+    def no_forward(*_args, **_kwargs):
+        raise AssertionError("a size sweep must not run the model")
+
+    monkeypatch.setattr(model.model, "forward", no_forward)
+    result = sweep(datastore, collected, "size", [0.1, 0.5, 1.0], KnnLmSettings(k=8, lambda_=0.25))
+    entries = [p["entries"] for p in result.results]
+    assert entries == [round(0.1 * datastore.size), round(0.5 * datastore.size), datastore.size]
+    assert result.results[-1]["ppl"] == pytest.approx(full_point, rel=1e-5)  # all of it: the full datastore
+    assert all(math.isfinite(p["ppl"]) for p in result.results)
+
+
+def test_bad_sweep_values_are_refused_with_a_reason(setup):
+    model, datastore, text = setup
+    collected = collect(model, text[:400], context_length=32, stride=16)
+    for param, values, words in (("lambda", [1.5], "[0, 1]"), ("k", [2.5], "whole"), ("size", [0], "(0, 1]"),
+                                 ("temperature", [-1], "> 0"), ("nprobe", [1], "unknown sweep parameter")):
+        with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(")):
+            sweep(datastore, collected, param, values)
