@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common_model_flags(evaluate)
     _json_flag(evaluate)
 
+    sweep = sub.add_parser("sweep", help="kNN-LM perplexity as λ, k, temperature, datastore size or distance mode varies")
+    sweep.add_argument("--model", required=True)
+    sweep.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
+    sweep.add_argument("--datastore", required=True)
+    sweep.add_argument("--param", required=True, choices=["lambda", "k", "temperature", "size", "distance"])
+    sweep.add_argument("--values", required=True, help="comma-separated, e.g. 0,0.1,0.25,0.5 (size: fractions; "
+                                                        "distance: 1 exact, 0 the index's)")
+    sweep.add_argument("--k", type=int, default=32)
+    sweep.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
+    sweep.add_argument("--temperature", type=float, default=1.0)
+    sweep.add_argument("--approximate", action="store_true", help="use the index's distances")
+    sweep.add_argument("--context", type=int, default=256)
+    sweep.add_argument("--stride", type=int, default=128)
+    sweep.add_argument("--seed", type=int, default=0, help="which random fractions a size sweep takes")
+    _common_model_flags(sweep)
+    _json_flag(sweep)
+
     train = sub.add_parser("train-gates", help="train the Memorizing Transformer's per-head gates on documents, "
                                                "or SPALM's gate on a datastore's documents")
     train.add_argument("--method", default="memtrf", choices=["memtrf", "spalm"])
@@ -272,15 +289,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.documents import Document, iter_documents
     from .core.evaluation import evaluate
 
     method = _method(args)
-    read = list(iter_documents([args.text]))
-    texts = [d.text for d in read if isinstance(d, Document)]
-    if not texts:
-        reasons = "; ".join(f"{d.path.name}: {d.reason}" for d in read) or "nothing to read"
-        raise UsageError(f"no readable text in {args.text} ({reasons})")
+    texts = _read_eval_texts(args.text)
     text = "\n\n".join(texts)
     model = _load_model(args)
     if method == "memtrf":
@@ -298,6 +310,7 @@ def cmd_eval(args) -> int:
         s = knn.settings
         out.update(datastore=knn.datastore.name, k=s.k, temperature=s.temperature, lambda_mode=s.lambda_mode,
                    distance="exact" if s.exact_distances else "approximate", **{"lambda": s.lambda_})
+    _record_eval(args, model, out)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -320,6 +333,7 @@ def _eval_memorizing(args, model, texts: list[str]) -> int:
     segment = args.window or 128
     result = evaluate_memorizing(model, memory, texts, segment_length=segment, on_progress=_progress_printer())
     out = {**result.to_json(), **_memory_description(memory), "segment": segment, "documents": len(texts)}
+    _record_eval(args, model, out)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -394,6 +408,56 @@ def _train_spalm(args, show):
                                      windows_per_step=args.segments_per_step)
     result = train_spalm_gate(spalm, settings, checkpoint=args.out, on_step=show)
     return model, result.summary(), {"datastore": args.datastore}, f"the documents of '{args.datastore}'"
+
+
+def cmd_sweep(args) -> int:
+    from .core.catalog import Catalog
+    from .core.knnlm import KnnLmSettings
+    from .core.library import open_datastore
+    from .core.sweeps import collect, sweep
+
+    try:
+        values = [float(v) for v in args.values.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--values must be numbers separated by commas, not {args.values!r}") from None
+    text = "\n\n".join(_read_eval_texts(args.text))
+    settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
+                             exact_distances=not args.approximate)
+    model = _load_model(args)
+    catalog = Catalog()
+    datastore = open_datastore(catalog, args.datastore, model)
+    collected = collect(model, text, context_length=args.context, stride=args.stride, on_progress=_progress_printer())
+    result = sweep(datastore, collected, args.param, values, settings, seed=args.seed)
+    out = {**result.to_json(), "model": model.name, "text": str(args.text)}
+    catalog.record_evaluation("sweep", model.name, args.datastore, {"param": args.param, "values": values,
+                                                                     "text": str(args.text)}, out)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{result.tokens:,} tokens of {args.text}; LM alone perplexity {result.ppl_lm:.3f}")
+    for point in result.results:
+        print(f"  {args.param} = {point['value']:<8g} perplexity {point['ppl']:10.3f}  "
+              f"({point['ppl'] / result.ppl_lm - 1:+.1%})")
+    return 0
+
+
+def _read_eval_texts(path: Path) -> list[str]:
+    from .core.documents import Document, iter_documents
+
+    read = list(iter_documents([path]))
+    texts = [d.text for d in read if isinstance(d, Document)]
+    if not texts:
+        reasons = "; ".join(f"{d.path.name}: {d.reason}" for d in read) or "nothing to read"
+        raise UsageError(f"no readable text in {path} ({reasons})")
+    return texts
+
+
+def _record_eval(args, model, out: dict) -> None:
+    """Keep the evaluation in the catalog, to list and compare later."""
+    from .core.catalog import Catalog
+
+    Catalog().record_evaluation("eval", model.name, getattr(args, "datastore", None),
+                                {"method": out.get("method"), "text": str(args.text)}, out)
 
 
 def cmd_remove(args) -> int:
@@ -484,7 +548,7 @@ def _progress_printer():
 
 
 COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
-            "train-gates": cmd_train_gates, "remove": cmd_remove}
+            "sweep": cmd_sweep, "train-gates": cmd_train_gates, "remove": cmd_remove}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,3 +158,25 @@ def test_train_spalm_gate_then_generate_with_it(built, tiny_gpt2_dir, tmp_path):
     assert untrained["gate"] == pytest.approx(0.9) and first["gate"] != pytest.approx(0.9)
     assert_one_line_error(cli("train-gates", "--method", "spalm", "--model", tiny_gpt2_dir, "--out", gate,
                               check=False), 2, "needs --datastore")
+
+
+def test_sweep_json_has_the_design_shape_and_runs_are_kept_in_the_catalog(built, tiny_gpt2_dir):
+    from knn_explorer.core.catalog import Catalog
+
+    docs, _ = built
+    text = next(docs.rglob("*.md"))
+    out = json.loads(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
+                         "lambda", "--values", "0,0.25,0.5", "--context", 32, "--stride", 16, "--json").stdout)
+    assert out["param"] == "lambda" and [r["value"] for r in out["results"]] == [0.0, 0.25, 0.5]
+    assert out["results"][0]["ppl"] == pytest.approx(out["ppl_lm"])
+    size = json.loads(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
+                          "size", "--values", "0.5,1", "--context", 32, "--stride", 16, "--json").stdout)
+    assert [r["entries"] for r in size["results"]][-1] == size["entries"]
+    cli("eval", "--model", tiny_gpt2_dir, "--datastore", "notes", "--text", text, "--context", 32, "--stride", 16)
+    kept = Catalog().evaluations()
+    assert [e.kind for e in kept] == ["eval", "sweep", "sweep"]
+    assert kept[-1].results["param"] == "lambda" and kept[-1].datastore == "notes"
+    assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
+                              "lambda", "--values", "0,2", check=False), 1, "[0, 1]")
+    assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
+                              "k", "--values", "a,b", check=False), 2, "--values")

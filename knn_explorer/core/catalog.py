@@ -101,6 +101,19 @@ class AdapterRow(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EvaluationRow(Base):
+    """One evaluation or sweep, kept so it can be listed, compared and overlaid later."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String)  # eval | sweep
+    model_name: Mapped[str] = mapped_column(String)
+    datastore: Mapped[str | None] = mapped_column(String, nullable=True)
+    parameters: Mapped[dict] = mapped_column(JSON)
+    results: Mapped[dict] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Catalog:
     """A handle on one catalog file. Use `with catalog.session() as s:` for a transaction."""
 
@@ -216,6 +229,23 @@ class Catalog:
             query = query.where(AdapterRow.kind == kind)
         if model_fingerprint is not None:
             query = query.where(AdapterRow.model_fingerprint == model_fingerprint)
+        with self._sessions() as s:
+            return list(s.scalars(query).all())
+
+    # ---- evaluations -----------------------------------------------------------------------
+    def record_evaluation(self, kind: str, model_name: str, datastore: str | None, parameters: dict,
+                          results: dict) -> int:
+        with self.session() as s:
+            row = EvaluationRow(kind=kind, model_name=model_name, datastore=datastore, parameters=parameters,
+                                results=results)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def evaluations(self, kind: str | None = None) -> list[EvaluationRow]:
+        query = select(EvaluationRow).order_by(EvaluationRow.created.desc(), EvaluationRow.id.desc())
+        if kind is not None:
+            query = query.where(EvaluationRow.kind == kind)
         with self._sessions() as s:
             return list(s.scalars(query).all())
 
