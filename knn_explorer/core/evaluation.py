@@ -19,7 +19,7 @@ from .memorizing import MemorizingRetrofit
 from .models import LoadedModel, capture_output_input
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .spalm import Spalm
-from .windows import sliding_windows
+from .windows import Span, sliding_windows
 
 
 @dataclass
@@ -35,6 +35,17 @@ class EvalResult:
     def to_json(self) -> dict:
         return {"method": self.method, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "ppl": self.ppl,
                 "relative_change": self.ppl / self.ppl_lm - 1.0}
+
+
+def padded_windows(tokens: torch.Tensor, batch: list[Span]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows' tokens as one right-padded batch, and its attention mask."""
+    longest = max(s.end - s.begin for s in batch)
+    input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, s in enumerate(batch):
+        input_ids[row, : s.end - s.begin] = tokens[s.begin : s.end]
+        mask[row, : s.end - s.begin] = 1
+    return input_ids, mask
 
 
 def perplexity(log_probs: np.ndarray) -> float:
@@ -66,12 +77,7 @@ def evaluate(
         if should_stop is not None and should_stop():
             raise Cancelled("evaluation cancelled")
         batch = spans[start : start + batch_size]
-        longest = max(s.end - s.begin for s in batch)
-        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, s in enumerate(batch):
-            input_ids[row, : s.end - s.begin] = tokens[s.begin : s.end]
-            mask[row, : s.end - s.begin] = 1
+        input_ids, mask = padded_windows(tokens, batch)
         with model.capture_keys() as captured, capture_output_input(model) as hidden_states:
             logits = model.forward(input_ids.to(model.device), mask.to(model.device)).logits
         keys, hidden = captured[-1], hidden_states[-1]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .datastore import Datastore
+from .evaluation import padded_windows
 from .index import TorchExactSearch
 from .knnlm import KnnLmSettings
 from .models import LoadedModel
@@ -67,12 +68,7 @@ def collect(model: LoadedModel, text: str, context_length: int = 256, stride: in
         if should_stop is not None and should_stop():
             raise Cancelled("sweep cancelled")
         batch = spans[start: start + batch_size]
-        longest = max(s.end - s.begin for s in batch)
-        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, s in enumerate(batch):
-            input_ids[row, : s.end - s.begin] = tokens[s.begin: s.end]
-            mask[row, : s.end - s.begin] = 1
+        input_ids, mask = padded_windows(tokens, batch)
         with model.capture_keys() as captured:
             logits = model.forward(input_ids.to(model.device), mask.to(model.device)).logits
         for row, s in enumerate(batch):
