@@ -71,3 +71,13 @@ def test_bad_sweep_values_are_refused_with_a_reason(setup):
                                  ("temperature", [-1], "> 0"), ("nprobe", [1], "unknown sweep parameter")):
         with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(")):
             sweep(datastore, collected, param, values)
+
+
+def test_an_infinite_perplexity_is_null_in_json(setup):
+    import json
+
+    model, datastore, text = setup
+    collected = collect(model, text, context_length=32, stride=16)
+    result = sweep(datastore, collected, "lambda", [1.0], KnnLmSettings(k=1))
+    assert math.isinf(result.results[0]["ppl"])  # k = 1: most targets get p_kNN = 0
+    assert json.loads(json.dumps(result.to_json(), allow_nan=False))["results"][0]["ppl"] is None

@@ -50,8 +50,9 @@ class SweepResult:
     fixed: dict = field(default_factory=dict)  # the other parameters, as used
 
     def to_json(self) -> dict:
-        return {"param": self.param, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "results": self.results,
-                **self.fixed}
+        """Strict JSON: an infinite perplexity (λ = 1 and a target no neighbour proposes) is null."""
+        results = [{**r, "ppl": r["ppl"] if math.isfinite(r["ppl"]) else None} for r in self.results]
+        return {"param": self.param, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "results": results, **self.fixed}
 
 
 @torch.inference_mode()
