@@ -77,7 +77,8 @@ def test_an_infinite_perplexity_is_null_in_json(setup):
     import json
 
     model, datastore, text = setup
-    collected = collect(model, text, context_length=32, stride=16)
+    unseen = "Zebras quietly juggle purple quantum marmalade beneath seventeen arches. " * 3  # not in the datastore
+    collected = collect(model, unseen, context_length=32, stride=16)
     result = sweep(datastore, collected, "lambda", [1.0], KnnLmSettings(k=1))
-    assert math.isinf(result.results[0]["ppl"])  # k = 1: most targets get p_kNN = 0
+    assert math.isinf(result.results[0]["ppl"])  # k = 1: some target's only neighbour proposes another token
     assert json.loads(json.dumps(result.to_json(), allow_nan=False))["results"][0]["ppl"] is None
