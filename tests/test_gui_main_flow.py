@@ -133,39 +133,54 @@ def largest_gap_ms(qtbot, until, timeout_s):
 MAX_UI_GAP_MS = 50
 
 
-def test_ui_thread_never_blocks_during_a_model_load_a_real_build_and_generation(qtbot, tmp_path):
+def ui_gaps(qtbot, tmp_path, attempt: int) -> dict[str, tuple[float, int]]:
+    """Largest UI gap and tick count during a model load, a real build and a real generation."""
     window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
     qtbot.addWidget(window)
     window.show()
     qtbot.waitUntil(lambda: window.model is not None, timeout=60_000)
     qtbot.wait(200)  # the window's first paint (fonts, styles, layout) is startup, not a load
+    gaps = {}
 
     first = window.model
     window.load_model("demo")
-    gap, ticks = largest_gap_ms(qtbot, lambda: window.model is not first, 120)
-    assert ticks > 5 and gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms while a model loaded"
+    gaps["a model load"] = largest_gap_ms(qtbot, lambda: window.model is not first, 120)
 
-    docs = tmp_path / "docs"
+    docs = tmp_path / f"docs-{attempt}"
     docs.mkdir()
     for source in sorted(DEMO_DOCS_DIR.glob("*.rst"))[:8]:
         (docs / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     window.open_build_dialog()
     dialog = window.build_dialog
     dialog.add_sources([docs])
-    dialog.name_edit.setText("ui-check")
+    name = f"ui-check-{attempt}"
+    dialog.name_edit.setText(name)
     dialog.start_button.click()
-    gap, ticks = largest_gap_ms(qtbot, lambda: dialog.tracker is not None and not dialog.tracker.is_running(), 300)
-    assert window.catalog.datastore("ui-check") is not None
-    assert ticks > 50 and gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms during the build"
+    gaps["the build"] = largest_gap_ms(qtbot, lambda: dialog.tracker is not None and not dialog.tracker.is_running(),
+                                       300)
+    assert window.catalog.datastore(name) is not None
 
-    window.use_datastore("ui-check")
+    window.use_datastore(name)
     window.controls.max_tokens.setValue(40)
     window.controls.generate.click()
     # Until the run has ended and the inspector has drawn its last token: that refresh is the heaviest.
-    gap, ticks = largest_gap_ms(qtbot, lambda: not window.generation_job.is_running() and window.inspector.is_settled()
-                                and window.inspector.record is not None, 300)
+    gaps["generation"] = largest_gap_ms(qtbot, lambda: not window.generation_job.is_running()
+                                        and window.inspector.is_settled() and window.inspector.record is not None, 300)
     assert len(window.current_run.records) == 40
-    assert ticks > 20 and gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms during generation"
+    window.close()
+    return gaps
+
+
+def test_ui_thread_never_blocks_during_a_model_load_a_real_build_and_generation(qtbot, tmp_path):
+    min_ticks = {"a model load": 5, "the build": 50, "generation": 20}
+    gaps = ui_gaps(qtbot, tmp_path, 1)
+    if any(gap >= MAX_UI_GAP_MS for gap, _ in gaps.values()):
+        # One retry: a machine-wide hiccup (another process, the OS) can stall any thread once; a
+        # real block in the app (a slow paint, work on the UI thread) happens again every time.
+        gaps = ui_gaps(qtbot, tmp_path, 2)
+    for phase, (gap, ticks) in gaps.items():
+        assert ticks > min_ticks[phase], f"the clock barely ticked during {phase}"
+        assert gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms during {phase}"
 
 
 def test_first_launch_builds_and_catalogues_the_demo_datastore(qtbot, data_home):
