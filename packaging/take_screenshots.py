@@ -97,18 +97,22 @@ def main() -> int:
     wait_until(lambda: not window.generation_job.is_running())
     wait_until(lambda: controls_ready(window))
 
+    def run_to_the_end(method: str, prompt: str) -> None:
+        """Generate 24 tokens with `method` and wait until the inspector shows the last one."""
+        controls = window.controls
+        controls.method.setCurrentIndex(controls.method.findData(method))
+        controls.prompt.setPlainText(prompt)
+        controls.max_tokens.setValue(24)
+        before = window.generation_job
+        controls.generate.click()
+        if window.generation_job is before:
+            raise RuntimeError(f"the {method} run did not start: {window.last_error}")
+        wait_until(lambda: not window.generation_job.is_running())
+        wait_until(lambda: window.inspector.record is not None and window.inspector.is_settled())
+
     # SPALM on the same datastore, with the demo's trained gate.
-    controls = window.controls
-    controls.method.setCurrentIndex(controls.method.findData("spalm"))
-    controls.prompt.setPlainText(args.prompt)
-    controls.max_tokens.setValue(24)
     window.strip.set_colour_by("lambda")
-    before = window.generation_job
-    controls.generate.click()
-    if window.generation_job is before:
-        raise RuntimeError(f"the SPALM run did not start: {window.last_error}")
-    wait_until(lambda: not window.generation_job.is_running())
-    wait_until(lambda: window.inspector.record is not None and window.inspector.is_settled())
+    run_to_the_end("spalm", args.prompt)
     window.strip.select(window.current_run.records[10].step)
     window.inspector.settle()
     settle()
@@ -117,16 +121,8 @@ def main() -> int:
     window.strip.set_colour_by("gain")
 
     # The Memorizing Transformer with the demo's trained gates: a long prompt fills the memory.
-    controls.method.setCurrentIndex(controls.method.findData("memtrf"))
-    controls.memorizing.window.setValue(64)
-    controls.prompt.setPlainText((DEMO_DOCS_DIR / "quickstart.rst").read_text(encoding="utf-8")[:2400])
-    controls.max_tokens.setValue(24)
-    before = window.generation_job
-    controls.generate.click()
-    if window.generation_job is before:
-        raise RuntimeError(f"the Memorizing Transformer run did not start: {window.last_error}")
-    wait_until(lambda: not window.generation_job.is_running())
-    wait_until(lambda: window.inspector.record is not None and window.inspector.is_settled())
+    window.controls.memorizing.window.setValue(64)
+    run_to_the_end("memtrf", (DEMO_DOCS_DIR / "quickstart.rst").read_text(encoding="utf-8")[:2400])
     settle()
     save(window, "main-window-memtrf")
     save(window.inspector, "memory-layer")

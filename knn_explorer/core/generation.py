@@ -8,6 +8,7 @@ not asking for the next record; cancelling is dropping the generator.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator
@@ -112,10 +113,10 @@ class StepGenerator:
         self.steps_taken += 1
         return record
 
-    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _next_distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """LM log-probabilities for the next token, the kNN key of the current context, the
         model's log-probabilities with its memory (memtrf; otherwise the LM's again), and the
-        hidden state fed to the output embedding (SPALM's h_t)."""
+        hidden state fed to the output embedding (SPALM's h_t; None for the other methods)."""
         limit = min(self.model.max_positions, self.settings.context_window or self.model.max_positions)
         pending = len(self.ids) - self._cache_end
         if self._cache is not None and self._cache_tokens + pending <= limit:
@@ -137,7 +138,9 @@ class StepGenerator:
             self._base_cache = base.past_key_values
             self.memory.enabled = True
             self.memory.set_window(window_start, input_start)
-        with self.model.capture_keys() as captured, capture_output_input(self.model) as hidden:
+        # h_t is only SPALM's: no hook on the output embedding for the other methods' per-token path.
+        hidden_capture = capture_output_input(self.model) if self.spalm is not None else nullcontext([None])
+        with self.model.capture_keys() as captured, hidden_capture as hidden:
             out = self.model.forward(input_ids, cache=self._cache, use_cache=True, last_logits_only=True)
         self._cache = out.past_key_values
         self._cache_tokens += len(new_ids)
@@ -145,7 +148,7 @@ class StepGenerator:
         self._memory_filled_to = max(self._memory_filled_to, self._cache_end)
         log_p = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
         log_p_lm = log_p if base is None else torch.log_softmax(base.logits[0, -1].float(), dim=-1).cpu()
-        return log_p_lm, captured[-1][0, -1].float().cpu(), log_p, hidden[-1][0, -1]
+        return log_p_lm, captured[-1][0, -1].float().cpu(), log_p, None if self.spalm is None else hidden[-1][0, -1]
 
     def _fill_memory(self, end: int, window: int) -> None:
         """Run text that never passed through the model (a prompt longer than the window) through it,

@@ -24,7 +24,7 @@ import torch
 from .datastore import Datastore
 from .evaluation import padded_windows
 from .index import TorchExactSearch
-from .knnlm import KnnLmSettings
+from .knnlm import KnnLM, KnnLmSettings
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .windows import sliding_windows
@@ -105,9 +105,9 @@ def perplexity_with(log_p_lm: np.ndarray, p_knn: np.ndarray, lam: float) -> floa
 
 
 def _retrieve(datastore: Datastore, keys: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-    distances, ids = datastore.search(keys, k, exact=exact)
-    values = np.where(ids >= 0, datastore.values[np.maximum(ids, 0)], -1)
-    return values, distances
+    """(next tokens, distances) of the k nearest entries: the same retrieval kNN-LM runs."""
+    found = KnnLM(datastore, KnnLmSettings(k=k, exact_distances=exact)).retrieve(torch.from_numpy(keys))
+    return found.values.numpy(), found.distances
 
 
 def _retrieve_subset(datastore: Datastore, keys: np.ndarray, k: int, fraction: float,
