@@ -96,18 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
     evaluate.add_argument("--context", type=int, default=256)
     evaluate.add_argument("--stride", type=int, default=128)
+    evaluate.add_argument("--methods", help="compare several on the same targets and windows, e.g. "
+                                            "none,knnlm,spalm,memtrf (knnlm and spalm need --datastore)")
     _memory_flags(evaluate)
     _method_flags(evaluate)
     _common_model_flags(evaluate)
     _json_flag(evaluate)
 
-    sweep = sub.add_parser("sweep", help="kNN-LM perplexity as λ, k, temperature, datastore size or distance mode varies")
+    sweep = sub.add_parser("sweep", help="kNN-LM perplexity as λ, k, temperature, datastore size or distance mode "
+                                         "varies, or the Memorizing Transformer's as its memory size does")
     sweep.add_argument("--model", required=True)
     sweep.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
-    sweep.add_argument("--datastore", required=True)
-    sweep.add_argument("--param", required=True, choices=["lambda", "k", "temperature", "size", "distance"])
+    sweep.add_argument("--datastore", help="the kNN-LM datastore (every parameter but memory)")
+    sweep.add_argument("--param", required=True, choices=["lambda", "k", "temperature", "size", "distance", "memory"])
     sweep.add_argument("--values", required=True, help="comma-separated, e.g. 0,0.1,0.25,0.5 (size: fractions; "
-                                                        "distance: 1 exact, 0 the index's)")
+                                                        "distance: 1 exact, 0 the index's; memory: tokens)")
     sweep.add_argument("--k", type=int, default=32)
     sweep.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
     sweep.add_argument("--temperature", type=float, default=1.0)
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--context", type=int, default=256)
     sweep.add_argument("--stride", type=int, default=128)
     sweep.add_argument("--seed", type=int, default=0, help="which random fractions a size sweep takes")
+    _memory_flags(sweep, window=False)
     _common_model_flags(sweep)
     _json_flag(sweep)
 
@@ -164,16 +168,18 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
                         help="use the index's distances instead of recomputing them from stored keys")
 
 
-def _memory_flags(parser: argparse.ArgumentParser) -> None:
+def _memory_flags(parser: argparse.ArgumentParser, window: bool = True) -> None:
     group = parser.add_argument_group("Memorizing Transformer (--method memtrf)")
     group.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
-    group.add_argument("--memory-size", type=int, default=65_536, help="tokens the memory holds (default 65536)")
+    if window:  # a memory-size sweep sets the size itself
+        group.add_argument("--memory-size", type=int, default=65_536, help="tokens the memory holds (default 65536)")
     group.add_argument("--memory-mode", default="gated", choices=["gated", "joint"],
                        help="gated: learned per-head gates (the paper); joint: one softmax over local and "
                             "retrieved keys, no training")
     group.add_argument("--adapter", type=Path, help="trained gates (train-gates output); the demo model has its own")
-    group.add_argument("--window", type=int, help="tokens local attention sees (generation) or per segment "
-                                                  "(eval, default 128)")
+    if window:
+        group.add_argument("--window", type=int, help="tokens local attention sees (generation) or per segment "
+                                                      "(eval --method memtrf, default 128)")
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -291,6 +297,8 @@ def cmd_generate(args) -> int:
 def cmd_eval(args) -> int:
     from .core.evaluation import evaluate
 
+    if args.methods:
+        return _eval_comparison(args)
     method = _method(args)
     texts = _read_eval_texts(args.text)
     text = "\n\n".join(texts)
@@ -323,6 +331,49 @@ def cmd_eval(args) -> int:
         s = knn.settings
         print(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
               f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={out['distance']}")
+    return 0
+
+
+def _eval_comparison(args) -> int:
+    """Several methods on the same targets and windows: one table."""
+    from .core.catalog import Catalog
+    from .core.comparison import METHOD_LABELS, compare
+    from .core.evaluation_store import keep_comparison
+
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in METHOD_LABELS]
+    if unknown or not methods:
+        raise UsageError(f"--methods takes some of {','.join(METHOD_LABELS)}, not {args.methods!r}")
+    if args.method is not None:
+        raise UsageError("give --method or --methods, not both")
+    args.method = "none"
+    _method(args)  # the range checks of k, λ and T
+    args.method = None
+    if ("knnlm" in methods or "spalm" in methods) and not args.datastore:
+        raise UsageError("knnlm and spalm need --datastore NAME (see `knn-explorer list`)")
+    text = "\n\n".join(_read_eval_texts(args.text))
+    model = _load_model(args)
+    knn = _knn(args, model, "knnlm") if "knnlm" in methods else None
+    spalm = _spalm(args, model, "spalm") if "spalm" in methods else None
+    memory = _memorizing(args, model, "memtrf") if "memtrf" in methods else None
+    result = compare(model, text, knn=knn, spalm=spalm, memorizing=memory, context_length=args.context,
+                     stride=args.stride, on_progress=_progress_printer())
+    settings = {"k": args.k, "lambda": args.lambda_, "temperature": args.temperature,
+                "distance": "approximate" if args.approximate else "exact"}
+    if memory is not None:
+        settings.update(_memory_description(memory))
+    out = {**result.to_json(), "model": model.name, "datastore": args.datastore, "text": str(args.text),
+           "settings": settings}
+    keep_comparison(Catalog(), result, model.name, args.datastore,
+                    {"methods": methods, "text": str(args.text), **settings})
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}")
+    for method in result.methods:
+        ppl = result.ppl(method)
+        change = "" if method == "none" else f"  ({ppl / result.ppl('none') - 1:+.1%})"
+        print(f"  {METHOD_LABELS[method]:<24} perplexity {ppl:10.3f}{change}")
     return 0
 
 
@@ -421,6 +472,10 @@ def cmd_sweep(args) -> int:
     except ValueError:
         raise UsageError(f"--values must be numbers separated by commas, not {args.values!r}") from None
     text = "\n\n".join(_read_eval_texts(args.text))
+    if args.param == "memory":
+        return _sweep_memory(args, values, text)
+    if not args.datastore:
+        raise UsageError(f"--param {args.param} sweeps kNN-LM: it needs --datastore NAME (see `knn-explorer list`)")
     settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
                              exact_distances=not args.approximate)
     model = _load_model(args)
@@ -431,6 +486,32 @@ def cmd_sweep(args) -> int:
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
     catalog.record_evaluation("sweep", model.name, args.datastore, {"param": args.param, "values": values,
                                                                      "text": str(args.text)}, out)
+    return _print_sweep(args, result, out)
+
+
+def _sweep_memory(args, values: list[float], text: str) -> int:
+    from .core.adapters import memorizing_with_gates
+    from .core.catalog import Catalog
+    from .core.memorizing import MemorizingSettings
+    from .core.sweeps import sweep_memory_size
+
+    if args.datastore:
+        raise UsageError("--param memory sweeps the Memorizing Transformer's memory; it takes no --datastore")
+    if not all(v >= 0 and float(v).is_integer() for v in values):
+        raise UsageError("memory sizes are whole numbers of tokens >= 0")
+    model = _load_model(args)
+    settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=int(max(values)),
+                                  mode=args.memory_mode)
+    memory = memorizing_with_gates(model, settings, args.adapter)
+    result = sweep_memory_size(model, memory, text, [int(v) for v in values], context_length=args.context,
+                               stride=args.stride, on_progress=_progress_printer())
+    out = {**result.to_json(), "model": model.name, "text": str(args.text)}
+    Catalog().record_evaluation("sweep", model.name, None, {"param": "memory", "values": values,
+                                                            "text": str(args.text)}, out)
+    return _print_sweep(args, result, out)
+
+
+def _print_sweep(args, result, out: dict) -> int:
     if args.json:
         print(json.dumps(out))
         return 0

@@ -180,3 +180,37 @@ def test_sweep_json_has_the_design_shape_and_runs_are_kept_in_the_catalog(built,
                               "lambda", "--values", "0,2", check=False), 1, "[0, 1]")
     assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
                               "k", "--values", "a,b", check=False), 2, "--values")
+
+
+def test_eval_methods_compares_four_methods_on_one_text_in_one_table(built, tiny_gpt2_dir):
+    from knn_explorer.core.catalog import Catalog
+
+    docs, _ = built
+    text = next(docs.rglob("*.md"))
+    common = ("--model", tiny_gpt2_dir, "--text", text, "--context", 32, "--stride", 16, "--k", 8)
+    out = json.loads(cli("eval", *common, "--datastore", "notes", "--methods", "none,knnlm,spalm,memtrf",
+                         "--memory-mode", "joint", "--memory-layer", 1, "--json").stdout)
+    assert list(out["methods"]) == ["none", "knnlm", "spalm", "memtrf"]
+    assert out["methods"]["none"]["ppl"] == pytest.approx(out["ppl_lm"])
+    single = json.loads(cli("eval", *common, "--datastore", "notes", "--json").stdout)  # kNN-LM alone, same windows
+    assert out["methods"]["knnlm"]["ppl"] == pytest.approx(single["ppl"], rel=1e-6) and out["tokens"] == single["tokens"]
+    table = cli("eval", *common, "--datastore", "notes", "--methods", "none,knnlm").stdout
+    assert "LM alone" in table and "kNN-LM" in table and "Memorizing" not in table
+    kept = Catalog().evaluations("compare")
+    assert len(kept) == 2 and kept[-1].parameters["methods"] == ["none", "knnlm", "spalm", "memtrf"]
+    assert_one_line_error(cli("eval", *common, "--methods", "none,knnlm", check=False), 2, "--datastore")
+    assert_one_line_error(cli("eval", *common, "--methods", "none,gpt", check=False), 2, "--methods")
+
+
+def test_memory_size_sweep_needs_no_datastore_and_zero_is_the_lm(built, tiny_gpt2_dir):
+    docs, _ = built
+    text = next(docs.rglob("*.md"))
+    common = ("--model", tiny_gpt2_dir, "--text", text, "--context", 32, "--stride", 16, "--param", "memory")
+    out = json.loads(cli("sweep", *common, "--values", "0,64,4096", "--memory-mode", "joint", "--json").stdout)
+    assert out["param"] == "memory" and [r["value"] for r in out["results"]] == [0, 64, 4096]
+    assert out["results"][0]["ppl"] == pytest.approx(out["ppl_lm"], rel=1e-6)
+    assert_one_line_error(cli("sweep", *common, "--values", "0,1.5", check=False), 2, "whole numbers")
+    assert_one_line_error(cli("sweep", *common, "--values", "64", "--datastore", "notes", check=False), 2,
+                          "no --datastore")
+    assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--param", "k", "--values", "4",
+                              check=False), 2, "--datastore")

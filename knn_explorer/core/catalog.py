@@ -106,7 +106,7 @@ class EvaluationRow(Base):
 
     __tablename__ = "evaluations"
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String)  # eval | sweep
+    kind: Mapped[str] = mapped_column(String)  # eval | sweep | compare (per-token details in a file)
     model_name: Mapped[str] = mapped_column(String)
     datastore: Mapped[str | None] = mapped_column(String, nullable=True)
     parameters: Mapped[dict] = mapped_column(JSON)
@@ -241,6 +241,13 @@ class Catalog:
             s.add(row)
             s.flush()
             return row.id
+
+    def remove_evaluation(self, evaluation_id: int) -> EvaluationRow | None:
+        with self.session() as s:
+            row = s.get(EvaluationRow, evaluation_id)
+            if row is not None:
+                s.delete(row)
+            return row
 
     def evaluations(self, kind: str | None = None) -> list[EvaluationRow]:
         query = select(EvaluationRow).order_by(EvaluationRow.created.desc(), EvaluationRow.id.desc())

@@ -33,7 +33,7 @@ import copy
 import math
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import AttentionInterface
@@ -217,6 +217,12 @@ class MemorizingRetrofit:
                 keep.append((keys[~left], values[~left], positions[~left]))
         self._pending = keep
 
+    def resize_memory(self, size: int) -> None:
+        """A new, empty memory of `size` tokens (a memory-size sweep); the gates stay."""
+        self.settings = replace(self.settings, memory_size=size)  # validates the size
+        self.memory = MemoryStore(size, self.kv_heads, self.head_dim, device=self.gate_bias.device)
+        self.reset()
+
     def gates(self) -> torch.Tensor:
         return torch.sigmoid(self.gate_bias.detach()).cpu()
 
@@ -228,6 +234,9 @@ class MemorizingRetrofit:
         self._rotary = kwargs.get("position_embeddings")
 
     def attend(self, module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+        if query.shape[0] != 1 and not self.enabled:  # a batch of other texts, memory off: the plain layer
+            return self._base_attention(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, **kwargs)
         if query.shape[0] != 1:
             raise MemorizingError("the memory layer runs one document at a time (batch size 1)")
         scaling = scaling if scaling is not None else 1 / math.sqrt(self.head_dim)

@@ -23,13 +23,15 @@ import torch
 
 from .datastore import Datastore
 from .evaluation import padded_windows
+from .comparison import compare
 from .index import TorchExactSearch
 from .knnlm import KnnLM, KnnLmSettings
+from .memorizing import MemorizingRetrofit
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .windows import sliding_windows
 
-PARAMS = ("lambda", "k", "temperature", "size", "distance")
+PARAMS = ("lambda", "k", "temperature", "size", "distance")  # kNN-LM's; "memory" is the Memorizing Transformer's
 
 
 @dataclass
@@ -166,4 +168,31 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
         if param == "size":
             point["entries"] = max(1, round(float(value) * datastore.size))
         result.results.append(point)
+    return result
+
+
+def sweep_memory_size(model: LoadedModel, memorizing: MemorizingRetrofit, text: str, sizes: list[int],
+                      context_length: int = 256, stride: int = 128, on_progress: ProgressCallback | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> SweepResult:
+    """Memorizing Transformer perplexity with memories of `sizes` tokens, on `compare`'s windows (the
+    memory holds the text before each window, its most recent `size` tokens). Each size is one pass
+    over the text: the memory's contents depend on its size. The memory is restored afterwards."""
+    if not sizes:
+        raise ValueError("give at least one memory size")
+    if not all(float(v).is_integer() and v >= 0 for v in sizes):
+        raise ValueError("memory sizes are whole numbers of tokens >= 0")
+    original = memorizing.settings.memory_size
+    result = None
+    try:
+        for size in sizes:
+            memorizing.resize_memory(int(size))
+            c = compare(model, text, memorizing=memorizing, context_length=context_length, stride=stride,
+                        on_progress=on_progress, should_stop=should_stop)
+            if result is None:
+                fixed = {"memory_layer": memorizing.layer, "memory_mode": memorizing.settings.mode,
+                         "k": memorizing.settings.k, "context": c.context_length, "stride": c.stride}
+                result = SweepResult("memory", c.tokens, c.ppl("none"), fixed=fixed)
+            result.results.append({"value": int(size), "ppl": c.ppl("memtrf")})
+    finally:
+        memorizing.resize_memory(original)
     return result

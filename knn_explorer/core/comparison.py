@@ -1,0 +1,175 @@
+"""The four methods — LM alone, kNN-LM, SPALM, Memorizing Transformer — on the very same targets.
+
+One set of sliding windows (`core/windows.py`, as `evaluate` and the datastore build use) scores
+every token of the held-out text once. Per window, one forward pass without memory gives the LM's
+log-probabilities and the kNN keys and h_t from which kNN-LM and SPALM combine theirs; for the
+Memorizing Transformer a second pass over the same window runs with its memory holding the text
+*before the window* (what local attention no longer sees). So every method is scored on the same
+tokens with the same local context, and the differences between their numbers are the methods'.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .evaluation import padded_windows, perplexity
+from .knnlm import KnnLM
+from .memorizing import MemorizingRetrofit
+from .models import LoadedModel, capture_output_input
+from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .spalm import Spalm
+from .windows import Span, sliding_windows
+
+METHOD_LABELS = {"none": "LM alone", "knnlm": "kNN-LM", "spalm": "SPALM", "memtrf": "Memorizing Transformer"}
+
+
+@dataclass
+class Comparison:
+    """Per target token of the held-out text: log p under the LM alone and under each method."""
+
+    token_ids: np.ndarray  # the whole text's tokens
+    positions: np.ndarray  # index in token_ids of each target
+    log_p_lm: np.ndarray  # natural log, float64
+    log_p: dict[str, np.ndarray] = field(default_factory=dict)  # method → per-target log p
+    context_length: int = 256
+    stride: int = 128
+
+    @property
+    def tokens(self) -> int:
+        return len(self.positions)
+
+    @property
+    def methods(self) -> list[str]:
+        return ["none", *self.log_p]
+
+    def log_probs(self, method: str) -> np.ndarray:
+        return self.log_p_lm if method == "none" else self.log_p[method]
+
+    def ppl(self, method: str) -> float:
+        return perplexity(self.log_probs(method))
+
+    def gains(self, method: str) -> np.ndarray:
+        """log p_method − log p_LM per target: > 0 where the method helped."""
+        return self.log_probs(method) - self.log_p_lm
+
+    def to_json(self) -> dict:
+        """Strict JSON (an infinite perplexity is null)."""
+        ppl_lm = self.ppl("none")
+        methods = {}
+        for method in self.methods:
+            ppl = self.ppl(method)
+            methods[method] = {"ppl": ppl if math.isfinite(ppl) else None,
+                               "relative_change": ppl / ppl_lm - 1.0 if math.isfinite(ppl) else None}
+        return {"tokens": self.tokens, "ppl_lm": ppl_lm, "context": self.context_length, "stride": self.stride,
+                "methods": methods}
+
+    def window_of(self, index: int) -> Span:
+        """The window that scored target `index` (its context starts at the window's first token)."""
+        position = int(self.positions[index])
+        for span in sliding_windows(len(self.token_ids), self.context_length, self.stride):
+            if span.first_target <= position < span.end:
+                return span
+        raise IndexError(f"no window scores token {position}")
+
+
+@dataclass(frozen=True)
+class TokenChange:
+    """One target where a method's probability differs from the LM's."""
+
+    index: int  # into Comparison.positions
+    position: int  # into Comparison.token_ids
+    token_id: int
+    gain: float  # log p_method − log p_LM
+    p_lm: float
+    p: float
+
+
+def most_changed(comparison: Comparison, method: str, count: int = 20) -> tuple[list[TokenChange], list[TokenChange]]:
+    """The `count` targets the method helped most and the `count` it hurt most (gain ≤ 0 excluded from
+    the first list and ≥ 0 from the second, so a method that never hurts lists nothing there)."""
+    gains = comparison.gains(method)
+    order = np.argsort(gains, kind="stable")
+
+    def change(i: int) -> TokenChange:
+        return TokenChange(int(i), int(comparison.positions[i]), int(comparison.token_ids[comparison.positions[i]]),
+                           float(gains[i]), math.exp(comparison.log_p_lm[i]), math.exp(comparison.log_probs(method)[i]))
+
+    helped = [change(i) for i in order[::-1][:count] if gains[i] > 0]
+    hurt = [change(i) for i in order[:count] if gains[i] < 0]
+    return helped, hurt
+
+
+@torch.inference_mode()
+def compare(model: LoadedModel, text: str, knn: KnnLM | None = None, spalm: Spalm | None = None,
+            memorizing: MemorizingRetrofit | None = None, context_length: int = 256, stride: int = 128,
+            batch_size: int = 8, on_progress: ProgressCallback | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Comparison:
+    """Score the LM and each given method on one text's targets (see the module docstring)."""
+    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < 2:
+        raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    length = min(context_length, model.max_positions)
+    spans = list(sliding_windows(len(ids), length, stride))
+    if memorizing is not None:
+        batch_size = 1  # the memory layer runs one document at a time
+        memorizing.reset()
+    meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
+    parts: dict[str, list[torch.Tensor]] = {"none": [], "knnlm": [], "spalm": [], "memtrf": []}
+    positions, done = [], 0
+    was_enabled = memorizing.enabled if memorizing is not None else None
+    try:
+        for start in range(0, len(spans), batch_size):
+            if should_stop is not None and should_stop():
+                raise Cancelled("evaluation cancelled")
+            batch = spans[start: start + batch_size]
+            input_ids, mask = padded_windows(tokens, batch)
+            input_ids, mask = input_ids.to(model.device), mask.to(model.device)
+            if memorizing is not None:  # this pass is the plain model; it also queues the window's keys
+                memorizing.enabled = False
+                memorizing.set_window(batch[0].begin, batch[0].begin)
+            # h_t only for SPALM: the hook on the output embedding copies every pass's hidden states
+            hidden_capture = capture_output_input(model) if spalm is not None else nullcontext()
+            with model.capture_keys() as captured, hidden_capture as hidden:
+                logits = model.forward(input_ids, mask).logits
+            memory_logits = None
+            if memorizing is not None:  # the same window with the text before it in memory
+                memorizing.enabled = True
+                memorizing.set_window(batch[0].begin, batch[0].begin)
+                memory_logits = model.forward(input_ids, mask).logits
+            for row, s in enumerate(batch):
+                scored = slice(s.first_target - 1 - s.begin, s.end - 1 - s.begin)
+                targets = tokens[s.first_target: s.end]
+                log_p_lm = torch.log_softmax(logits[row, scored].float(), dim=-1).cpu()
+                parts["none"].append(_gather(log_p_lm, targets))
+                if knn is not None:
+                    parts["knnlm"].append(_gather(knn.combine(log_p_lm, captured[-1][row, scored]).log_p_final,
+                                                  targets))
+                if spalm is not None:
+                    step = spalm.combine(hidden[-1][row, scored], captured[-1][row, scored])
+                    parts["spalm"].append(_gather(step.log_p_final, targets))
+                if memory_logits is not None:
+                    log_p = torch.log_softmax(memory_logits[row, scored].float(), dim=-1).cpu()
+                    parts["memtrf"].append(_gather(log_p, targets))
+                positions.append(torch.arange(s.first_target, s.end))
+                done += len(targets)
+            meter.update(done)
+    finally:
+        if memorizing is not None:
+            memorizing.enabled = was_enabled
+            memorizing.reset()
+    meter.update(done, force=True)
+    return Comparison(
+        token_ids=np.asarray(ids), positions=torch.cat(positions).numpy(), log_p_lm=torch.cat(parts["none"]).numpy(),
+        log_p={m: torch.cat(p).numpy() for m, p in parts.items() if m != "none" and p},
+        context_length=length, stride=stride,
+    )
+
+
+def _gather(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return log_p.gather(1, targets[:, None])[:, 0].double()

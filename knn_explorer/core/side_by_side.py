@@ -1,0 +1,190 @@
+"""Side-by-side generation: one prompt, up to four methods, stepped in lockstep and aligned by step.
+
+`run_side_by_side` takes one `StepGenerator` per method and steps them row by row (step 0 of every
+method, then step 1, ...), so a view can fill its columns as rows. `aligned_rows`, `to_csv`,
+`to_json` and `format_table` turn the finished columns into rows, files and a plain-text table.
+
+The Memorizing Transformer's retrofit sits inside the shared model and intercepts every forward
+pass made from its owner thread, the other lanes' passes included. Those run with the memory
+switched off, and whatever the retrofit notes during them (see `_memory_set_aside`) is undone, so
+each column equals the same method generated alone.
+
+No torch import at module level: the CLI imports this for `format_table` without loading a model.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .records import TokenRecord
+
+if TYPE_CHECKING:
+    from .generation import StepGenerator
+    from .memorizing import MemorizingRetrofit
+
+METHOD_LABELS = {"none": "LM alone", "knnlm": "kNN-LM", "spalm": "SPALM", "memtrf": "Memorizing Transformer"}
+MAX_METHODS = len(METHOD_LABELS)
+
+
+@dataclass
+class SideBySideColumn:
+    """One method's records, in step order."""
+
+    method: str
+    label: str
+    records: list[TokenRecord] = field(default_factory=list)
+
+    @classmethod
+    def for_method(cls, method: str, records: list[TokenRecord] | None = None) -> SideBySideColumn:
+        return cls(method, METHOD_LABELS.get(method, method), list(records or []))
+
+
+# ----------------------------------------------------------------------------- running
+
+def check_generators(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None) -> None:
+    """Raise ValueError, with a one-line reason, for a set of lanes that cannot run side by side."""
+    if not generators:
+        raise ValueError("choose at least one method")
+    if len(generators) > MAX_METHODS:
+        raise ValueError(f"at most {MAX_METHODS} methods run side by side")
+    for method, generator in generators.items():
+        if method not in METHOD_LABELS:
+            raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHOD_LABELS)}")
+        if generator.settings.method != method:
+            raise ValueError(f"the {method!r} lane was given a {generator.settings.method!r} generator")
+    memtrf = generators.get("memtrf")
+    if memtrf is not None and memory is not None and memtrf.memory is not memory:
+        raise ValueError("the Memorizing Transformer lane must use the retrofit passed as `memory`")
+
+
+@contextmanager
+def _memory_set_aside(memory: MemorizingRetrofit | None):
+    """Run another lane's step as if the retrofit were not there, and leave it as it was found.
+
+    With `enabled = False` the layer computes the plain model's attention, but it still queues the
+    pass's keys as pending (at positions continuing from `_input_start`, which it advances) and
+    overwrites `last_step`. The memtrf lane's next `set_window` happens to drop such entries today
+    (they lie at or after its next input start), but a future change to windowing or a lane order
+    would silently move another text's keys into memory. Restoring the four fields below makes the
+    other lanes invisible to the memory whatever the order. The memory store itself is only written
+    by `set_window`, which only the memtrf lane calls. (A public context manager on
+    MemorizingRetrofit would be the better home for this.)
+    """
+    if memory is None:
+        yield
+        return
+    saved = (memory.enabled, list(memory._pending), memory._input_start, memory._window_start, memory.last_step)
+    memory.enabled = False
+    try:
+        yield
+    finally:
+        memory.enabled = saved[0]; pending = memory._pending
+        memory._pending = pending
+
+
+def run_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, TokenRecord]]:
+    """Step every lane once per row, in the dict's order, yielding (method, record).
+
+    A lane that reached its `max_new_tokens` or end-of-text stops contributing; the run ends when
+    all have, or as soon as `should_stop()` is true (checked before each lane's step). `memory` is
+    the memtrf lane's retrofit (default: that lane's own); every other lane steps with it set aside.
+    The caller owns the retrofit (removing it from the model is the caller's job).
+    """
+    check_generators(generators, memory)
+    if memory is None and "memtrf" in generators:
+        memory = generators["memtrf"].memory
+    lanes = {method: iter(generator) for method, generator in generators.items()}
+    while lanes:
+        for method in list(lanes):
+            if should_stop is not None and should_stop():
+                return
+            with _memory_set_aside(None if method == "memtrf" else memory):
+                record = next(lanes[method], None)
+            if record is None:
+                del lanes[method]
+                continue
+            yield method, record  # outside the set-aside: a consumer that stops here leaves the retrofit intact
+
+
+def generate_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None,
+                          should_stop: Callable[[], bool] | None = None) -> list[SideBySideColumn]:
+    """`run_side_by_side` collected into columns (the CLI's and the tests' way in)."""
+    columns = {method: SideBySideColumn.for_method(method) for method in generators}
+    for method, record in run_side_by_side(generators, memory, should_stop):
+        columns[method].records.append(record)
+    return list(columns.values())
+
+
+# ----------------------------------------------------------------------------- rows and export
+
+def _finite(value: float | None) -> float | None:
+    """Strict JSON has no NaN or infinity: such a number becomes null."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def aligned_rows(columns: list[SideBySideColumn]) -> list[dict]:
+    """One row per step: {"step", and per method "<m>_token", "<m>_token_id", "<m>_p", "<m>_p_lm"};
+    a method's fields are None on the rows after its column ended."""
+    by_step = [{record.step: record for record in column.records} for column in columns]
+    steps = sorted(set().union(*by_step)) if by_step else []
+    rows = []
+    for step in steps:
+        row: dict = {"step": step}
+        for column, records in zip(columns, by_step):
+            record = records.get(step)
+            m = column.method
+            row[f"{m}_token"] = record.token if record else None
+            row[f"{m}_token_id"] = record.token_id if record else None
+            row[f"{m}_p"] = _finite(record.chosen_prob_final) if record else None
+            row[f"{m}_p_lm"] = _finite(record.chosen_prob_lm) if record else None
+        rows.append(row)
+    return rows
+
+
+def csv_header(columns: list[SideBySideColumn]) -> list[str]:
+    return ["step"] + [f"{c.method}_{name}" for c in columns for name in ("token", "p", "p_lm")]
+
+
+def to_csv(columns: list[SideBySideColumn], path: Path | str) -> Path:
+    """One line per step; an ended column's cells are empty. Probabilities are written in full
+    (repr), so reading them back with float() gives the records' numbers exactly."""
+    header = csv_header(columns)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        for row in aligned_rows(columns):
+            writer.writerow(row)
+    return Path(path)
+
+
+def to_json(columns: list[SideBySideColumn], prompt: str = "") -> dict:
+    """{"prompt", "methods": [...], "labels": [...], "rows": aligned_rows} — json.dumps-able, strict."""
+    return {"prompt": prompt, "methods": [c.method for c in columns], "labels": [c.label for c in columns],
+            "rows": aligned_rows(columns)}
+
+
+def format_table(columns: list[SideBySideColumn]) -> str:
+    """A plain-text table: a header of method labels, then one line per step with each method's
+    token (repr, so whitespace shows) and its final probability to 3 decimals."""
+    rows = aligned_rows(columns)
+    cells = [[str(row["step"])] + [
+        "" if row[f"{c.method}_token"] is None else f"{row[f'{c.method}_token']!r} {_format_p(row[f'{c.method}_p'])}"
+        for c in columns] for row in rows]
+    header = ["step"] + [c.label for c in columns]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+
+    def line(values: list[str]) -> str:
+        first = values[0].rjust(widths[0])
+        return "  ".join([first] + [v.ljust(w) for v, w in zip(values[1:], widths[1:])]).rstrip()
+
+    return "\n".join([line(header), *(line(values) for values in cells)])
+
+
+def _format_p(p: float | None) -> str:
+    return "nan" if p is None else f"{p:.3f}"

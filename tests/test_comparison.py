@@ -1,0 +1,114 @@
+"""Four methods on the same targets; the memory-size sweep; kept comparisons and their details."""
+import math
+
+import numpy as np
+import pytest
+
+from corpus import write_corpus
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.comparison import compare, most_changed
+from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.evaluation import evaluate
+from knn_explorer.core.evaluation_store import details_folder, forget, keep_comparison, load_comparison
+from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
+from knn_explorer.core.models import load_model
+from knn_explorer.core.spalm import Spalm, SpalmSettings
+from knn_explorer.core.sweeps import sweep_memory_size
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
+    catalog = Catalog(tmp_path_factory.mktemp("home") / "catalog.sqlite")
+    docs = write_corpus(tmp_path_factory.mktemp("docs"))
+    build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(docs.rglob("*.md")))[:3000]
+    return model, catalog, open_datastore(catalog, "small", model), text
+
+
+def _joint_retrofit(model, size=4096):
+    # joint mode needs no trained gates: retrieved keys compete with local ones in one softmax
+    return MemorizingRetrofit(model, MemorizingSettings(layer=1, k=8, memory_size=size, mode="joint"))
+
+
+def test_knnlm_and_spalm_in_a_comparison_equal_their_own_evaluations(setup):
+    model, _catalog, datastore, text = setup
+    knn = KnnLM(datastore, KnnLmSettings(k=8, lambda_=0.3))
+    spalm = Spalm(model, datastore, SpalmSettings(k=8))
+    c = compare(model, text, knn=knn, spalm=spalm, context_length=32, stride=16)
+    alone_knn = evaluate(model, text, knn, context_length=32, stride=16)
+    alone_spalm = evaluate(model, text, spalm=spalm, context_length=32, stride=16)
+    assert c.methods == ["none", "knnlm", "spalm"]
+    assert c.tokens == alone_knn.tokens == len(model.tokenizer(text)["input_ids"]) - 1
+    assert c.ppl("none") == pytest.approx(alone_knn.ppl_lm, rel=1e-6)
+    assert c.ppl("knnlm") == pytest.approx(alone_knn.ppl, rel=1e-6)
+    assert c.ppl("spalm") == pytest.approx(alone_spalm.ppl, rel=1e-6)
+    assert np.array_equal(c.token_ids[c.positions], alone_knn.target_ids)
+
+
+def test_memtrf_in_a_comparison_scores_the_same_targets_with_the_text_before_each_window(setup):
+    model, _catalog, _datastore, text = setup
+    retrofit = _joint_retrofit(model)
+    try:
+        with_memory = compare(model, text, memorizing=retrofit, context_length=32, stride=16)
+        retrofit.enabled = False  # a batched pass through the switched-off memory layer is the plain model
+        plain = compare(model, text, context_length=32, stride=16)
+        retrofit.enabled = True
+        assert np.array_equal(with_memory.positions, plain.positions)
+        assert np.allclose(with_memory.log_p_lm, plain.log_p_lm, atol=1e-5)  # the memory-off pass is the LM
+        first_window = with_memory.positions < 32  # nothing before the first window: nothing to remember
+        gains = with_memory.gains("memtrf")
+        assert np.allclose(gains[first_window], 0.0, atol=1e-5)
+        assert np.abs(gains[~first_window]).max() > 1e-3  # later windows do read the memory
+        assert len(retrofit.memory) == 0 and retrofit.enabled  # left as found
+    finally:
+        retrofit.remove()
+
+
+def test_memory_size_sweep_zero_is_the_lm_and_sizes_change_the_result(setup):
+    model, _catalog, _datastore, text = setup
+    retrofit = _joint_retrofit(model, size=100)
+    try:
+        result = sweep_memory_size(model, retrofit, text, [0, 16, 4096], context_length=32, stride=16)
+        ppl = [p["ppl"] for p in result.results]
+        assert result.param == "memory" and [p["value"] for p in result.results] == [0, 16, 4096]
+        assert ppl[0] == pytest.approx(result.ppl_lm, rel=1e-6)
+        assert ppl[1] != pytest.approx(ppl[2], rel=1e-6)
+        assert retrofit.settings.memory_size == 100 and retrofit.memory.capacity == 100  # restored
+        with pytest.raises(ValueError, match="whole numbers"):
+            sweep_memory_size(model, retrofit, text, [1.5])
+    finally:
+        retrofit.remove()
+
+
+def test_most_helped_and_hurt_are_the_extremes_of_the_gain(setup):
+    model, _catalog, datastore, text = setup
+    unseen = " Zebras quietly juggle purple quantum marmalade beneath seventeen arches."  # retrieval hurts here
+    c = compare(model, text[:1500] + unseen, knn=KnnLM(datastore, KnnLmSettings(k=8, lambda_=0.5)),
+                context_length=32, stride=16)
+    helped, hurt = most_changed(c, "knnlm", count=5)
+    gains = c.gains("knnlm")
+    assert helped[0].gain == pytest.approx(gains.max()) and hurt[0].gain == pytest.approx(gains.min())
+    assert [h.gain for h in helped] == sorted((h.gain for h in helped), reverse=True)
+    top = helped[0]
+    assert top.token_id == c.token_ids[top.position]
+    assert math.log(top.p) - math.log(top.p_lm) == pytest.approx(top.gain, rel=1e-6)
+    span = c.window_of(top.index)
+    assert span.first_target <= top.position < span.end
+
+
+def test_a_kept_comparison_comes_back_with_its_details_and_can_be_forgotten(setup):
+    model, catalog, datastore, text = setup
+    c = compare(model, text, knn=KnnLM(datastore, KnnLmSettings(k=8)), context_length=32, stride=16)
+    row_id = keep_comparison(catalog, c, model.name, "small", {"text": "held-out.md"})
+    row = next(r for r in catalog.evaluations("compare") if r.id == row_id)
+    assert row.results["methods"]["knnlm"]["ppl"] == pytest.approx(c.ppl("knnlm"))
+    back = load_comparison(catalog, row)
+    assert back.methods == c.methods and back.context_length == 32 and back.stride == 16
+    assert np.array_equal(back.token_ids, c.token_ids) and np.array_equal(back.log_p["knnlm"], c.log_p["knnlm"])
+    assert not list(details_folder(catalog).glob("*.partial.npz"))
+    forget(catalog, row)
+    assert all(r.id != row_id for r in catalog.evaluations())
+    assert not (details_folder(catalog) / row.parameters["details"]).exists()
