@@ -523,14 +523,12 @@ def _print_sweep(args, result, out: dict) -> int:
 
 
 def _read_eval_texts(path: Path) -> list[str]:
-    from .core.documents import Document, iter_documents
+    from .core.evaluation import read_heldout
 
-    read = list(iter_documents([path]))
-    texts = [d.text for d in read if isinstance(d, Document)]
-    if not texts:
-        reasons = "; ".join(f"{d.path.name}: {d.reason}" for d in read) or "nothing to read"
-        raise UsageError(f"no readable text in {path} ({reasons})")
-    return texts
+    try:
+        return read_heldout(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _record_eval(args, model, out: dict) -> None:

@@ -12,6 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_tiny_model  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory):
+    """Module- and session-scoped fixtures run before the per-test home below: without this their
+    datastore builds would land in the user's real data home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KNN_EXPLORER_HOME", str(tmp_path_factory.mktemp("session-home")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def data_home(tmp_path, monkeypatch):
     """Every test gets its own empty data home (catalog + datastores)."""

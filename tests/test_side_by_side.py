@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
+from corpus import write_corpus
 from PySide6.QtCore import Qt
 
-from corpus import write_corpus
 from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
@@ -20,8 +20,17 @@ from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
 from knn_explorer.core.library import build_datastore, open_datastore
 from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
 from knn_explorer.core.models import load_model
-from knn_explorer.core.side_by_side import (SideBySideColumn, aligned_rows, check_generators, csv_header,
-                                            format_table, generate_side_by_side, run_side_by_side, to_csv, to_json)
+from knn_explorer.core.side_by_side import (
+    SideBySideColumn,
+    aligned_rows,
+    check_generators,
+    csv_header,
+    format_table,
+    generate_side_by_side,
+    run_side_by_side,
+    to_csv,
+    to_json,
+)
 from knn_explorer.core.spalm import Spalm, SpalmSettings
 from knn_explorer.gui import colours
 from knn_explorer.gui.side_by_side_page import SideBySidePage
@@ -92,9 +101,17 @@ def solo(setup):
     memory = open_retrofit(model)
     try:
         columns["memtrf"] = list(make_lanes(model, datastore, ["memtrf"], memory)["memtrf"])
+        columns["memory state"] = retrofit_state(memory)
     finally:
         memory.remove()
     return columns
+
+
+def retrofit_state(memory: MemorizingRetrofit) -> tuple:
+    """What the memtrf lane leaves in the retrofit: stored and pending positions, the next input start."""
+    pending = sorted(int(p) for _keys, _values, positions in memory._pending for p in positions)
+    stored = memory.memory.positions
+    return sorted(stored[stored >= 0].tolist()), pending, memory._input_start
 
 
 # ----------------------------------------------------------------------------- core
@@ -111,6 +128,8 @@ def test_lockstep_columns_equal_each_method_generated_alone(setup, solo, order):
     try:
         seen = list(run_side_by_side(make_lanes(model, datastore, order, memory), memory))
         assert memory.enabled  # the other lanes' steps gave the memory back switched on
+        # ...and left no trace in it: the retrofit is exactly as the memtrf lane alone leaves it.
+        assert retrofit_state(memory) == solo["memory state"]
     finally:
         memory.remove()
     # Row by row: step 0 of every lane, then step 1, ...
@@ -183,6 +202,9 @@ def test_lanes_that_cannot_run_side_by_side_are_refused(setup):
         check_generators({"knnlm": lanes["none"]})
     with pytest.raises(ValueError, match="unknown method"):
         check_generators({"beam": lanes["none"]})
+    with pytest.raises(ValueError, match="'spalm' lane"):  # at the call, before any step
+        run_side_by_side({"spalm": lanes["none"]})
+    assert lanes["none"].steps_taken == 0
 
 
 # ----------------------------------------------------------------------------- the Compare page
@@ -282,8 +304,7 @@ def test_stop_cancels_a_long_run_promptly(qtbot, setup):
     assert page.status.text().startswith("Stopped after") and page.table_model.rowCount() < 100_000
 
 
-def test_methods_and_max_tokens_are_remembered_and_none_ticked_cannot_run(qtbot, setup):
-    model, _datastore = setup
+def test_methods_and_max_tokens_are_remembered_and_none_ticked_cannot_run(qtbot):
     calls = []
     page = page_with(qtbot, lambda *args: calls.append(args), ["spalm", "memtrf"], max_tokens=7)
     again = SideBySidePage(lambda *args: None)

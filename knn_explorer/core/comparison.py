@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from .evaluation import padded_windows, perplexity
+from .generation import GenerationSettings, StepGenerator
 from .knnlm import KnnLM
 from .memorizing import MemorizingRetrofit
 from .models import LoadedModel, capture_output_input
 from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .records import TokenRecord
 from .spalm import Spalm
 from .windows import Span, sliding_windows
 
@@ -173,3 +175,25 @@ def compare(model: LoadedModel, text: str, knn: KnnLM | None = None, spalm: Spal
 
 def _gather(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return log_p.gather(1, targets[:, None])[:, 0].double()
+
+
+def token_record(model: LoadedModel, comparison: Comparison, index: int, method: str, knn: KnnLM | None = None,
+                 spalm: Spalm | None = None, memorizing: MemorizingRetrofit | None = None
+                 ) -> tuple[list[int], TokenRecord]:
+    """Target `index` as the token inspector shows a generated token: its context and full record
+    (neighbours, distributions, λ or gates), the step forced to the held-out token.
+
+    The context is the window that scored it, so for none/kNN-LM/SPALM the record's probabilities are
+    the comparison's. The Memorizing Transformer's record re-reads the text before the window into
+    its memory a window at a time (not in `compare`'s overlapping windows), so its numbers may differ
+    slightly."""
+    position = int(comparison.positions[index])
+    span = comparison.window_of(index)
+    ids = [int(t) for t in comparison.token_ids]
+    if method == "memtrf":  # the whole text before it; local attention sees exactly the window's part
+        prompt, window = ids[:position], 2 * (position - span.begin)
+    else:
+        prompt, window = ids[span.begin:position], None
+    settings = GenerationSettings(method=method, max_new_tokens=1, context_window=window)
+    generator = StepGenerator(model, prompt, settings, knn=knn, memorizing=memorizing, spalm=spalm)
+    return prompt, generator.step(forced_token=ids[position])

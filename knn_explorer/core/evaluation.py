@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -35,6 +36,18 @@ class EvalResult:
     def to_json(self) -> dict:
         return {"method": self.method, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "ppl": self.ppl,
                 "relative_change": self.ppl / self.ppl_lm - 1.0}
+
+
+def read_heldout(path: Path) -> list[str]:
+    """The texts of a held-out document or folder; a ValueError says why there are none."""
+    from .documents import Document, iter_documents
+
+    read = list(iter_documents([Path(path)]))
+    texts = [d.text for d in read if isinstance(d, Document)]
+    if not texts:
+        reasons = "; ".join(f"{d.path.name}: {d.reason}" for d in read) or "nothing to read"
+        raise ValueError(f"no readable text in {path} ({reasons})")
+    return texts
 
 
 def padded_windows(tokens: torch.Tensor, batch: list[Span]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,8 +70,8 @@ def _memory_set_aside(memory: MemorizingRetrofit | None):
     pass's keys as pending (at positions continuing from `_input_start`, which it advances) and
     overwrites `last_step`. The memtrf lane's next `set_window` happens to drop such entries today
     (they lie at or after its next input start), but a future change to windowing or a lane order
-    would silently move another text's keys into memory. Restoring the four fields below makes the
-    other lanes invisible to the memory whatever the order. The memory store itself is only written
+    would silently move another text's keys into memory. Restoring those fields (and `enabled`) makes
+    the other lanes invisible to the memory whatever the order. The memory store itself is only written
     by `set_window`, which only the memtrf lane calls. (A public context manager on
     MemorizingRetrofit would be the better home for this.)
     """
@@ -83,8 +83,7 @@ def _memory_set_aside(memory: MemorizingRetrofit | None):
     try:
         yield
     finally:
-        memory.enabled = saved[0]; pending = memory._pending
-        memory._pending = pending
+        memory.enabled, memory._pending, memory._input_start, memory._window_start, memory.last_step = saved
 
 
 def run_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None,
@@ -94,11 +93,17 @@ def run_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRet
     A lane that reached its `max_new_tokens` or end-of-text stops contributing; the run ends when
     all have, or as soon as `should_stop()` is true (checked before each lane's step). `memory` is
     the memtrf lane's retrofit (default: that lane's own); every other lane steps with it set aside.
-    The caller owns the retrofit (removing it from the model is the caller's job).
+    The caller owns the retrofit (removing it from the model is the caller's job). Raises
+    ValueError at once (not on the first step) for lanes that cannot run side by side.
     """
     check_generators(generators, memory)
     if memory is None and "memtrf" in generators:
         memory = generators["memtrf"].memory
+    return _lockstep(generators, memory, should_stop)
+
+
+def _lockstep(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None,
+              should_stop: Callable[[], bool] | None) -> Iterator[tuple[str, TokenRecord]]:
     lanes = {method: iter(generator) for method, generator in generators.items()}
     while lanes:
         for method in list(lanes):

@@ -32,6 +32,14 @@ from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .windows import sliding_windows
 
 PARAMS = ("lambda", "k", "temperature", "size", "distance")  # kNN-LM's; "memory" is the Memorizing Transformer's
+DEFAULT_VALUES = {  # what the app proposes: the kNN-LM paper's ranges, on a scale that shows the curve's shape
+    "lambda": [0, 0.05, 0.1, 0.25, 0.4, 0.5, 0.65, 0.8, 0.95, 1],
+    "k": [1, 4, 8, 16, 32, 64, 128, 256],
+    "temperature": [0.25, 0.5, 1, 2, 4, 8],
+    "size": [0.05, 0.1, 0.25, 0.5, 1],
+    "distance": [0, 1],
+    "memory": [0, 1024, 4096, 16384, 65536],
+}
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 import pyqtgraph as pg
 
 from . import colours
+from .plot_style import style_plot
 
 
 def gate_label(value: float) -> str:
@@ -18,16 +19,7 @@ def gate_label(value: float) -> str:
 class GateBars(pg.PlotWidget):
     def __init__(self, title: str, tooltip: str, parent=None):
         super().__init__(parent)
-        self.setBackground("w")
-        self.setMenuEnabled(False)
-        self.setMouseEnabled(x=False, y=False)
-        self.hideButtons()
-        self.setTitle(title, color=colours.TEXT, size="10pt")
-        item = self.getPlotItem()
-        item.setLabel("bottom", "head")
-        for name in ("left", "bottom"):
-            item.getAxis(name).setPen(pg.mkPen("#adb5bd"))
-            item.getAxis(name).setTextPen(pg.mkPen("#495057"))
+        style_plot(self, title, bottom="head")
         self.setYRange(0, 1.12, padding=0)
         self.bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.7, brush=colours.LAMBDA,
                                     pen=pg.mkPen(None))

@@ -32,18 +32,13 @@ from . import colours, workers
 from .gate_bars import GateBars
 from .memorizing_panel import AUTO_LAYER
 from .path_field import PathField
+from .plot_style import style_plot
 
 TREND = 10  # updates in the loss curve's moving mean
 
 
 def _plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
-    plot = pg.PlotWidget()
-    plot.setBackground("w")
-    plot.setMenuEnabled(False)
-    plot.hideButtons()
-    plot.setTitle(title, color=colours.TEXT, size="10pt")
-    plot.getPlotItem().setLabel("left", left)
-    plot.getPlotItem().setLabel("bottom", bottom)
+    plot = style_plot(pg.PlotWidget(), title, left, bottom, interactive=True)
     plot.setMinimumSize(260, 180)
     return plot
 

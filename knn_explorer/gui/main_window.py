@@ -11,7 +11,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QSizePolicy, QSplitter, QVBoxLayout, QWidget)
+                               QProgressBar, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from ..core import run_export
 from ..core.catalog import Catalog
@@ -28,6 +28,7 @@ from ..core.spalm_training import spalm_with_gate
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
+from .evaluate_page import EvaluatePage, MethodObjects
 from .gate_training_dialog import GateTrainingDialog
 from .generation_controls import GenerationControls
 from .model_dialog import LoadModelDialog
@@ -131,7 +132,20 @@ class MainWindow(QMainWindow):
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.inspector)
         self.splitter.setSizes([520, 440])
-        self.setCentralWidget(self.splitter)
+
+        self.evaluate_page = EvaluatePage(self.catalog)
+        self.evaluate_page.open_methods = self._evaluation_methods
+        self.evaluate_page.knn_settings = lambda: self._knn_settings(self.controls.values())
+        self.evaluate_page.inspect_requested.connect(self.inspect_run)
+        self.evaluate_page.error.connect(lambda reason: self.statusBar().showMessage(reason, 15_000))
+        self.pages = QTabWidget()
+        self.pages.setDocumentMode(True)
+        self.pages.addTab(self.splitter, "Explore")
+        self.pages.addTab(self.evaluate_page, "Evaluate")
+        self.pages.setTabToolTip(0, "Generate token by token and inspect each token (Ctrl+1)")
+        self.pages.setTabToolTip(1, "Perplexity of the methods on held-out text, sweeps, kept runs (Ctrl+2)")
+        self.pages.currentChanged.connect(self._page_changed)
+        self.setCentralWidget(self.pages)
 
         self.build_progress = QProgressBar()
         self.build_progress.setMaximumWidth(260)
@@ -145,6 +159,9 @@ class MainWindow(QMainWindow):
             ("Load model…", "Ctrl+L", self.open_model_dialog),
             ("Build datastore…", "Ctrl+B", self.open_build_dialog),
             ("Train memory gates…", "Ctrl+G", self.open_gate_training),
+            (None, None, None),
+            ("Explore", "Ctrl+1", lambda: self.pages.setCurrentIndex(0)),
+            ("Evaluate", "Ctrl+2", lambda: self.pages.setCurrentIndex(1)),
             (None, None, None),
             ("Export run as JSON…", "Ctrl+S", self.export_json),
             ("Export run as CSV…", "Ctrl+Shift+S", self.export_csv),
@@ -216,6 +233,7 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M "
                                  f"parameters · {model.device.type} · kNN key: {model.key_site.description}")
         self.catalog_view.set_model(model)
+        self.evaluate_page.set_context(model, self.datastore_name)
         self.statusBar().showMessage(f"Loaded {model.name}", 5000)
         if self.datastore_name and self.catalog.datastore(self.datastore_name):
             self.use_datastore(self.datastore_name)
@@ -241,12 +259,14 @@ class MainWindow(QMainWindow):
         self.settings.last_datastore = name
         self.datastore_label.setText(f"Datastore: {name} ({row.entries:,} entries, {row.index_description})")
         self.catalog_view.select(name)
+        self.evaluate_page.set_context(self.model, name)
 
     def _datastore_removed(self, name: str) -> None:
         self._open_datastores.pop(name, None)
         if self.datastore_name == name:
             self.datastore_name = None
             self.datastore_label.setText("Datastore: none")
+            self.evaluate_page.set_context(self.model, None)
 
     def _first_launch(self) -> bool:
         return not self.catalog.datastores() and not self.catalog.builds() and DEMO_DOCS_DIR.is_dir()
@@ -311,11 +331,32 @@ class MainWindow(QMainWindow):
                                       greedy=values["greedy"], seed=values["seed"],
                                       context_window=values["memory_window"] if memtrf
                                       else values["spalm_short_term"] if values["method"] == "spalm" else None)
-        knn = None
-        if values["method"] == "knnlm":
-            knn = KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
-                                exact_distances=values["exact"], lambda_mode=values["lambda_mode"])
+        knn = self._knn_settings(values) if values["method"] == "knnlm" else None
         return values, settings, knn
+
+    @staticmethod
+    def _knn_settings(values: dict) -> KnnLmSettings:
+        return KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
+                             exact_distances=values["exact"], lambda_mode=values["lambda_mode"])
+
+    def _method_objects(self, values: dict, methods: list[str], datastore: str | None) -> MethodObjects:
+        """kNN-LM, SPALM and the memory retrofit as the controls set them; call inside a job (opening
+        a datastore reads its keys; the retrofit belongs to the calling thread)."""
+        objects = MethodObjects()
+        if datastore and ("knnlm" in methods or "spalm" in methods):
+            objects.datastore = self._datastore(datastore)
+        if "knnlm" in methods:
+            objects.knn = KnnLM(objects.datastore, self._knn_settings(values))
+        if "spalm" in methods:
+            objects.spalm = spalm_with_gate(self.model, objects.datastore, SpalmSettings(
+                k=values["spalm_k"], exact_distances=values["spalm_exact"]),
+                Path(values["spalm_gate"]) if values["spalm_gate"] else None)
+        if "memtrf" in methods:
+            objects.memory = self._memorizing(values)
+        return objects
+
+    def _evaluation_methods(self, methods: list[str]) -> MethodObjects:
+        return self._method_objects(self.controls.values(), methods, self.datastore_name)
 
     def _can_generate(self) -> bool:
         if self.model is None:
@@ -333,7 +374,7 @@ class MainWindow(QMainWindow):
     def generate(self, step_mode: bool = False, run: Run | None = None, forced_token: int | None = None) -> None:
         if not self._can_generate():
             return
-        values, settings, knn_settings = self._generation_settings()
+        values, settings, _knn = self._generation_settings()
         if run is None:
             prompt = values["prompt"]
             prompt_ids = self.model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -345,13 +386,8 @@ class MainWindow(QMainWindow):
         context = run.context_ids(first_step)
 
         def body(control: workers.JobControl):
-            knn = KnnLM(self._datastore(name), knn_settings) if knn_settings is not None else None
-            memory = self._memorizing(values) if settings.method == "memtrf" else None
-            spalm = None
-            if settings.method == "spalm":
-                spalm = spalm_with_gate(model, self._datastore(name), SpalmSettings(
-                    k=values["spalm_k"], exact_distances=values["spalm_exact"]),
-                    Path(values["spalm_gate"]) if values["spalm_gate"] else None)
+            objects = self._method_objects(values, [settings.method], name)
+            knn, memory, spalm = objects.knn, objects.memory, objects.spalm
             try:
                 main = StepGenerator(model, context, settings, knn, first_step=first_step, memorizing=memory,
                                      spalm=spalm)
@@ -466,6 +502,17 @@ class MainWindow(QMainWindow):
         self.compare_strip.setVisible(bool(run.compare) or bool(run.settings.get("compare")))
         if self.inspector.record is not None:  # clearing redraws four plots: skip it when already empty
             self.inspector.clear()
+
+    def inspect_run(self, run: Run) -> None:
+        """Show a run made elsewhere (a held-out token from the Evaluate page) on the Explore page."""
+        self._add_run(run)
+        self.pages.setCurrentIndex(0)
+        if run.records:
+            self.strip.select(run.records[-1].step)
+
+    def _page_changed(self, index: int) -> None:
+        if self.pages.widget(index) is self.evaluate_page:
+            self.evaluate_page.set_context(self.model, self.datastore_name)
 
     def _token_selected(self, step: int, lane: str = "main") -> None:
         run = self.current_run

@@ -19,23 +19,12 @@ from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTreeWidget, QTree
 from ..core.records import MemoryHit, TokenRecord
 from . import colours
 from .gate_bars import GateBars
+from .plot_style import style_plot
 from .token_strip import visible_token
 
 
 def _inline(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\n", "↵").replace("\t", "⇥")
-
-
-def _style(plot: pg.PlotWidget, title: str) -> None:
-    plot.setBackground("w")
-    plot.setMenuEnabled(False)
-    plot.setMouseEnabled(x=False, y=False)
-    plot.hideButtons()
-    plot.setTitle(title, color=colours.TEXT, size="10pt")
-    for name in ("left", "bottom"):
-        axis = plot.getPlotItem().getAxis(name)
-        axis.setPen(pg.mkPen("#adb5bd"))
-        axis.setTextPen(pg.mkPen("#495057"))
 
 
 class MemoryView(QWidget):
@@ -54,7 +43,7 @@ class MemoryView(QWidget):
                                   "In joint mode (no gates): the head's attention mass on memory at the shown step.")
 
         self.heatmap_plot = pg.PlotWidget()
-        _style(self.heatmap_plot, "Memory share per token and head")
+        style_plot(self.heatmap_plot, "Memory share per token and head")
         item = self.heatmap_plot.getPlotItem()
         item.setLabel("bottom", "step")
         item.setLabel("left", "head")

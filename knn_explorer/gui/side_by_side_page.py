@@ -15,14 +15,32 @@ from pathlib import Path
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSettings, Qt, Signal
 from PySide6.QtGui import QBrush, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
-                               QPlainTextEdit, QPushButton, QSpinBox, QTableView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core.generation import StepGenerator
 from ..core.home import data_home
 from ..core.memorizing import MemorizingRetrofit
 from ..core.records import TokenRecord
-from ..core.side_by_side import METHOD_LABELS, SideBySideColumn, run_side_by_side, to_csv, to_json
+from ..core.side_by_side import (
+    METHOD_LABELS,
+    SideBySideColumn,
+    run_side_by_side,
+    to_csv,
+    to_json,
+)
 from . import colours
 from .token_strip import format_prob, record_tooltip, visible_token
 from .workers import Job, JobControl, run_job
@@ -94,11 +112,11 @@ class SideBySideTableModel(QAbstractTableModel):
         records = self._columns[index.column()].records
         return records[index.row()] if index.row() < len(records) else None
 
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else self._rows
+    def rowCount(self, parent: QModelIndex | None = None) -> int:
+        return 0 if parent is not None and parent.isValid() else self._rows
 
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._columns)
+    def columnCount(self, parent: QModelIndex | None = None) -> int:
+        return 0 if parent is not None and parent.isValid() else len(self._columns)
 
     def headerData(self, section, orientation, role=_DISPLAY):
         if orientation == Qt.Horizontal and 0 <= section < len(self._columns):

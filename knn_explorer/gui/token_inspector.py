@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from pyqtgraph.exporters import ImageExporter
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDialog, QDialogButtonBox, QGraphicsItem, QHBoxLayout,
@@ -34,6 +33,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QDialog, QDialog
 from ..core.records import Neighbour, TokenProb, TokenRecord
 from . import colours
 from .memory_view import MemoryView
+from .plot_style import export_png
 from .token_strip import (format_distance, format_gain, format_prob, record_gain, record_weight, visible_token)
 
 TICK_CHARS = 8  # token labels under the bars are elided to this many characters
@@ -770,12 +770,7 @@ class TokenInspector(QWidget):
                 plot.getPlotItem().layout.activate()
                 if plot is self.history_plot:
                     self.history_plot._sync_views()
-            exporter = ImageExporter(plot.getPlotItem())
-            exporter.parameters()["width"] = int(max(plot.width(), 420) * 2)
-            exporter.parameters()["background"] = QColor("#ffffff")
-            path = folder / f"{name}{step}.png"
-            exporter.export(str(path))
-            written.append(path)
+            written.append(export_png(plot, folder / f"{name}{step}.png", min_width=420))
         return written
 
     # ---- internals -----------------------------------------------------------------------------

@@ -1,0 +1,525 @@
+"""The Evaluate page: perplexity of the four methods on a held-out text, sweeps, and the kept runs.
+
+Left: what to run (held-out text, methods or a swept parameter, windows), with progress, ETA and
+cancel. Right: the kept runs (from the catalog; select two to overlay them), the plots, and the
+tokens the chosen method helped and hurt most — a click opens one in the token inspector.
+The page never computes a perplexity itself: the core does, in a job.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout,
+                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
+                               QPushButton, QRadioButton, QSpinBox, QSplitter, QVBoxLayout, QWidget)
+
+from ..core import evaluation_export
+from ..core.catalog import Catalog, EvaluationRow
+from ..core.comparison import METHOD_LABELS, Comparison, compare, most_changed, token_record
+from ..core.evaluation import read_heldout
+from ..core.evaluation_store import forget, keep_comparison, load_comparison
+from ..core.home import DEMO_DOCS_DIR
+from ..core.knnlm import KnnLmSettings
+from ..core.sweeps import DEFAULT_VALUES, collect, sweep, sweep_memory_size
+from . import workers
+from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, run_label
+from .path_field import PathField
+from .runs import Run
+from .token_changes import TokenChangesTable
+
+SWEEP_PARAMS = ("lambda", "k", "temperature", "size", "distance", "memory")
+
+
+@dataclass
+class MethodObjects:
+    """What the main window opens for a run (inside the job's thread)."""
+
+    knn: object | None = None  # KnnLM
+    spalm: object | None = None  # Spalm
+    memory: object | None = None  # MemorizingRetrofit, removed by the page when its job ends
+    datastore: object | None = None
+
+
+class EvaluatePage(QWidget):
+    inspect_requested = Signal(object)  # a Run holding one held-out token's record
+    error = Signal(str)
+
+    def __init__(self, catalog: Catalog, parent=None):
+        super().__init__(parent)
+        self.catalog = catalog
+        self.model = None  # set by the main window
+        self.datastore_name: str | None = None
+        # methods → MethodObjects, called inside jobs; set by the main window
+        self.open_methods: Callable[[list[str]], MethodObjects] | None = None
+        self.knn_settings: Callable[[], KnnLmSettings] = KnnLmSettings
+        self.job: workers.Job | None = None
+        self._comparisons: dict[int, Comparison] = {}  # row id → per-token details, loaded once
+        self._tables_run: ShownRun | None = None  # the run whose tokens the helped/hurt tables list
+        self._settings = QSettings()
+        self._make_widgets()
+        self._restore()
+        self.refresh_runs()
+
+    # ---- layout ----------------------------------------------------------------------------
+    def _make_widgets(self) -> None:
+        self.text_field = PathField("Held-out text", "a document or a folder of documents",
+                                    "Text the model has not been built from: perplexity is measured on it")
+        self.datastore_label = QLabel("Datastore: none")
+        self.knn_label = QLabel()
+        self.knn_label.setWordWrap(True)
+        self.knn_label.setToolTip("kNN-LM's k, λ, T and distances come from the generation controls (Explore page)")
+
+        self.compare_mode = QRadioButton("Compare methods")
+        self.sweep_mode = QRadioButton("Sweep a parameter")
+        self.compare_mode.setChecked(True)
+        modes = QButtonGroup(self)
+        modes.addButton(self.compare_mode)
+        modes.addButton(self.sweep_mode)
+        self.compare_mode.toggled.connect(self._mode_changed)
+
+        self.method_boxes: dict[str, QCheckBox] = {}
+        methods_box = QGroupBox("Methods (same tokens, same windows)")
+        methods_layout = QVBoxLayout(methods_box)
+        for method, label in METHOD_LABELS.items():
+            box = QCheckBox(label)
+            box.setChecked(True)
+            box.setEnabled(method != "none")  # the LM alone is every comparison's reference
+            self.method_boxes[method] = box
+            methods_layout.addWidget(box)
+
+        self.param_combo = QComboBox()
+        for param in SWEEP_PARAMS:
+            self.param_combo.addItem(PARAM_LABELS[param], param)
+        self.param_combo.setToolTip("kNN-LM's λ, k, T, datastore size or distances; the Memorizing "
+                                    "Transformer's memory size")
+        self.values_edit = QLineEdit()
+        self.values_edit.setToolTip("Values to try, separated by commas")
+        self.param_combo.currentIndexChanged.connect(self._param_changed)
+        sweep_box = QGroupBox("Sweep")
+        sweep_form = QFormLayout(sweep_box)
+        sweep_form.addRow("Parameter", self.param_combo)
+        sweep_form.addRow("Values", self.values_edit)
+        self.sweep_box = sweep_box
+        self.methods_box = methods_box
+
+        self.context_spin = QSpinBox(minimum=2, maximum=8192, value=256)
+        self.context_spin.setToolTip("Tokens per evaluation window")
+        self.stride_spin = QSpinBox(minimum=1, maximum=8192, value=128)
+        self.stride_spin.setToolTip("Step between windows: each token is scored once, with at least "
+                                    "window − stride tokens of context")
+        windows = QHBoxLayout()
+        windows.addWidget(QLabel("Window"))
+        windows.addWidget(self.context_spin)
+        windows.addWidget(QLabel("stride"))
+        windows.addWidget(self.stride_spin)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the evaluation (Ctrl+Return)")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the evaluation (Esc); nothing is kept")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.hide()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        left = QWidget()
+        form = QVBoxLayout(left)
+        form.addWidget(QLabel("Held-out text"))
+        form.addWidget(self.text_field)
+        form.addWidget(self.datastore_label)
+        form.addWidget(self.compare_mode)
+        form.addWidget(self.sweep_mode)
+        form.addWidget(methods_box)
+        form.addWidget(sweep_box)
+        form.addWidget(self.knn_label)
+        form.addLayout(windows)
+        form.addLayout(buttons)
+        form.addWidget(self.progress)
+        form.addWidget(self.status)
+        form.addStretch(1)
+        left.setMinimumWidth(300)
+        left.setMaximumWidth(380)
+
+        self.runs_list = QListWidget()
+        self.runs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.runs_list.setToolTip("Every evaluation and sweep you ran (CLI too). Select one to show it, "
+                                  "Ctrl+click a second to overlay them; Delete forgets the selected runs.")
+        self.runs_list.itemSelectionChanged.connect(self._selection_changed)
+        self.export_png_button = QPushButton("Export PNG…")
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_json_button = QPushButton("Export JSON…")
+        self.export_png_button.clicked.connect(lambda: self.export_pngs())
+        self.export_csv_button.clicked.connect(lambda: self.export_csv())
+        self.export_json_button.clicked.connect(lambda: self.export_json())
+        self.export_png_button.setToolTip("Both plots as PNG files")
+        self.export_csv_button.setToolTip("The selected run: a sweep's points, or a comparison's per-token log p")
+        self.export_json_button.setToolTip("The selected run's settings and results")
+        exports = QHBoxLayout()
+        exports.addWidget(QLabel("Kept runs"))
+        exports.addStretch(1)
+        for button in (self.export_png_button, self.export_csv_button, self.export_json_button):
+            exports.addWidget(button)
+
+        self.plots = EvaluationPlots()
+        self.gain_method = QComboBox()
+        self.gain_method.setToolTip("Whose gains the histogram and the token lists show")
+        self.gain_method.currentIndexChanged.connect(self._gain_method_changed)
+        self.helped = TokenChangesTable("Helped most")
+        self.hurt = TokenChangesTable("Hurt most")
+        self.helped.token_chosen.connect(self.inspect_token)
+        self.hurt.token_chosen.connect(self.inspect_token)
+        tables = QWidget()
+        tables_layout = QHBoxLayout(tables)
+        tables_layout.setContentsMargins(0, 0, 0, 0)
+        for title, table in (("Helped most", self.helped), ("Hurt most", self.hurt)):
+            column = QVBoxLayout()
+            column.addWidget(QLabel(f"<b>{title}</b> (click to inspect)"))
+            column.addWidget(table)
+            tables_layout.addLayout(column)
+        method_row = QHBoxLayout()
+        method_row.addWidget(QLabel("Gains of"))
+        method_row.addWidget(self.gain_method)
+        method_row.addStretch(1)
+
+        runs_area = QWidget()
+        runs_layout = QVBoxLayout(runs_area)
+        runs_layout.setContentsMargins(0, 0, 0, 0)
+        runs_layout.addLayout(exports)
+        runs_layout.addWidget(self.runs_list)
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.addLayout(method_row)
+        lower_layout.addWidget(tables)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(runs_area)
+        right.addWidget(self.plots)
+        right.addWidget(lower)
+        right.setSizes([150, 380, 260])
+
+        layout = QHBoxLayout(self)
+        layout.addWidget(left)
+        layout.addWidget(right, 1)
+
+        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.run)
+        QShortcut(QKeySequence("Escape"), self, activated=self.cancel)
+        QShortcut(QKeySequence.StandardKey.Delete, self.runs_list, activated=self.forget_selected)
+        self._mode_changed()
+
+    def _restore(self) -> None:
+        self.text_field.setText(str(self._settings.value("evaluate/text", str(DEMO_DOCS_DIR.parent / "heldout"))))
+        param = str(self._settings.value("evaluate/param", "lambda"))
+        self.param_combo.setCurrentIndex(max(0, SWEEP_PARAMS.index(param) if param in SWEEP_PARAMS else 0))
+        self._param_changed()
+
+    def _remember(self) -> None:
+        self._settings.setValue("evaluate/text", self.text_field.text())
+        self._settings.setValue("evaluate/param", self.param_combo.currentData())
+
+    def _mode_changed(self) -> None:
+        comparing = self.compare_mode.isChecked()
+        self.methods_box.setVisible(comparing)
+        self.sweep_box.setVisible(not comparing)
+
+    def _param_changed(self) -> None:
+        values = DEFAULT_VALUES[self.param_combo.currentData()]
+        self.values_edit.setText(", ".join(f"{v:g}" for v in values))
+
+    def set_context(self, model, datastore_name: str | None) -> None:
+        """The main window's loaded model and chosen datastore."""
+        self.model, self.datastore_name = model, datastore_name
+        self.datastore_label.setText(f"Datastore: {datastore_name or 'none (kNN-LM and SPALM need one)'}")
+        s = self.knn_settings()
+        self.knn_label.setText(f"kNN-LM: k {s.k} · λ {s.lambda_:g} · T {s.temperature:g} · "
+                               f"{'exact' if s.exact_distances else 'approximate'} distances")
+
+    # ---- running ---------------------------------------------------------------------------
+    def chosen_methods(self) -> list[str]:
+        return [m for m, box in self.method_boxes.items() if box.isChecked()]
+
+    def _check(self) -> tuple[str, object] | None:
+        """(mode, methods or (param, values)), or None after saying what is missing."""
+        if self.model is None:
+            return self._refuse("No model is loaded yet")
+        if self.job is not None and self.job.is_running():
+            return None
+        if not self.text_field.text().strip():
+            return self._refuse("Choose a held-out text (a document or a folder)")
+        if self.compare_mode.isChecked():
+            methods = self.chosen_methods()
+            if ("knnlm" in methods or "spalm" in methods) and not self.datastore_name:
+                return self._refuse("kNN-LM and SPALM need a datastore: double-click one in the library")
+            return "compare", methods
+        param = self.param_combo.currentData()
+        try:
+            values = [float(v) for v in self.values_edit.text().replace(";", ",").split(",") if v.strip()]
+        except ValueError:
+            return self._refuse(f"Sweep values must be numbers separated by commas, not {self.values_edit.text()!r}")
+        if not values:
+            return self._refuse("Give at least one value to sweep")
+        if param != "memory" and not self.datastore_name:
+            return self._refuse("A kNN-LM sweep needs a datastore: double-click one in the library")
+        return "sweep", (param, values)
+
+    def _refuse(self, reason: str) -> None:
+        self.status.setText(reason)
+        self.error.emit(reason)
+        return None
+
+    def run(self) -> workers.Job | None:
+        checked = self._check()
+        if checked is None:
+            return None
+        mode, what = checked
+        self._remember()
+        path, model, datastore = Path(self.text_field.text().strip()), self.model, self.datastore_name
+        context, stride = self.context_spin.value(), self.stride_spin.value()
+        open_methods, knn_settings = self.open_methods, self.knn_settings()
+
+        def body(control: workers.JobControl):
+            text = "\n\n".join(read_heldout(path))
+            parameters = {"text": str(path), "context": context, "stride": stride}
+            if mode == "compare":
+                objects = open_methods(what)
+                try:
+                    c = compare(model, text, knn=objects.knn, spalm=objects.spalm, memorizing=objects.memory,
+                                context_length=context, stride=stride, on_progress=control.report,
+                                should_stop=control.should_stop)
+                finally:
+                    if objects.memory is not None:
+                        objects.memory.remove()
+                return keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
+                                       {**parameters, "methods": what, **_knn_parameters(knn_settings)}), c
+            param, values = what
+            if param == "memory":
+                objects = open_methods(["memtrf"])
+                try:
+                    result = sweep_memory_size(model, objects.memory, text, [int(v) for v in values], context,
+                                               stride, on_progress=control.report, should_stop=control.should_stop)
+                finally:
+                    objects.memory.remove()
+                where = None
+            else:
+                objects = open_methods(["knnlm"])
+                collected = collect(model, text, context, stride, on_progress=control.report,
+                                    should_stop=control.should_stop)
+                result = sweep(objects.datastore, collected, param, values, knn_settings,
+                               should_stop=control.should_stop)
+                where = datastore
+            out = {**result.to_json(), "model": model.name, "text": str(path)}
+            row_id = self.catalog.record_evaluation("sweep", model.name, where,
+                                                    {**parameters, "param": param, "values": values}, out)
+            return row_id, None
+
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…")
+        self.progress.show()
+        self.status.setText("")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.job = workers.run_job(body, parent=self, progress=self._progressed, finished=self._finished,
+                                   failed=self._failed, cancelled=lambda: self.status.setText("Cancelled; nothing kept"),
+                                   done=self._done)
+        return self.job
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.is_running():
+            self.job.stop()
+
+    def _progressed(self, progress) -> None:
+        self.progress.setMaximum(max(1, progress.total))
+        self.progress.setValue(progress.done)
+        self.progress.setFormat(progress.describe())
+
+    def _finished(self, result) -> None:
+        row_id, comparison = result
+        if comparison is not None:
+            self._comparisons[row_id] = comparison
+        self.refresh_runs(select=[row_id])
+        self.status.setText(f"Kept as run #{row_id}")
+
+    def _failed(self, reason: str) -> None:
+        self.status.setText(reason)
+        self.error.emit(reason)
+
+    def _done(self) -> None:
+        self.progress.hide()
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ---- kept runs -------------------------------------------------------------------------
+    def refresh_runs(self, select: list[int] | None = None) -> None:
+        self.runs_list.blockSignals(True)
+        self.runs_list.clear()
+        for row in self.catalog.evaluations():
+            item = QListWidgetItem(run_label(row))
+            item.setData(Qt.UserRole, row)
+            item.setToolTip(_summary(row))
+            self.runs_list.addItem(item)
+            if select and row.id in select:
+                item.setSelected(True)
+        self.runs_list.blockSignals(False)
+        self._selection_changed()
+
+    def selected_rows(self) -> list[EvaluationRow]:
+        rows = [item.data(Qt.UserRole) for item in self.runs_list.selectedItems()]
+        return sorted(rows, key=lambda r: r.id)[-2:]  # overlay at most two: the latest picked
+
+    def shown_runs(self) -> list[ShownRun]:
+        return [ShownRun(row, self._comparison(row)) for row in self.selected_rows()]
+
+    def _comparison(self, row: EvaluationRow) -> Comparison | None:
+        if row.kind != "compare":
+            return None
+        if row.id not in self._comparisons:
+            loaded = load_comparison(self.catalog, row)
+            if loaded is None:
+                return None
+            self._comparisons[row.id] = loaded
+        return self._comparisons[row.id]
+
+    def _selection_changed(self) -> None:
+        runs = self.shown_runs()
+        methods = list(dict.fromkeys(m for r in runs if r.comparison is not None for m in r.comparison.methods
+                                     if m != "none"))
+        current = self.gain_method.currentData()
+        self.gain_method.blockSignals(True)
+        self.gain_method.clear()
+        for m in methods:
+            self.gain_method.addItem(METHOD_LABELS.get(m, m), m)
+        if current in methods:
+            self.gain_method.setCurrentIndex(methods.index(current))
+        self.gain_method.blockSignals(False)
+        self._show(runs)
+        for button in (self.export_png_button, self.export_csv_button, self.export_json_button):
+            button.setEnabled(bool(runs))
+
+    def _gain_method_changed(self) -> None:
+        self._show(self.shown_runs())
+
+    def _show(self, runs: list[ShownRun]) -> None:
+        self.plots.show_runs(runs, self.gain_method.currentData())
+        latest = next((r for r in reversed(runs) if r.comparison is not None), None)
+        method = self.plots.gain_method(latest) if latest is not None else None
+        self._tables_run = latest
+        if latest is None or method is None:
+            self.helped.set_changes([], [], str)
+            self.hurt.set_changes([], [], str)
+            return
+        helped, hurt = most_changed(latest.comparison, method, count=25)
+        decode = self._decoder(latest.row)
+        self.helped.set_changes(helped, latest.comparison.token_ids, decode)
+        self.hurt.set_changes(hurt, latest.comparison.token_ids, decode)
+
+    def _decoder(self, row: EvaluationRow) -> Callable[[list[int]], str]:
+        if self.model is not None and self.model.name == row.model_name:
+            return lambda ids: self.model.tokenizer.decode(ids)
+        return lambda ids: "".join(f"⟨{i}⟩" for i in ids)  # another model's tokens: ids only
+
+    def forget_selected(self) -> None:
+        for item in self.runs_list.selectedItems():
+            row = item.data(Qt.UserRole)
+            forget(self.catalog, row)
+            self._comparisons.pop(row.id, None)
+        self.refresh_runs()
+
+    # ---- into the token inspector ----------------------------------------------------------
+    def inspect_token(self, index: int) -> workers.Job | None:
+        run = self._tables_run
+        method = self.gain_method.currentData() or (self.plots.gain_method(run) if run else None)
+        if run is None or method is None:
+            return None
+        if self.model is None or self.model.name != run.row.model_name:
+            return self._refuse(f"Load {run.row.model_name} to inspect this run's tokens")
+        if method in ("knnlm", "spalm") and not self.datastore_name:
+            return self._refuse("Inspecting a kNN-LM or SPALM token needs its datastore: double-click it in the library")
+        comparison, model, open_methods = run.comparison, self.model, self.open_methods
+
+        def body(_control):
+            objects = open_methods([method])
+            try:
+                prompt_ids, record = token_record(model, comparison, index, method, objects.knn, objects.spalm,
+                                                  objects.memory)
+            finally:
+                if objects.memory is not None:
+                    objects.memory.remove()
+            return prompt_ids, record
+
+        def show(result) -> None:
+            prompt_ids, record = result
+            label = f"held-out token #{index} · {METHOD_LABELS[method]} · run #{run.row.id}"
+            self.inspect_requested.emit(Run(label=label, prompt=model.tokenizer.decode(prompt_ids),
+                                            prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
+
+        self.status.setText(f"Opening held-out token #{index} in the inspector…")
+        return workers.run_job(body, parent=self, finished=show, failed=self._failed)
+
+    # ---- export ----------------------------------------------------------------------------
+    def _target(self, title: str, suffix: str, path: Path | None) -> Path | None:
+        rows = self.selected_rows()
+        if not rows:
+            self._refuse("Select a kept run first")
+            return None
+        if path is not None:
+            return Path(path)
+        chosen, _ = QFileDialog.getSaveFileName(self, title, f"evaluation-{rows[-1].id}{suffix}", f"*{suffix}")
+        return Path(chosen) if chosen else None
+
+    def export_csv(self, path: Path | None = None) -> Path | None:
+        path = self._target("Export run as CSV", ".csv", path)
+        if path is not None:
+            row = self.selected_rows()[-1]
+            decode = self._decoder(row)
+            evaluation_export.write_csv(row, path, self._comparison(row), lambda token_id: decode([token_id]))
+            self.status.setText(f"Saved {path}")
+        return path
+
+    def export_json(self, path: Path | None = None) -> Path | None:
+        path = self._target("Export run as JSON", ".json", path)
+        if path is not None:
+            evaluation_export.write_json(self.selected_rows()[-1], path)
+            self.status.setText(f"Saved {path}")
+        return path
+
+    def export_pngs(self, folder: Path | None = None) -> list[Path]:
+        rows = self.selected_rows()
+        if not rows:
+            self._refuse("Select a kept run first")
+            return []
+        if folder is None:
+            chosen = QFileDialog.getExistingDirectory(self, "Folder for the plot PNGs")
+            if not chosen:
+                return []
+            folder = Path(chosen)
+        written = self.plots.export_pngs(folder, "evaluation-" + "-".join(str(r.id) for r in rows))
+        self.status.setText(f"Saved {len(written)} plots to {folder}")
+        return written
+
+
+def _knn_parameters(s: KnnLmSettings) -> dict:
+    return {"k": s.k, "lambda": s.lambda_, "temperature": s.temperature,
+            "distance": "exact" if s.exact_distances else "approximate"}
+
+
+def _summary(row: EvaluationRow) -> str:
+    r = row.results
+    if row.kind == "sweep":
+        points = ", ".join(f"{p['value']:g}: {p['ppl']:.2f}" if p["ppl"] is not None else f"{p['value']:g}: ∞"
+                           for p in r["results"])
+        return f"{row.model_name} · {r['tokens']:,} tokens · LM alone {r['ppl_lm']:.2f}\n{points}"
+    if row.kind == "compare":
+        lines = [f"{METHOD_LABELS.get(m, m)}: {v['ppl']:.2f}" if v["ppl"] is not None else f"{m}: ∞"
+                 for m, v in r["methods"].items()]
+        return f"{row.model_name} · {r['tokens']:,} tokens\n" + "\n".join(lines)
+    return f"{row.model_name} · {r.get('tokens', 0):,} tokens · LM {r.get('ppl_lm', 0):.2f} → {r.get('ppl', 0):.2f}"

@@ -1,0 +1,205 @@
+"""The Evaluate page's two plots: perplexity (vs the swept value, or per method) and the per-token gain.
+
+Each draws one kept run, or two overlaid (the first in the accent colour, the second in orange),
+always with the LM-alone perplexity as a dashed line for reference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QHBoxLayout, QWidget
+
+from ..core.catalog import EvaluationRow
+from ..core.comparison import METHOD_LABELS, Comparison
+from . import colours
+from .plot_style import export_png, style_plot
+
+RUN_COLOURS = (colours.ACCENT, colours.CHOSEN)
+PARAM_LABELS = {"lambda": "λ", "k": "k (neighbours)", "temperature": "temperature T",
+                "size": "datastore size (fraction of its entries)", "distance": "distances (0 = index's, 1 = exact)",
+                "memory": "memory size (tokens)"}
+GAIN_RANGE = 6.0  # nats either side; the rare larger gains go into the end bins
+
+
+@dataclass
+class ShownRun:
+    """A kept run as the plots draw it: its catalog row and, for a comparison, its per-token details."""
+
+    row: EvaluationRow
+    comparison: Comparison | None = None
+
+    @property
+    def label(self) -> str:
+        return run_label(self.row)
+
+
+def run_label(row: EvaluationRow) -> str:
+    when = row.created.strftime("%Y-%m-%d %H:%M")
+    where = f" · {row.datastore}" if row.datastore else ""
+    if row.kind == "sweep":
+        return f"#{row.id} sweep {PARAM_LABELS.get(row.results['param'], row.results['param']).split(' (')[0]}" \
+               f"{where} · {when}"
+    if row.kind == "compare":
+        methods = ", ".join(METHOD_LABELS.get(m, m) for m in row.results["methods"])
+        return f"#{row.id} {methods}{where} · {when}"
+    return f"#{row.id} eval {row.results.get('method', '')}{where} · {when}"
+
+
+def _finite_points(row: EvaluationRow) -> tuple[np.ndarray, np.ndarray]:
+    points = [(p["value"], p["ppl"]) for p in row.results["results"]
+              if p["ppl"] is not None and math.isfinite(p["ppl"])]
+    if not points:
+        return np.zeros(0), np.zeros(0)
+    x, y = zip(*sorted(points))
+    return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+
+class EvaluationPlots(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.perplexity_plot = style_plot(pg.PlotWidget(), "Perplexity", left="perplexity", interactive=True)
+        self.gain_plot = style_plot(pg.PlotWidget(), "Per-token gain", left="tokens",
+                                    bottom="log p_method − log p_LM (nats)", interactive=True)
+        for plot in (self.perplexity_plot, self.gain_plot):
+            plot.setMinimumSize(320, 220)
+            plot.addLegend(offset=(-10, 10), labelTextColor=colours.TEXT)
+        self.perplexity_plot.setToolTip("Perplexity of each point; dashed: the LM alone on the same tokens")
+        self.gain_plot.setToolTip("How many held-out tokens each method made more (right) or less (left) likely")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.perplexity_plot, 1)
+        layout.addWidget(self.gain_plot, 1)
+        self.runs: list[ShownRun] = []
+        self.method: str | None = None
+
+    # ---- drawing ---------------------------------------------------------------------------
+    def show_runs(self, runs: list[ShownRun], method: str | None = None) -> None:
+        """Draw up to two runs; `method` picks whose gains the histogram shows (default: the last one)."""
+        self.runs, self.method = runs[:2], method
+        self._draw_perplexity()
+        self._draw_gains()
+
+    def _draw_perplexity(self) -> None:
+        plot = self.perplexity_plot
+        plot.clear()
+        plot.getPlotItem().legend.clear()
+        item = plot.getPlotItem()
+        sweeps = [r for r in self.runs if r.row.kind == "sweep"]
+        if sweeps:
+            param = sweeps[0].row.results["param"]
+            item.setLabel("bottom", PARAM_LABELS.get(param, param))
+            xs = np.concatenate([_finite_points(r.row)[0] for r in sweeps])
+            log_x = param == "k" and len(xs) > 0 and bool((xs > 0).all())  # k spans 1 … 1024
+            item.setLogMode(x=log_x, y=False)
+            item.getAxis("bottom").setTicks(None)
+            plot.setTitle(f"Perplexity vs {PARAM_LABELS.get(param, param).split(' (')[0]}", color=colours.TEXT,
+                          size="10pt")
+            for i, run in enumerate(self.runs):
+                if run.row.kind != "sweep":
+                    continue
+                x, y = _finite_points(run.row)
+                colour = RUN_COLOURS[i]
+                plot.plot(x, y, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=7, symbolBrush=colour,
+                          symbolPen=pg.mkPen("w"), name=run.label)
+                self._lm_line(run.row.results["ppl_lm"], colour, f"LM alone ({run.row.results['ppl_lm']:.2f})")
+                if len(y):
+                    best = int(np.argmin(y))
+                    marker = pg.TextItem(f"{y[best]:.2f}", color=colour, anchor=(0.5, 1.4))
+                    marker.setPos(math.log10(x[best]) if log_x else x[best], y[best])
+                    plot.addItem(marker)
+            return
+        item.setLogMode(x=False, y=False)
+        plot.setTitle("Perplexity per method (same tokens, same windows)", color=colours.TEXT, size="10pt")
+        methods = list(dict.fromkeys(m for r in self.runs for m in self._methods(r)))
+        ticks = [(i, METHOD_LABELS.get(m, m).replace("Memorizing Transformer", "Mem. Transformer"))
+                 for i, m in enumerate(methods)]
+        item.getAxis("bottom").setTicks([ticks])
+        item.setLabel("bottom", "")
+        width = 0.8 / max(1, len(self.runs))
+        for i, run in enumerate(self.runs):
+            ppl = self._method_ppl(run)
+            x = np.array([methods.index(m) for m in ppl], dtype=float) - 0.4 + width * (i + 0.5)
+            heights = np.array([ppl[m] for m in ppl], dtype=float)
+            bars = pg.BarGraphItem(x=x, height=heights, width=width * 0.9, brush=RUN_COLOURS[i], pen=pg.mkPen(None),
+                                   name=run.label)
+            plot.addItem(bars)
+            item.legend.addItem(bars, run.label)
+            for xi, h in zip(x, heights):
+                label = pg.TextItem(f"{h:.2f}", color=colours.TEXT, anchor=(0.5, 1.0))
+                label.setPos(xi, h)
+                plot.addItem(label)
+            if ppl:
+                self._lm_line(ppl.get("none", run.row.results.get("ppl_lm", 0.0)), RUN_COLOURS[i], None)
+        if methods:
+            top = max((h for r in self.runs for h in self._method_ppl(r).values()), default=1.0)
+            plot.setXRange(-0.6, len(methods) - 0.4, padding=0)
+            plot.setYRange(0, top * 1.15, padding=0)
+
+    def _draw_gains(self) -> None:
+        plot = self.gain_plot
+        plot.clear()
+        plot.getPlotItem().legend.clear()
+        with_details = [(i, r) for i, r in enumerate(self.runs) if r.comparison is not None]
+        if not with_details:
+            text = pg.TextItem("Per-token gains come with method comparisons\n(Compare methods, or `eval --methods`)",
+                               color=colours.MUTED, anchor=(0.5, 0.5))
+            plot.addItem(text)
+            text.setPos(0, 0)
+            plot.setXRange(-1, 1)
+            plot.setYRange(-1, 1)
+            return
+        edges = np.linspace(-GAIN_RANGE, GAIN_RANGE, 61)
+        for i, run in with_details:
+            method = self.gain_method(run)
+            if method is None:
+                continue
+            gains = np.clip(run.comparison.gains(method), -GAIN_RANGE, GAIN_RANGE)
+            counts, _ = np.histogram(gains[np.isfinite(gains)], bins=edges)
+            colour = pg.mkColor(RUN_COLOURS[i])
+            fill = pg.mkColor(RUN_COLOURS[i])
+            fill.setAlpha(90)
+            plot.plot(edges, counts, stepMode="center", fillLevel=0, brush=fill, pen=pg.mkPen(colour, width=1.5),
+                      name=f"{METHOD_LABELS.get(method, method)} · #{run.row.id}")
+        zero = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(colours.MUTED, style=Qt.PenStyle.DashLine))
+        plot.addItem(zero)
+        plot.setTitle(f"Per-token gain ({run.comparison.tokens:,} tokens)", color=colours.TEXT, size="10pt")
+        plot.enableAutoRange()
+
+    def gain_method(self, run: ShownRun) -> str | None:
+        methods = [m for m in run.comparison.methods if m != "none"] if run.comparison is not None else []
+        if not methods:
+            return None
+        return self.method if self.method in methods else methods[0]
+
+    def _lm_line(self, ppl_lm: float, colour: str, label: str | None) -> None:
+        line = pg.InfiniteLine(ppl_lm, angle=0, pen=pg.mkPen(colour, width=1.2, style=Qt.PenStyle.DashLine),
+                               label=label, labelOpts={"position": 0.02, "color": colour, "anchors": [(0, 1), (0, 1)]})
+        line.setToolTip(f"LM alone: {ppl_lm:.3f}")
+        self.perplexity_plot.addItem(line)
+
+    @staticmethod
+    def _methods(run: ShownRun) -> list[str]:
+        if run.row.kind == "compare":
+            return list(run.row.results["methods"])
+        return ["none", run.row.results.get("method", "none")] if run.row.kind == "eval" else []
+
+    @staticmethod
+    def _method_ppl(run: ShownRun) -> dict[str, float]:
+        results = run.row.results
+        if run.row.kind == "compare":
+            return {m: v["ppl"] for m, v in results["methods"].items() if v["ppl"] is not None}
+        if run.row.kind == "eval":
+            return {"none": results["ppl_lm"], results.get("method", "none"): results["ppl"]}
+        return {}
+
+    # ---- export ----------------------------------------------------------------------------
+    def export_pngs(self, folder: Path, stem: str) -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [export_png(self.perplexity_plot, folder / f"{stem}-perplexity.png"),
+                export_png(self.gain_plot, folder / f"{stem}-gain.png")]

@@ -1,0 +1,128 @@
+"""The Evaluate page in the real main window (offscreen, the demo model, a real datastore): compare the
+four methods, sweep, overlay two kept runs, open a held-out token in the inspector, export, cancel."""
+import csv
+import json
+import math
+
+import pytest
+from PySide6.QtGui import QImage
+
+from corpus import write_corpus
+from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.library import build_datastore
+from knn_explorer.gui.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    docs = write_corpus(tmp_path / "docs")
+    build_datastore(window.catalog, "notes", window.model, [docs], BuildParameters(context_length=32, stride=16))
+    window.use_datastore("notes")
+    heldout = tmp_path / "heldout.md"
+    heldout.write_text(next(docs.rglob("*.md")).read_text(encoding="utf-8")[:1200]
+                       + "\nZebras quietly juggle purple marmalade beneath seventeen arches.\n", encoding="utf-8")
+    page = window.evaluate_page
+    window.pages.setCurrentWidget(page)
+    page.text_field.setText(str(heldout))
+    page.context_spin.setValue(32)
+    page.stride_spin.setValue(16)
+    window.controls.knnlm.k.setValue(8)
+    return window
+
+
+def run_and_wait(qtbot, page):
+    job = page.run()
+    assert job is not None, page.status.text()
+    qtbot.waitUntil(lambda: not job.is_running() and page.run_button.isEnabled(), timeout=120_000)
+    qtbot.wait(20)
+    return job
+
+
+def test_compare_four_methods_then_inspect_a_helped_token_and_export(qtbot, window, tmp_path):
+    page = window.evaluate_page
+    page.compare_mode.setChecked(True)
+    run_and_wait(qtbot, page)
+    kept = window.catalog.evaluations("compare")
+    assert len(kept) == 1 and list(kept[0].results["methods"]) == ["none", "knnlm", "spalm", "memtrf"]
+    assert [r.id for r in page.selected_rows()] == [kept[0].id] and "Kept as run" in page.status.text()
+
+    bars = [i for i in page.plots.perplexity_plot.getPlotItem().items if type(i).__name__ == "BarGraphItem"]
+    assert len(bars) == 1 and len(bars[0].opts["height"]) == 4
+    assert bars[0].opts["height"][1] == pytest.approx(kept[0].results["methods"]["knnlm"]["ppl"])
+    histogram = page.plots.gain_plot.getPlotItem().listDataItems()
+    tokens = kept[0].results["tokens"]
+    assert len(histogram) == 1 and histogram[0].getData()[1].sum() == tokens  # every token in some bin
+
+    page.gain_method.setCurrentIndex(page.gain_method.findData("knnlm"))
+    assert page.helped.rowCount() > 0
+    change = page.helped.changes[0]
+    with qtbot.waitSignal(page.inspect_requested, timeout=60_000):
+        page.helped.cellClicked.emit(0, 0)
+    qtbot.waitUntil(lambda: window.pages.currentIndex() == 0, timeout=5000)
+    record = window.current_run.records[0]
+    assert record.token_id == change.token_id and record.method == "knnlm"
+    assert record.chosen_prob_final == pytest.approx(change.p, rel=1e-4)  # the same window, the same number
+    assert record.chosen_prob_lm == pytest.approx(change.p_lm, rel=1e-4) and record.neighbours
+
+    window.pages.setCurrentWidget(page)
+    rows = list(csv.DictReader(open(page.export_csv(tmp_path / "run.csv"), encoding="utf-8")))
+    assert len(rows) == tokens and set(rows[0]) >= {"token", "log_p_none", "log_p_knnlm", "log_p_memtrf"}
+    gains = [float(r["log_p_knnlm"]) - float(r["log_p_none"]) for r in rows]
+    assert max(gains) == pytest.approx(change.gain, rel=1e-6)
+    exported = json.loads((page.export_json(tmp_path / "run.json")).read_text(encoding="utf-8"))
+    assert exported["kind"] == "compare" and exported["results"]["tokens"] == tokens
+    for png in page.export_pngs(tmp_path / "plots"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not QImage(str(png)).isNull()
+
+
+def test_two_lambda_sweeps_overlay_with_the_lm_line_and_are_kept(qtbot, window):
+    page = window.evaluate_page
+    page.sweep_mode.setChecked(True)
+    page.param_combo.setCurrentIndex(page.param_combo.findData("lambda"))
+    page.values_edit.setText("0, 0.25, 0.5, 1")
+    run_and_wait(qtbot, page)
+    window.controls.knnlm.k.setValue(2)
+    run_and_wait(qtbot, page)
+    sweeps = window.catalog.evaluations("sweep")
+    assert len(sweeps) == 2 and {s.results["k"] for s in sweeps} == {8, 2}
+    for i in range(page.runs_list.count()):
+        page.runs_list.item(i).setSelected(True)
+    assert len(page.selected_rows()) == 2
+    item = page.plots.perplexity_plot.getPlotItem()
+    curves = item.listDataItems()
+    assert len(curves) == 2
+    lm_lines = [i for i in item.items if type(i).__name__ == "InfiniteLine"]
+    assert lm_lines and lm_lines[0].value() == pytest.approx(sweeps[0].results["ppl_lm"])
+    x, y = curves[0].getData()
+    assert list(x) == [0.0, 0.25, 0.5] or list(x) == [0.0, 0.25, 0.5, 1.0]  # λ = 1 is ∞ when a target is unseen
+    assert y[0] == pytest.approx(sweeps[0].results["ppl_lm"]) and all(math.isfinite(v) for v in y)
+
+    page.runs_list.setCurrentRow(0)
+    page.forget_selected()
+    assert len(window.catalog.evaluations("sweep")) == 1 and page.runs_list.count() == 1
+
+
+def test_mistakes_are_one_line_messages_and_cancel_keeps_nothing(qtbot, window):
+    page = window.evaluate_page
+    page.sweep_mode.setChecked(True)
+    page.values_edit.setText("0.1, x")
+    assert page.run() is None and "numbers" in page.status.text()
+    page.values_edit.setText("0.1, 0.5")
+    page.text_field.setText(str(page.text_field.text()) + ".missing")
+    run_and_wait(qtbot, page)
+    assert "no readable text" in page.status.text() and not window.catalog.evaluations()
+
+    page.compare_mode.setChecked(True)
+    page.text_field.setText(str(page.text_field.text()).removesuffix(".missing"))
+    page.context_spin.setValue(8)
+    page.stride_spin.setValue(1)  # many windows: time to cancel
+    job = page.run()
+    page.cancel()
+    qtbot.waitUntil(lambda: not job.is_running() and page.run_button.isEnabled(), timeout=120_000)
+    qtbot.wait(20)
+    assert "Cancelled" in page.status.text() and not window.catalog.evaluations()
