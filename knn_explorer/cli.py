@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--greedy", action="store_true", help="always take the most likely token (default)")
     mode.add_argument("--seed", type=int, help="sample from p_final with this seed")
     generate.add_argument("--neighbours", type=int, default=16, help="neighbours described per token")
+    generate.add_argument("--methods", help="side by side: up to four of none,knnlm,spalm,memtrf, one column each, "
+                                            "aligned by step")
     _memory_flags(generate)
     _method_flags(generate)
     _common_model_flags(generate)
@@ -273,6 +275,8 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
+    if args.methods:
+        return _generate_side_by_side(args)
     method = _method(args)
     model = _load_model(args)
     knn = _knn(args, model, method)
@@ -292,6 +296,45 @@ def cmd_generate(args) -> int:
     if not args.json:
         sys.stdout.write("\n")
     return 0
+
+
+def _generate_side_by_side(args) -> int:
+    from .core.generation import GenerationSettings, StepGenerator
+    from .core.side_by_side import format_table, generate_side_by_side, to_json
+
+    methods = _methods_list(args)
+    model = _load_model(args)
+    knn = _knn(args, model, "knnlm") if "knnlm" in methods else None
+    spalm = _spalm(args, model, "spalm") if "spalm" in methods else None
+    memory = _memorizing(args, model, "memtrf") if "memtrf" in methods else None
+    generators = {m: StepGenerator(model, args.prompt, GenerationSettings(
+        method=m, max_new_tokens=args.max_new_tokens, greedy=args.seed is None, seed=args.seed or 0,
+        neighbours_shown=args.neighbours, context_window=args.window if m == "memtrf" else None),
+        knn, memorizing=memory, spalm=spalm) for m in methods}
+    columns = generate_side_by_side(generators, memory)
+    if args.json:
+        print(json.dumps(to_json(columns, args.prompt), ensure_ascii=False))
+    else:
+        print(format_table(columns))
+    return 0
+
+
+def _methods_list(args) -> list[str]:
+    """--methods as a list, checked like --method (k, λ, T; a datastore for knnlm and spalm)."""
+    from .core.methods import METHOD_LABELS
+
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in METHOD_LABELS]
+    if unknown or not methods:
+        raise UsageError(f"--methods takes some of {','.join(METHOD_LABELS)}, not {args.methods!r}")
+    if args.method is not None:
+        raise UsageError("give --method or --methods, not both")
+    args.method = "none"
+    _method(args)  # the range checks of k, λ and T
+    args.method = None
+    if ("knnlm" in methods or "spalm" in methods) and not args.datastore:
+        raise UsageError("knnlm and spalm need --datastore NAME (see `knn-explorer list`)")
+    return methods
 
 
 def cmd_eval(args) -> int:
@@ -337,20 +380,11 @@ def cmd_eval(args) -> int:
 def _eval_comparison(args) -> int:
     """Several methods on the same targets and windows: one table."""
     from .core.catalog import Catalog
-    from .core.comparison import METHOD_LABELS, compare
+    from .core.comparison import compare
+    from .core.methods import METHOD_LABELS
     from .core.evaluation_store import keep_comparison
 
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in METHOD_LABELS]
-    if unknown or not methods:
-        raise UsageError(f"--methods takes some of {','.join(METHOD_LABELS)}, not {args.methods!r}")
-    if args.method is not None:
-        raise UsageError("give --method or --methods, not both")
-    args.method = "none"
-    _method(args)  # the range checks of k, λ and T
-    args.method = None
-    if ("knnlm" in methods or "spalm" in methods) and not args.datastore:
-        raise UsageError("knnlm and spalm need --datastore NAME (see `knn-explorer list`)")
+    methods = _methods_list(args)
     text = "\n\n".join(_read_eval_texts(args.text))
     model = _load_model(args)
     knn = _knn(args, model, "knnlm") if "knnlm" in methods else None

@@ -214,3 +214,15 @@ def test_memory_size_sweep_needs_no_datastore_and_zero_is_the_lm(built, tiny_gpt
                           "no --datastore")
     assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--param", "k", "--values", "4",
                               check=False), 2, "--datastore")
+
+
+def test_generate_methods_prints_columns_aligned_by_step(built, tiny_gpt2_dir):
+    common = ("generate", "--model", tiny_gpt2_dir, "--prompt", "The quick brown", "--max-new-tokens", 5, "--k", 8)
+    out = json.loads(cli(*common, "--datastore", "notes", "--methods", "none,knnlm", "--json").stdout)
+    assert out["methods"] == ["none", "knnlm"] and [r["step"] for r in out["rows"]] == [0, 1, 2, 3, 4]
+    alone = [json.loads(line) for line in cli(*common, "--datastore", "notes", "--json").stdout.splitlines()]
+    assert [r["knnlm_token_id"] for r in out["rows"]] == [r["token_id"] for r in alone]
+    assert out["rows"][0]["knnlm_p"] == pytest.approx(alone[0]["chosen_prob_final"], rel=1e-5)
+    table = cli(*common, "--datastore", "notes", "--methods", "none,knnlm").stdout.splitlines()
+    assert "LM alone" in table[0] and "kNN-LM" in table[0] and len(table) >= 6
+    assert_one_line_error(cli(*common, "--methods", "knnlm", check=False), 2, "--datastore")

@@ -27,9 +27,6 @@ from .records import TokenRecord
 from .spalm import Spalm
 from .windows import Span, sliding_windows
 
-METHOD_LABELS = {"none": "LM alone", "knnlm": "kNN-LM", "spalm": "SPALM", "memtrf": "Memorizing Transformer"}
-
-
 @dataclass
 class Comparison:
     """Per target token of the held-out text: log p under the LM alone and under each method."""

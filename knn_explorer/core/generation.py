@@ -18,11 +18,11 @@ import torch
 from .datastore import Datastore
 from .knnlm import KnnLM, KnnStep, Retrieval
 from .memorizing import MemorizingRetrofit
+from .methods import METHODS
 from .models import LoadedModel, capture_output_input
 from .records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
 from .spalm import Spalm, SpalmStep
 
-METHODS = ("none", "knnlm", "spalm", "memtrf")
 
 
 @dataclass(frozen=True)

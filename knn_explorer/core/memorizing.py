@@ -33,6 +33,7 @@ import copy
 import math
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -216,6 +217,22 @@ class MemorizingRetrofit:
             if (~left).any():
                 keep.append((keys[~left], values[~left], positions[~left]))
         self._pending = keep
+
+    @contextmanager
+    def set_aside(self):
+        """Forward passes of another text inside the block see the plain layer and leave no trace.
+
+        With `enabled = False` the layer computes the plain model's attention, but it still queues
+        the pass's keys as pending (advancing `_input_start`) and overwrites `last_step`. Restoring
+        those makes another lane (the LM alone beside a memtrf run) invisible to the memory whatever
+        the order of their passes; the store itself only changes in `set_window`, which the other
+        lane never calls."""
+        saved = (self.enabled, list(self._pending), self._input_start, self._window_start, self.last_step)
+        self.enabled = False
+        try:
+            yield self
+        finally:
+            self.enabled, self._pending, self._input_start, self._window_start, self.last_step = saved
 
     def resize_memory(self, size: int) -> None:
         """A new, empty memory of `size` tokens (a memory-size sweep); the gates stay."""

@@ -6,8 +6,8 @@ method, then step 1, ...), so a view can fill its columns as rows. `aligned_rows
 
 The Memorizing Transformer's retrofit sits inside the shared model and intercepts every forward
 pass made from its owner thread, the other lanes' passes included. Those run with the memory
-switched off, and whatever the retrofit notes during them (see `_memory_set_aside`) is undone, so
-each column equals the same method generated alone.
+switched off, and whatever the retrofit notes during them is undone (`MemorizingRetrofit.set_aside`),
+so each column equals the same method generated alone.
 
 No torch import at module level: the CLI imports this for `format_table` without loading a model.
 """
@@ -16,18 +16,18 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .methods import METHOD_LABELS
 from .records import TokenRecord
 
 if TYPE_CHECKING:
     from .generation import StepGenerator
     from .memorizing import MemorizingRetrofit
 
-METHOD_LABELS = {"none": "LM alone", "knnlm": "kNN-LM", "spalm": "SPALM", "memtrf": "Memorizing Transformer"}
 MAX_METHODS = len(METHOD_LABELS)
 
 
@@ -62,30 +62,6 @@ def check_generators(generators: dict[str, StepGenerator], memory: MemorizingRet
         raise ValueError("the Memorizing Transformer lane must use the retrofit passed as `memory`")
 
 
-@contextmanager
-def _memory_set_aside(memory: MemorizingRetrofit | None):
-    """Run another lane's step as if the retrofit were not there, and leave it as it was found.
-
-    With `enabled = False` the layer computes the plain model's attention, but it still queues the
-    pass's keys as pending (at positions continuing from `_input_start`, which it advances) and
-    overwrites `last_step`. The memtrf lane's next `set_window` happens to drop such entries today
-    (they lie at or after its next input start), but a future change to windowing or a lane order
-    would silently move another text's keys into memory. Restoring those fields (and `enabled`) makes
-    the other lanes invisible to the memory whatever the order. The memory store itself is only written
-    by `set_window`, which only the memtrf lane calls. (A public context manager on
-    MemorizingRetrofit would be the better home for this.)
-    """
-    if memory is None:
-        yield
-        return
-    saved = (memory.enabled, list(memory._pending), memory._input_start, memory._window_start, memory.last_step)
-    memory.enabled = False
-    try:
-        yield
-    finally:
-        memory.enabled, memory._pending, memory._input_start, memory._window_start, memory.last_step = saved
-
-
 def run_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None,
                      should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, TokenRecord]]:
     """Step every lane once per row, in the dict's order, yielding (method, record).
@@ -109,7 +85,7 @@ def _lockstep(generators: dict[str, StepGenerator], memory: MemorizingRetrofit |
         for method in list(lanes):
             if should_stop is not None and should_stop():
                 return
-            with _memory_set_aside(None if method == "memtrf" else memory):
+            with nullcontext() if method == "memtrf" or memory is None else memory.set_aside():
                 record = next(lanes[method], None)
             if record is None:
                 del lanes[method]

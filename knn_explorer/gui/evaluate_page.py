@@ -19,11 +19,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComb
 
 from ..core import evaluation_export
 from ..core.catalog import Catalog, EvaluationRow
-from ..core.comparison import METHOD_LABELS, Comparison, compare, most_changed, token_record
+from ..core.comparison import Comparison, compare, most_changed, token_record
 from ..core.evaluation import read_heldout
 from ..core.evaluation_store import forget, keep_comparison, load_comparison
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLmSettings
+from ..core.methods import METHOD_LABELS
 from ..core.sweeps import DEFAULT_VALUES, collect, sweep, sweep_memory_size
 from . import workers
 from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, run_label
@@ -57,6 +58,7 @@ class EvaluatePage(QWidget):
         self.open_methods: Callable[[list[str]], MethodObjects] | None = None
         self.knn_settings: Callable[[], KnnLmSettings] = KnnLmSettings
         self.job: workers.Job | None = None
+        self.inspect_job: workers.Job | None = None
         self._comparisons: dict[int, Comparison] = {}  # row id → per-token details, loaded once
         self._tables_run: ShownRun | None = None  # the run whose tokens the helped/hurt tables list
         self._settings = QSettings()
@@ -337,6 +339,13 @@ class EvaluatePage(QWidget):
         if self.job is not None and self.job.is_running():
             self.job.stop()
 
+    def shutdown(self, ms: int = 10_000) -> None:
+        """Stop the running evaluation and wait for its threads (the main window is closing)."""
+        for job in (self.job, self.inspect_job):
+            if job is not None:
+                job.stop()
+                job.wait(ms)
+
     def _progressed(self, progress) -> None:
         self.progress.setMaximum(max(1, progress.total))
         self.progress.setValue(progress.done)
@@ -463,7 +472,8 @@ class EvaluatePage(QWidget):
                                             prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
 
         self.status.setText(f"Opening held-out token #{index} in the inspector…")
-        return workers.run_job(body, parent=self, finished=show, failed=self._failed)
+        self.inspect_job = workers.run_job(body, parent=self, finished=show, failed=self._failed)
+        return self.inspect_job
 
     # ---- export ----------------------------------------------------------------------------
     def _target(self, title: str, suffix: str, path: Path | None) -> Path | None:

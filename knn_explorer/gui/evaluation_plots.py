@@ -15,7 +15,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from ..core.catalog import EvaluationRow
-from ..core.comparison import METHOD_LABELS, Comparison
+from ..core.comparison import Comparison
+from ..core.methods import METHOD_LABELS
 from . import colours
 from .plot_style import export_png, style_plot
 

@@ -10,10 +10,10 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
 
+from ..core.methods import METHOD_LABELS
 from .memorizing_panel import MemorizingPanel
 from .spalm_panel import SpalmPanel
 
-METHODS = {"none": "LM alone", "knnlm": "kNN-LM", "spalm": "SPALM", "memtrf": "Memorizing Transformer"}
 DEFAULT_PROMPT = "To register a view function for a URL, use the"
 
 
@@ -81,7 +81,7 @@ class GenerationControls(QWidget):
         settings = QGroupBox("Generation")
         form = QFormLayout(settings)
         self.method = QComboBox()
-        for key, label in METHODS.items():
+        for key, label in METHOD_LABELS.items():
             self.method.addItem(label, key)
         self.method.setCurrentIndex(1)
         self.method.setToolTip("How the next-token distribution is formed")
@@ -146,8 +146,8 @@ class GenerationControls(QWidget):
 
     def _method_changed(self) -> None:
         method = self.method.currentData()
-        self.method_panels.setCurrentIndex(list(METHODS).index(method))
-        self.method_box.setTitle(METHODS[method])
+        self.method_panels.setCurrentIndex(list(METHOD_LABELS).index(method))
+        self.method_box.setTitle(METHOD_LABELS[method])
         self.compare.setEnabled(method != "none")
 
     def set_running(self, running: bool, paused: bool = False) -> None:

@@ -6,6 +6,7 @@ wires signals and renders the core's records. It never computes probabilities.
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -34,6 +35,7 @@ from .generation_controls import GenerationControls
 from .model_dialog import LoadModelDialog
 from .runs import Run
 from .settings import AppSettings
+from .side_by_side_page import SideBySidePage
 from .token_inspector import TokenInspector, open_document_at
 from .token_strip import TokenStrip
 
@@ -141,9 +143,15 @@ class MainWindow(QMainWindow):
         self.pages = QTabWidget()
         self.pages.setDocumentMode(True)
         self.pages.addTab(self.splitter, "Explore")
+        self.evaluate_page.setObjectName("evaluate")
+        self.side_by_side_page = SideBySidePage(self._side_by_side_generators)
+        self.side_by_side_page.record_clicked.connect(self._side_by_side_record)
+        self.side_by_side_page.error.connect(lambda reason: self.statusBar().showMessage(reason, 15_000))
         self.pages.addTab(self.evaluate_page, "Evaluate")
+        self.pages.addTab(self.side_by_side_page, "Side by side")
         self.pages.setTabToolTip(0, "Generate token by token and inspect each token (Ctrl+1)")
         self.pages.setTabToolTip(1, "Perplexity of the methods on held-out text, sweeps, kept runs (Ctrl+2)")
+        self.pages.setTabToolTip(2, "One prompt, up to four methods, aligned by step (Ctrl+3)")
         self.pages.currentChanged.connect(self._page_changed)
         self.setCentralWidget(self.pages)
 
@@ -162,6 +170,7 @@ class MainWindow(QMainWindow):
             (None, None, None),
             ("Explore", "Ctrl+1", lambda: self.pages.setCurrentIndex(0)),
             ("Evaluate", "Ctrl+2", lambda: self.pages.setCurrentIndex(1)),
+            ("Side by side", "Ctrl+3", lambda: self.pages.setCurrentIndex(2)),
             (None, None, None),
             ("Export run as JSON…", "Ctrl+S", self.export_json),
             ("Export run as CSV…", "Ctrl+Shift+S", self.export_csv),
@@ -193,6 +202,8 @@ class MainWindow(QMainWindow):
         if self.generation_job is not None:
             self.generation_job.stop()
             self.generation_job.wait(10_000)
+        self.evaluate_page.shutdown()
+        self.side_by_side_page.shutdown()
         for tracker in list(self.build_trackers):
             tracker.stop()
             tracker.wait(30_000)
@@ -426,15 +437,11 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def _lm_alone_step(lm_alone: StepGenerator | None, memory):
+        """The comparison lane is the model without its memory, and leaves the memory untouched."""
         if lm_alone is None:
             return None
-        if memory is None:
+        with memory.set_aside() if memory is not None else nullcontext():
             return lm_alone.step()
-        memory.enabled = False  # the comparison lane is the model without its memory
-        try:
-            return lm_alone.step()
-        finally:
-            memory.enabled = True
 
     def _datastore(self, name: str):
         """Open (once) and cache a datastore; runs inside jobs, since opening reads the keys."""
@@ -503,12 +510,41 @@ class MainWindow(QMainWindow):
         if self.inspector.record is not None:  # clearing redraws four plots: skip it when already empty
             self.inspector.clear()
 
-    def inspect_run(self, run: Run) -> None:
-        """Show a run made elsewhere (a held-out token from the Evaluate page) on the Explore page."""
+    def inspect_run(self, run: Run, step: int | None = None) -> None:
+        """Show a run made elsewhere (a held-out token, a side-by-side column) on the Explore page."""
         self._add_run(run)
         self.pages.setCurrentIndex(0)
         if run.records:
-            self.strip.select(run.records[-1].step)
+            self.strip.select(run.records[-1].step if step is None else step)
+
+    def _side_by_side_generators(self, methods: list[str], prompt: str, max_new_tokens: int, _control):
+        """One generator per method with the controls' settings (runs inside the page's job)."""
+        if self.model is None:
+            raise ValueError("No model is loaded yet")
+        if ("knnlm" in methods or "spalm" in methods) and not self.datastore_name:
+            raise ValueError("kNN-LM and SPALM need a datastore: double-click one in the library")
+        values = self.controls.values()
+        objects = self._method_objects(values, methods, self.datastore_name)
+        windows = {"memtrf": values["memory_window"], "spalm": values["spalm_short_term"]}
+        try:
+            generators = {m: StepGenerator(self.model, prompt, GenerationSettings(
+                method=m, max_new_tokens=max_new_tokens, greedy=values["greedy"], seed=values["seed"],
+                context_window=windows.get(m)), objects.knn, memorizing=objects.memory, spalm=objects.spalm)
+                for m in methods}
+        except Exception:
+            if objects.memory is not None:
+                objects.memory.remove()
+            raise
+        return generators, objects.memory
+
+    def _side_by_side_record(self, method: str, record) -> None:
+        """A clicked cell opens its whole column as a run on the Explore page, at that step."""
+        page = self.side_by_side_page
+        column = next(c for c in page.columns() if c.method == method)
+        prompt_ids = self.model.tokenizer(page.prompt_of_run, add_special_tokens=False)["input_ids"]
+        run = Run(label=f"side by side: {column.label}", prompt=page.prompt_of_run, prompt_ids=prompt_ids,
+                  settings={"method": method}, records=list(column.records))
+        self.inspect_run(run, record.step)
 
     def _page_changed(self, index: int) -> None:
         if self.pages.widget(index) is self.evaluate_page:
