@@ -138,6 +138,45 @@ def main() -> int:
     dialog.cancel()
     wait_until(lambda: not dialog.job.is_running())
     dialog.close()
+
+    # The Evaluate page: the four methods on one held-out document, then two λ sweeps overlaid.
+    window.controls.method.setCurrentIndex(window.controls.method.findData("knnlm"))
+    page = window.evaluate_page
+    window.pages.setCurrentWidget(page)
+    page.text_field.setText(str(DEMO_DOCS_DIR.parent / "heldout" / "api.rst"))
+
+    def evaluate() -> None:
+        job = page.run()
+        if job is None:
+            raise RuntimeError(f"the evaluation did not start: {page.status.text()}")
+        wait_until(lambda: not job.is_running() and page.run_button.isEnabled())
+        settle()
+
+    page.compare_mode.setChecked(True)
+    evaluate()
+    page.gain_method.setCurrentIndex(page.gain_method.findData("knnlm"))
+    settle()
+    save(window, "evaluate-compare")
+    page.sweep_mode.setChecked(True)
+    page.param_combo.setCurrentIndex(page.param_combo.findData("lambda"))
+    for k in (32, 2):
+        window.controls.knnlm.k.setValue(k)
+        evaluate()
+    for i in range(2):
+        page.runs_list.item(i).setSelected(True)
+    settle()
+    save(window, "evaluate-overlay")
+
+    # Side by side: one prompt, the four methods, aligned by step.
+    side = window.side_by_side_page
+    window.pages.setCurrentWidget(side)
+    side.prompt.setPlainText(args.prompt)
+    side.set_methods(["none", "knnlm", "spalm", "memtrf"])
+    side.max_tokens.setValue(16)
+    side.run()
+    wait_until(lambda: not side.is_running())
+    settle()
+    save(window, "side-by-side")
     return 0
 
 
