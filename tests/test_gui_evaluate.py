@@ -126,3 +126,21 @@ def test_mistakes_are_one_line_messages_and_cancel_keeps_nothing(qtbot, window):
     qtbot.waitUntil(lambda: not job.is_running() and page.run_button.isEnabled(), timeout=120_000)
     qtbot.wait(20)
     assert "Cancelled" in page.status.text() and not window.catalog.evaluations()
+
+
+def test_ctrl_return_runs_the_visible_page_only(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    page = window.evaluate_page
+    window.activateWindow()
+    page.compare_mode.setChecked(True)
+    for box in ("knnlm", "spalm", "memtrf"):
+        page.method_boxes[box].setChecked(False)  # the LM alone: quick
+    qtbot.keyClick(page.runs_list, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: page.job is not None, timeout=5000)
+    assert window.generation_job is None  # the Explore page's Ctrl+Return did not fire
+    qtbot.waitUntil(lambda: not page.job.is_running() and page.run_button.isEnabled(), timeout=60_000)
+    assert len(window.catalog.evaluations("compare")) == 1
+
+    qtbot.keyClick(page.runs_list, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
+    assert window.pages.currentWidget() is window.side_by_side_page

@@ -36,7 +36,7 @@ class ShownRun:
 
     @property
     def label(self) -> str:
-        return run_label(self.row)
+        return legend_label(self.row)
 
 
 def run_label(row: EvaluationRow) -> str:
@@ -49,6 +49,17 @@ def run_label(row: EvaluationRow) -> str:
         methods = ", ".join(METHOD_LABELS.get(m, m) for m in row.results["methods"])
         return f"#{row.id} {methods}{where} · {when}"
     return f"#{row.id} eval {row.results.get('method', '')}{where} · {when}"
+
+
+def legend_label(row: EvaluationRow) -> str:
+    """Short enough for a legend: the run's number and, for a sweep, the settings it held fixed."""
+    if row.kind != "sweep":
+        return f"#{row.id}"
+    r = row.results
+    fixed = {"lambda": "λ", "k": "k", "temperature": "T"}
+    parts = [f"{name} {r[key]:g}" for key, name in fixed.items() if key in r and key != r["param"]
+             and isinstance(r[key], (int, float))]
+    return f"#{row.id} · " + ", ".join(parts) if parts else f"#{row.id}"
 
 
 def _finite_points(row: EvaluationRow) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +102,7 @@ class EvaluationPlots(QWidget):
         plot.getPlotItem().legend.clear()
         item = plot.getPlotItem()
         sweeps = [r for r in self.runs if r.row.kind == "sweep"]
+        plot.enableAutoRange()
         if sweeps:
             param = sweeps[0].row.results["param"]
             item.setLabel("bottom", PARAM_LABELS.get(param, param))
@@ -100,6 +112,8 @@ class EvaluationPlots(QWidget):
             item.getAxis("bottom").setTicks(None)
             plot.setTitle(f"Perplexity vs {PARAM_LABELS.get(param, param).split(' (')[0]}", color=colours.TEXT,
                           size="10pt")
+            lm_lines: list[float] = []
+            lowest, highest = math.inf, 0.0
             for i, run in enumerate(self.runs):
                 if run.row.kind != "sweep":
                     continue
@@ -107,15 +121,24 @@ class EvaluationPlots(QWidget):
                 colour = RUN_COLOURS[i]
                 plot.plot(x, y, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=7, symbolBrush=colour,
                           symbolPen=pg.mkPen("w"), name=run.label)
-                self._lm_line(run.row.results["ppl_lm"], colour, f"LM alone ({run.row.results['ppl_lm']:.2f})")
+                ppl_lm = run.row.results["ppl_lm"]
+                if not any(math.isclose(ppl_lm, seen, rel_tol=1e-9) for seen in lm_lines):  # same text: one line
+                    self._lm_line(ppl_lm, colour, f"LM alone {ppl_lm:.2f}")
+                    lm_lines.append(ppl_lm)
                 if len(y):
                     best = int(np.argmin(y))
-                    marker = pg.TextItem(f"{y[best]:.2f}", color=colour, anchor=(0.5, 1.4))
+                    # the best point, labelled above it (first run) or below it (second), so both read
+                    marker = pg.TextItem(f"{y[best]:.2f}", color=colour, anchor=(0.5, 1.3) if i == 0 else (0.5, -0.3))
                     marker.setPos(math.log10(x[best]) if log_x else x[best], y[best])
                     plot.addItem(marker)
+                    lowest, highest = min(lowest, float(y.min())), max(highest, float(y.max()))
+            if lm_lines and math.isfinite(lowest):
+                # λ near 1 sends perplexity far up; keep the interesting part (up to twice the LM's) in view
+                top = min(highest, 2.0 * max(lm_lines))
+                plot.setYRange(lowest * 0.9, max(top, max(lm_lines)) * 1.08, padding=0)
             return
         item.setLogMode(x=False, y=False)
-        plot.setTitle("Perplexity per method (same tokens, same windows)", color=colours.TEXT, size="10pt")
+        plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
         methods = list(dict.fromkeys(m for r in self.runs for m in self._methods(r)))
         ticks = [(i, METHOD_LABELS.get(m, m).replace("Memorizing Transformer", "Mem. Transformer"))
                  for i, m in enumerate(methods)]
@@ -126,10 +149,10 @@ class EvaluationPlots(QWidget):
             ppl = self._method_ppl(run)
             x = np.array([methods.index(m) for m in ppl], dtype=float) - 0.4 + width * (i + 0.5)
             heights = np.array([ppl[m] for m in ppl], dtype=float)
-            bars = pg.BarGraphItem(x=x, height=heights, width=width * 0.9, brush=RUN_COLOURS[i], pen=pg.mkPen(None),
-                                   name=run.label)
+            bars = pg.BarGraphItem(x=x, height=heights, width=width * 0.9, brush=RUN_COLOURS[i], pen=pg.mkPen(None))
             plot.addItem(bars)
-            item.legend.addItem(bars, run.label)
+            if len(self.runs) > 1:  # one run needs no legend
+                item.legend.addItem(bars, run.label)
             for xi, h in zip(x, heights):
                 label = pg.TextItem(f"{h:.2f}", color=colours.TEXT, anchor=(0.5, 1.0))
                 label.setPos(xi, h)
