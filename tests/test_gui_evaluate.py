@@ -144,3 +144,16 @@ def test_ctrl_return_runs_the_visible_page_only(qtbot, window):
 
     qtbot.keyClick(page.runs_list, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
     assert window.pages.currentWidget() is window.side_by_side_page
+
+
+def test_the_page_remembers_its_fields(qtbot, window):
+    from knn_explorer.gui.evaluate_page import EvaluatePage
+
+    page = window.evaluate_page
+    page.method_boxes["spalm"].setChecked(False)
+    page.context_spin.setValue(48)
+    page._remember()
+    again = EvaluatePage(window.catalog)
+    qtbot.addWidget(again)
+    assert again.text_field.text() == page.text_field.text() and again.context_spin.value() == 48
+    assert not again.method_boxes["spalm"].isChecked() and again.method_boxes["memtrf"].isChecked()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
@@ -30,6 +30,7 @@ from . import workers
 from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, run_label
 from .path_field import PathField
 from .runs import Run
+from .settings import settings_file
 from .token_changes import TokenChangesTable
 
 SWEEP_PARAMS = ("lambda", "k", "temperature", "size", "distance", "memory")
@@ -61,7 +62,7 @@ class EvaluatePage(QWidget):
         self.inspect_job: workers.Job | None = None
         self._comparisons: dict[int, Comparison] = {}  # row id → per-token details, loaded once
         self._tables_run: ShownRun | None = None  # the run whose tokens the helped/hurt tables list
-        self._settings = QSettings()
+        self._settings = settings_file()
         self._make_widgets()
         self._restore()
         self.refresh_runs()
@@ -224,10 +225,19 @@ class EvaluatePage(QWidget):
         param = str(self._settings.value("evaluate/param", "lambda"))
         self.param_combo.setCurrentIndex(max(0, SWEEP_PARAMS.index(param) if param in SWEEP_PARAMS else 0))
         self._param_changed()
+        self.context_spin.setValue(int(self._settings.value("evaluate/context", 256)))
+        self.stride_spin.setValue(int(self._settings.value("evaluate/stride", 128)))
+        unticked = str(self._settings.value("evaluate/unticked", "")).split(",")
+        for method, box in self.method_boxes.items():
+            box.setChecked(method == "none" or method not in unticked)
 
     def _remember(self) -> None:
         self._settings.setValue("evaluate/text", self.text_field.text())
         self._settings.setValue("evaluate/param", self.param_combo.currentData())
+        self._settings.setValue("evaluate/context", self.context_spin.value())
+        self._settings.setValue("evaluate/stride", self.stride_spin.value())
+        self._settings.setValue("evaluate/unticked", ",".join(m for m, b in self.method_boxes.items()
+                                                              if not b.isChecked()))
 
     def _mode_changed(self) -> None:
         comparing = self.compare_mode.isChecked()

@@ -24,6 +24,7 @@ RUN_COLOURS = (colours.ACCENT, colours.CHOSEN)
 PARAM_LABELS = {"lambda": "λ", "k": "k (neighbours)", "temperature": "temperature T",
                 "size": "datastore size (fraction of its entries)", "distance": "distances (0 = index's, 1 = exact)",
                 "memory": "memory size (tokens)"}
+TICK_LABELS = {**METHOD_LABELS, "memtrf": "MemTrf"}  # pyqtgraph drops a tick label wider than its slot
 GAIN_RANGE = 6.0  # nats either side; the rare larger gains go into the end bins
 
 
@@ -135,13 +136,12 @@ class EvaluationPlots(QWidget):
             if lm_lines and math.isfinite(lowest):
                 # λ near 1 sends perplexity far up; keep the interesting part (up to twice the LM's) in view
                 top = min(highest, 2.0 * max(lm_lines))
-                plot.setYRange(lowest * 0.9, max(top, max(lm_lines)) * 1.08, padding=0)
+                plot.setYRange(lowest * 0.85, max(top, max(lm_lines)) * 1.08, padding=0)
             return
         item.setLogMode(x=False, y=False)
         plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
         methods = list(dict.fromkeys(m for r in self.runs for m in self._methods(r)))
-        ticks = [(i, METHOD_LABELS.get(m, m).replace("Memorizing Transformer", "Mem. Transformer"))
-                 for i, m in enumerate(methods)]
+        ticks = [(i, TICK_LABELS.get(m, m)) for i, m in enumerate(methods)]
         item.getAxis("bottom").setTicks([ticks])
         item.setLabel("bottom", "")
         width = 0.8 / max(1, len(self.runs))

@@ -14,9 +14,14 @@ from ..core.home import data_home
 MAX_RECENT_MODELS = 8
 
 
+def settings_file() -> QSettings:
+    """The app's one settings file; pages that remember their own fields use it too."""
+    return QSettings(str(data_home() / "settings.ini"), QSettings.Format.IniFormat)
+
+
 class AppSettings:
     def __init__(self):
-        self._qs = QSettings(str(data_home() / "settings.ini"), QSettings.Format.IniFormat)
+        self._qs = settings_file()
 
     def _get(self, key: str, default=None):
         value = self._qs.value(key, default)

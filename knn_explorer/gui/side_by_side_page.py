@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSettings, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -31,7 +31,6 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.generation import StepGenerator
-from ..core.home import data_home
 from ..core.memorizing import MemorizingRetrofit
 from ..core.records import TokenRecord
 from ..core.side_by_side import (
@@ -42,6 +41,7 @@ from ..core.side_by_side import (
     to_json,
 )
 from . import colours
+from .settings import settings_file
 from .token_strip import format_prob, record_tooltip, visible_token
 from .workers import Job, JobControl, run_job
 
@@ -157,7 +157,7 @@ class SideBySidePage(QWidget):
     def __init__(self, make_generators: MakeGenerators, parent: QWidget | None = None):
         super().__init__(parent)
         self._make_generators = make_generators
-        self._settings = QSettings(str(data_home() / "settings.ini"), QSettings.Format.IniFormat)
+        self._settings = settings_file()
         self.job: Job | None = None
         self.prompt_of_run = ""
         self._max_tokens = 0
