@@ -38,3 +38,20 @@ def tiny_gpt2_dir(tmp_path_factory):
 def other_tiny_gpt2_dir(tmp_path_factory):
     """Same architecture and tokenizer, different weights."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2-other"), "gpt2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_datastore(tmp_path_factory, tiny_gpt2_dir, session_home):
+    """One real datastore ("small", windows 32/16) over the test corpus, shared by the tests that only
+    read it: (model, catalog, datastore, docs folder)."""
+    from corpus import write_corpus
+    from knn_explorer.core.catalog import Catalog
+    from knn_explorer.core.datastore_builder import BuildParameters
+    from knn_explorer.core.library import build_datastore, open_datastore
+    from knn_explorer.core.models import load_model
+
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
+    catalog = Catalog(tmp_path_factory.mktemp("home") / "catalog.sqlite")
+    docs = write_corpus(tmp_path_factory.mktemp("docs"))
+    build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
+    return model, catalog, open_datastore(catalog, "small", model), docs

@@ -4,28 +4,20 @@ import math
 import numpy as np
 import pytest
 
-from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.comparison import compare, most_changed
-from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.evaluation import evaluate
 from knn_explorer.core.evaluation_store import details_folder, forget, keep_comparison, load_comparison
 from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
-from knn_explorer.core.library import build_datastore, open_datastore
 from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
-from knn_explorer.core.models import load_model
 from knn_explorer.core.spalm import Spalm, SpalmSettings
 from knn_explorer.core.sweeps import sweep_memory_size
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_gpt2_dir):
-    model = load_model(str(tiny_gpt2_dir), device="cpu")
-    catalog = Catalog(tmp_path_factory.mktemp("home") / "catalog.sqlite")
-    docs = write_corpus(tmp_path_factory.mktemp("docs"))
-    build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
+def setup(small_datastore):
+    model, catalog, datastore, docs = small_datastore
     text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(docs.rglob("*.md")))[:3000]
-    return model, catalog, open_datastore(catalog, "small", model), text
+    return model, catalog, datastore, text
 
 
 def _joint_retrofit(model, size=4096):

@@ -5,23 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.library import build_datastore, open_datastore
 from knn_explorer.core.models import capture_output_input, load_model
 from knn_explorer.core.spalm import INITIAL_GATE_BIAS, Spalm, SpalmSettings
 from tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_gpt2_dir):
-    model = load_model(str(tiny_gpt2_dir), device="cpu")
-    catalog = Catalog(tmp_path_factory.mktemp("home") / "catalog.sqlite")
-    docs = write_corpus(tmp_path_factory.mktemp("docs"))
-    build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
-    return model, open_datastore(catalog, "small", model), docs
+def built(small_datastore):
+    model, _catalog, datastore, docs = small_datastore
+    return model, datastore, docs
 
 
 def hidden_and_query(model, text="The quick brown fox"):

@@ -3,24 +3,16 @@ import math
 
 import pytest
 
-from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.evaluation import evaluate
 from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
-from knn_explorer.core.library import build_datastore, open_datastore
-from knn_explorer.core.models import load_model
 from knn_explorer.core.sweeps import collect, sweep
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_gpt2_dir):
-    model = load_model(str(tiny_gpt2_dir), device="cpu")
-    catalog = Catalog(tmp_path_factory.mktemp("home") / "catalog.sqlite")
-    docs = write_corpus(tmp_path_factory.mktemp("docs"))
-    build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
+def setup(small_datastore):
+    model, _catalog, datastore, docs = small_datastore
     text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(docs.rglob("*.md")))
-    return model, open_datastore(catalog, "small", model), text
+    return model, datastore, text
 
 
 @pytest.mark.parametrize("param,value,settings", [

@@ -17,10 +17,10 @@ import torch
 
 from .knnlm import KnnLM
 from .memorizing import MemorizingRetrofit
-from .models import LoadedModel, capture_output_input
+from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .spalm import Spalm
-from .windows import Span, sliding_windows
+from .windows import Span
 
 
 @dataclass
@@ -65,7 +65,6 @@ def perplexity(log_probs: np.ndarray) -> float:
     return math.exp(-float(np.mean(log_probs)))
 
 
-@torch.inference_mode()
 def evaluate(
     model: LoadedModel,
     text: str,
@@ -77,48 +76,16 @@ def evaluate(
     should_stop: Callable[[], bool] | None = None,
     spalm: Spalm | None = None,
 ) -> EvalResult:
-    """`knn` (kNN-LM) or `spalm` (SPALM) is the method compared with the LM; neither: the LM alone."""
-    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    if len(ids) < 2:
-        raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
-    tokens = torch.tensor(ids, dtype=torch.long)
-    length = min(context_length, model.max_positions)
-    spans = list(sliding_windows(len(ids), length, stride))
-    meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
-    lm_parts, final_parts, done = [], [], 0
-    for start in range(0, len(spans), batch_size):
-        if should_stop is not None and should_stop():
-            raise Cancelled("evaluation cancelled")
-        batch = spans[start : start + batch_size]
-        input_ids, mask = padded_windows(tokens, batch)
-        with model.capture_keys() as captured, capture_output_input(model) as hidden_states:
-            logits = model.forward(input_ids.to(model.device), mask.to(model.device)).logits
-        keys, hidden = captured[-1], hidden_states[-1]
-        for row, s in enumerate(batch):
-            positions = slice(s.first_target - 1 - s.begin, s.end - 1 - s.begin)
-            targets = tokens[s.first_target : s.end]
-            log_p_lm = torch.log_softmax(logits[row, positions].float(), dim=-1).cpu()
-            lm_parts.append(log_p_lm.gather(1, targets[:, None])[:, 0].double())
-            if knn is not None:
-                log_p = knn.combine(log_p_lm, keys[row, positions]).log_p_final
-                final_parts.append(log_p.gather(1, targets[:, None])[:, 0])
-            elif spalm is not None:
-                log_p = spalm.combine(hidden[row, positions], keys[row, positions]).log_p_final
-                final_parts.append(log_p.gather(1, targets[:, None])[:, 0])
-            done += len(targets)
-        meter.update(done)
-    meter.update(done, force=True)
-    log_p_lm = torch.cat(lm_parts).numpy()
-    log_p = torch.cat(final_parts).numpy() if final_parts else log_p_lm
-    return EvalResult(
-        method="knnlm" if knn is not None else "spalm" if spalm is not None else "none",
-        tokens=len(log_p_lm),
-        ppl_lm=perplexity(log_p_lm),
-        ppl=perplexity(log_p),
-        log_p_lm=log_p_lm,
-        log_p=log_p,
-        target_ids=np.asarray(ids[1:]),
-    )
+    """`knn` (kNN-LM) or `spalm` (SPALM) is the method compared with the LM; neither: the LM alone.
+    One method's view of `comparison.compare`."""
+    from .comparison import compare
+
+    c = compare(model, text, knn=knn, spalm=spalm, context_length=context_length, stride=stride,
+                batch_size=batch_size, on_progress=on_progress, should_stop=should_stop)
+    method = "knnlm" if knn is not None else "spalm" if spalm is not None else "none"
+    log_p = c.log_probs(method)
+    return EvalResult(method=method, tokens=c.tokens, ppl_lm=perplexity(c.log_p_lm), ppl=perplexity(log_p),
+                      log_p_lm=c.log_p_lm, log_p=log_p, target_ids=c.token_ids[c.positions])
 
 
 @torch.inference_mode()

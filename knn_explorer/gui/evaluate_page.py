@@ -311,8 +311,9 @@ class EvaluatePage(QWidget):
                 finally:
                     if objects.memory is not None:
                         objects.memory.remove()
-                return keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
-                                       {**parameters, "methods": what, **_knn_parameters(knn_settings)}), c
+                row_id = keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
+                                         {**parameters, "methods": what, **_knn_parameters(knn_settings)})
+                return row_id, c, c.tokens
             param, values = what
             if param == "memory":
                 objects = open_methods(["memtrf"])
@@ -332,7 +333,7 @@ class EvaluatePage(QWidget):
             out = {**result.to_json(), "model": model.name, "text": str(path)}
             row_id = self.catalog.record_evaluation("sweep", model.name, where,
                                                     {**parameters, "param": param, "values": values}, out)
-            return row_id, None
+            return row_id, None, result.tokens
 
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
@@ -362,11 +363,11 @@ class EvaluatePage(QWidget):
         self.progress.setFormat(progress.describe())
 
     def _finished(self, result) -> None:
-        row_id, comparison = result
+        row_id, comparison, tokens = result
         if comparison is not None:
             self._comparisons[row_id] = comparison
         self.refresh_runs(select=[row_id])
-        self.status.setText(f"Kept as run #{row_id}")
+        self.status.setText(f"Kept as run #{row_id} · {tokens:,} tokens")
 
     def _failed(self, reason: str) -> None:
         self.status.setText(reason)
