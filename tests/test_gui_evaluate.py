@@ -157,3 +157,30 @@ def test_the_page_remembers_its_fields(qtbot, window):
     qtbot.addWidget(again)
     assert again.text_field.text() == page.text_field.text() and again.context_spin.value() == 48
     assert not again.method_boxes["spalm"].isChecked() and again.method_boxes["memtrf"].isChecked()
+
+
+def test_a_comparison_kept_by_the_cli_lists_in_the_app_and_a_memtrf_token_opens_with_its_memory(qtbot, window):
+    from knn_explorer.core.comparison import compare
+    from knn_explorer.core.evaluation_store import keep_comparison
+
+    page = window.evaluate_page
+    text = open(page.text_field.text(), encoding="utf-8").read()
+    memory = window._method_objects(window.controls.values(), ["memtrf"], None).memory  # the demo's gates
+    try:
+        kept = compare(window.model, text, memorizing=memory, context_length=32, stride=16)
+    finally:
+        memory.remove()
+    row_id = keep_comparison(window.catalog, kept, window.model.name, None, {"methods": ["none", "memtrf"]})
+    page.refresh_runs(select=[row_id])
+    assert page.runs_list.count() == 1 and page.gain_method.currentData() == "memtrf"
+    assert page.helped.rowCount() > 0 or page.hurt.rowCount() > 0
+    table = page.helped if page.helped.rowCount() else page.hurt
+    # a token past the first windows: the memory holds text, and the record's local context is its window
+    row = next(i for i, c in enumerate(table.changes) if c.position < 2 * kept.window_of(c.index).begin)
+    change = table.changes[row]
+    with qtbot.waitSignal(page.inspect_requested, timeout=60_000):
+        table.cellClicked.emit(row, 0)
+    record = window.current_run.records[0]
+    assert record.method == "memtrf" and record.token_id == change.token_id
+    assert record.memory_hits and any(record.memory_attention)
+    assert record.chosen_prob_lm == pytest.approx(change.p_lm, rel=1e-4)  # the LM's context is the window's

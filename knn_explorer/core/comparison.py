@@ -181,9 +181,10 @@ def token_record(model: LoadedModel, comparison: Comparison, index: int, method:
     (neighbours, distributions, λ or gates), the step forced to the held-out token.
 
     The context is the window that scored it, so for none/kNN-LM/SPALM the record's probabilities are
-    the comparison's. The Memorizing Transformer's record re-reads the text before the window into
-    its memory a window at a time (not in `compare`'s overlapping windows), so its numbers may differ
-    slightly."""
+    the comparison's. For the Memorizing Transformer the generator re-reads the text before the window
+    into its memory in non-overlapping chunks (not `compare`'s overlapping windows), and, for a window
+    that starts before half the token's position, its local attention sees the whole text before the
+    token (the generator's restart rule): its numbers can differ slightly from the comparison's."""
     position = int(comparison.positions[index])
     span = comparison.window_of(index)
     ids = [int(t) for t in comparison.token_ids]
