@@ -184,3 +184,20 @@ def test_a_comparison_kept_by_the_cli_lists_in_the_app_and_a_memtrf_token_opens_
     assert record.method == "memtrf" and record.token_id == change.token_id
     assert record.memory_hits and any(record.memory_attention)
     assert record.chosen_prob_lm == pytest.approx(change.p_lm, rel=1e-4)  # the LM's context is the window's
+
+
+def test_memory_size_sweep_from_the_page_needs_no_datastore(qtbot, window):
+    page = window.evaluate_page
+    window.catalog_view.removed.emit("notes")  # as if the datastore were removed: none chosen
+    assert window.datastore_name is None
+    page.sweep_mode.setChecked(True)
+    page.param_combo.setCurrentIndex(page.param_combo.findData("memory"))
+    assert page.values_edit.text().startswith("0, 1024")
+    page.values_edit.setText("0, 64")
+    run_and_wait(qtbot, page)
+    (kept,) = window.catalog.evaluations("sweep")
+    assert kept.results["param"] == "memory" and kept.datastore is None
+    assert [p["value"] for p in kept.results["results"]] == [0, 64]
+    assert kept.results["results"][0]["ppl"] == pytest.approx(kept.results["ppl_lm"], rel=1e-6)
+    page.param_combo.setCurrentIndex(page.param_combo.findData("k"))
+    assert page.run() is None and "datastore" in page.status.text()
