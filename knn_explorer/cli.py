@@ -385,12 +385,12 @@ def _eval_comparison(args) -> int:
     from .core.evaluation_store import keep_comparison
 
     methods = _methods_list(args)
-    text = "\n\n".join(_read_eval_texts(args.text))
+    texts = _read_eval_texts(args.text)
     model = _load_model(args)
     knn = _knn(args, model, "knnlm") if "knnlm" in methods else None
     spalm = _spalm(args, model, "spalm") if "spalm" in methods else None
     memory = _memorizing(args, model, "memtrf") if "memtrf" in methods else None
-    result = compare(model, text, knn=knn, spalm=spalm, memorizing=memory, context_length=args.context,
+    result = compare(model, texts, knn=knn, spalm=spalm, memorizing=memory, context_length=args.context,
                      stride=args.stride, on_progress=_progress_printer())
     settings = {"k": args.k, "lambda": args.lambda_, "temperature": args.temperature,
                 "distance": "approximate" if args.approximate else "exact"}
@@ -505,9 +505,10 @@ def cmd_sweep(args) -> int:
         values = [float(v) for v in args.values.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--values must be numbers separated by commas, not {args.values!r}") from None
-    text = "\n\n".join(_read_eval_texts(args.text))
+    texts = _read_eval_texts(args.text)
     if args.param == "memory":
-        return _sweep_memory(args, values, text)
+        return _sweep_memory(args, values, texts)
+    text = "\n\n".join(texts)
     if not args.datastore:
         raise UsageError(f"--param {args.param} sweeps kNN-LM: it needs --datastore NAME (see `knn-explorer list`)")
     settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
@@ -523,7 +524,7 @@ def cmd_sweep(args) -> int:
     return _print_sweep(args, result, out)
 
 
-def _sweep_memory(args, values: list[float], text: str) -> int:
+def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
     from .core.adapters import memorizing_with_gates
     from .core.catalog import Catalog
     from .core.memorizing import MemorizingSettings
@@ -537,7 +538,7 @@ def _sweep_memory(args, values: list[float], text: str) -> int:
     settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=int(max(values)),
                                   mode=args.memory_mode)
     memory = memorizing_with_gates(model, settings, args.adapter)
-    result = sweep_memory_size(model, memory, text, [int(v) for v in values], context_length=args.context,
+    result = sweep_memory_size(model, memory, texts, [int(v) for v in values], context_length=args.context,
                                stride=args.stride, on_progress=_progress_printer())
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
     Catalog().record_evaluation("sweep", model.name, None, {"param": "memory", "values": values,

@@ -104,3 +104,32 @@ def test_a_kept_comparison_comes_back_with_its_details_and_can_be_forgotten(setu
     forget(catalog, row)
     assert all(r.id != row_id for r in catalog.evaluations())
     assert not (details_folder(catalog) / row.parameters["details"]).exists()
+
+
+def test_the_memory_holds_one_document_at_a_time(setup):
+    from knn_explorer.core.comparison import encode_documents
+
+    model, _catalog, _datastore, text = setup
+    first, second = text[:1500], "Zebras quietly juggle marmalade. " * 12
+    ids, starts = encode_documents(model.tokenizer, [first, second])
+    assert len(starts) == 2 and model.tokenizer.decode(ids[starts[1]:]).startswith("Zebras")
+    assert ids == model.tokenizer("\n\n".join([first, second]))["input_ids"]  # the LM reads the same stream
+    retrofit = _joint_retrofit(model)
+    try:
+        per_document = compare(model, [first, second], memorizing=retrofit, context_length=32, stride=16)
+        one_stream = compare(model, "\n\n".join([first, second]), memorizing=retrofit, context_length=32, stride=16)
+    finally:
+        retrofit.remove()
+    assert np.array_equal(per_document.log_p_lm, one_stream.log_p_lm)
+    window = next(s for s in per_document_windows(per_document) if s.first_target >= starts[1])
+    fresh = (per_document.positions >= window.first_target) & (per_document.positions < window.end)
+    assert window.begin < starts[1]  # nothing of the new document has left local view yet: an empty memory
+    assert np.allclose(per_document.gains("memtrf")[fresh], 0.0, atol=1e-5)
+    assert not np.allclose(one_stream.gains("memtrf")[fresh], 0.0, atol=1e-5)  # one stream remembers doc 1
+    assert per_document.document_start(int(per_document.positions[-1])) == starts[1]
+
+
+def per_document_windows(c):
+    from knn_explorer.core.windows import sliding_windows
+
+    return sliding_windows(len(c.token_ids), c.context_length, c.stride)

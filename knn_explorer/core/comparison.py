@@ -37,6 +37,7 @@ class Comparison:
     log_p: dict[str, np.ndarray] = field(default_factory=dict)  # method → per-target log p
     context_length: int = 256
     stride: int = 128
+    document_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))  # token indices
 
     @property
     def tokens(self) -> int:
@@ -66,6 +67,10 @@ class Comparison:
                                "relative_change": ppl / ppl_lm - 1.0 if math.isfinite(ppl) else None}
         return {"tokens": self.tokens, "ppl_lm": ppl_lm, "context": self.context_length, "stride": self.stride,
                 "methods": methods}
+
+    def document_start(self, position: int) -> int:
+        """The first token of the document that token `position` belongs to."""
+        return int(self.document_starts[np.searchsorted(self.document_starts, position, side="right") - 1])
 
     def window_of(self, index: int) -> Span:
         """The window that scored target `index` (its context starts at the window's first token)."""
@@ -103,13 +108,41 @@ def most_changed(comparison: Comparison, method: str, count: int = 20) -> tuple[
     return helped, hurt
 
 
+DOCUMENT_SEPARATOR = "\n\n"
+
+
+def encode_documents(tokenizer, text: str | list[str]) -> tuple[list[int], list[int]]:
+    """The documents joined by a blank line, as token ids, and the token index where each starts.
+
+    The LM reads them as one stream (a window may cross from one document into the next, as
+    `evaluate` always has); the starts let the Memorizing Transformer's memory hold one document at a
+    time, as in the paper. A tokenizer without offsets (a slow one) gives one document."""
+    documents = [text] if isinstance(text, str) else list(text)
+    joined = DOCUMENT_SEPARATOR.join(documents)
+    char_starts, offset = [], 0
+    for document in documents:
+        char_starts.append(offset)
+        offset += len(document) + len(DOCUMENT_SEPARATOR)
+    try:
+        encoded = tokenizer(joined, add_special_tokens=False, verbose=False, return_offsets_mapping=True)
+        token_chars = [start for start, _end in encoded["offset_mapping"]]
+    except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets
+        encoded, token_chars = tokenizer(joined, add_special_tokens=False, verbose=False), None
+    ids = list(encoded["input_ids"])
+    if token_chars is None or len(documents) == 1:
+        return ids, [0]
+    starts = sorted({int(np.searchsorted(token_chars, c, side="left")) for c in char_starts})
+    return ids, [s for s in starts if s < len(ids)] or [0]
+
+
 @torch.inference_mode()
-def compare(model: LoadedModel, text: str, knn: KnnLM | None = None, spalm: Spalm | None = None,
+def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None, spalm: Spalm | None = None,
             memorizing: MemorizingRetrofit | None = None, context_length: int = 256, stride: int = 128,
             batch_size: int = 8, on_progress: ProgressCallback | None = None,
             should_stop: Callable[[], bool] | None = None) -> Comparison:
-    """Score the LM and each given method on one text's targets (see the module docstring)."""
-    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    """Score the LM and each given method on one text's targets (see the module docstring). `text`
+    may be a list of documents: the memory then holds only the current document's earlier text."""
+    ids, document_starts = encode_documents(model.tokenizer, text)
     if len(ids) < 2:
         raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
     tokens = torch.tensor(ids, dtype=torch.long)
@@ -120,7 +153,7 @@ def compare(model: LoadedModel, text: str, knn: KnnLM | None = None, spalm: Spal
         memorizing.reset()
     meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
     parts: dict[str, list[torch.Tensor]] = {"none": [], "knnlm": [], "spalm": [], "memtrf": []}
-    positions, done = [], 0
+    positions, done, document = [], 0, 0
     was_enabled = memorizing.enabled if memorizing is not None else None
     try:
         for start in range(0, len(spans), batch_size):
@@ -130,6 +163,10 @@ def compare(model: LoadedModel, text: str, knn: KnnLM | None = None, spalm: Spal
             input_ids, mask = padded_windows(tokens, batch)
             input_ids, mask = input_ids.to(model.device), mask.to(model.device)
             if memorizing is not None:  # this pass is the plain model; it also queues the window's keys
+                now = int(np.searchsorted(document_starts, batch[0].first_target, side="right")) - 1
+                if now != document:  # the window's targets are in the next document: a fresh memory
+                    document = now
+                    memorizing.start_document(document_starts[document])
                 memorizing.enabled = False
                 memorizing.set_window(batch[0].begin, batch[0].begin)
             # h_t only for SPALM: the hook on the output embedding copies every pass's hidden states
@@ -166,7 +203,7 @@ def compare(model: LoadedModel, text: str, knn: KnnLM | None = None, spalm: Spal
     return Comparison(
         token_ids=np.asarray(ids), positions=torch.cat(positions).numpy(), log_p_lm=torch.cat(parts["none"]).numpy(),
         log_p={m: torch.cat(p).numpy() for m, p in parts.items() if m != "none" and p},
-        context_length=length, stride=stride,
+        context_length=length, stride=stride, document_starts=np.asarray(document_starts, dtype=np.int64),
     )
 
 
@@ -194,4 +231,6 @@ def token_record(model: LoadedModel, comparison: Comparison, index: int, method:
         prompt, window = ids[span.begin:position], None
     settings = GenerationSettings(method=method, max_new_tokens=1, context_window=window)
     generator = StepGenerator(model, prompt, settings, knn=knn, memorizing=memorizing, spalm=spalm)
+    if memorizing is not None and method == "memtrf":
+        memorizing.start_document(comparison.document_start(position))  # as `compare` did
     return prompt, generator.step(forced_token=ids[position])

@@ -29,7 +29,8 @@ def keep_comparison(catalog: Catalog, comparison: Comparison, model_name: str, d
     partial = path.with_name(path.stem + ".partial.npz")
     np.savez_compressed(partial, token_ids=comparison.token_ids.astype(np.int32), positions=comparison.positions,
                         log_p_lm=comparison.log_p_lm, **{f"log_p_{m}": v for m, v in comparison.log_p.items()},
-                        windows=np.array([comparison.context_length, comparison.stride]))
+                        windows=np.array([comparison.context_length, comparison.stride]),
+                        document_starts=comparison.document_starts)
     partial.replace(path)  # whole or absent
     try:
         return catalog.record_evaluation("compare", model_name, datastore, {**parameters, "details": path.name},
@@ -50,7 +51,9 @@ def load_comparison(catalog: Catalog, row: EvaluationRow) -> Comparison | None:
                    and key != "log_p_lm"}
         context, stride = (int(v) for v in saved["windows"])
         return Comparison(token_ids=saved["token_ids"].astype(np.int64), positions=saved["positions"],
-                          log_p_lm=saved["log_p_lm"], log_p=methods, context_length=context, stride=stride)
+                          log_p_lm=saved["log_p_lm"], log_p=methods, context_length=context, stride=stride,
+                          document_starts=saved["document_starts"] if "document_starts" in saved.files
+                          else np.zeros(1, dtype=np.int64))
 
 
 def forget(catalog: Catalog, row: EvaluationRow) -> None:

@@ -169,6 +169,7 @@ class MemorizingRetrofit:
         self.last_step: MemoryStep | None = None
         self._window_start = 0  # absolute position of the first token local attention sees
         self._input_start = 0  # absolute position of the next forward pass's first token
+        self._document_start = 0  # tokens before it never enter the memory (another document's)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
         # Only the thread that made the retrofit uses the memory: another job sharing the model
@@ -199,8 +200,14 @@ class MemorizingRetrofit:
         """Forget everything: a new document starts."""
         self.memory.clear()
         self._pending.clear()
-        self._window_start = self._input_start = 0
+        self._window_start = self._input_start = self._document_start = 0
         self.last_step = None
+
+    def start_document(self, position: int) -> None:
+        """A new document starts at absolute `position` of the text being read: forget the memory, and
+        keep the earlier document's tokens still in local view out of it."""
+        self.memory.clear()
+        self._document_start = position
 
     def set_window(self, window_start: int, input_start: int) -> None:
         """Before a forward pass: local attention sees positions ≥ `window_start`; the pass's first
@@ -212,8 +219,9 @@ class MemorizingRetrofit:
             recomputed = positions >= input_start
             keys, values, positions = keys[~recomputed], values[~recomputed], positions[~recomputed]
             left = positions < window_start
-            if left.any():
-                self.memory.add(keys[left], values[left], positions[left])
+            into_memory = left & (positions >= self._document_start)
+            if into_memory.any():
+                self.memory.add(keys[into_memory], values[into_memory], positions[into_memory])
             if (~left).any():
                 keep.append((keys[~left], values[~left], positions[~left]))
         self._pending = keep

@@ -179,7 +179,7 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
     return result
 
 
-def sweep_memory_size(model: LoadedModel, memorizing: MemorizingRetrofit, text: str, sizes: list[int],
+def sweep_memory_size(model: LoadedModel, memorizing: MemorizingRetrofit, text: str | list[str], sizes: list[int],
                       context_length: int = 256, stride: int = 128, on_progress: ProgressCallback | None = None,
                       should_stop: Callable[[], bool] | None = None) -> SweepResult:
     """Memorizing Transformer perplexity with memories of `sizes` tokens, on `compare`'s windows (the

@@ -300,12 +300,13 @@ class EvaluatePage(QWidget):
         open_methods, knn_settings = self.open_methods, self.knn_settings()
 
         def body(control: workers.JobControl):
-            text = "\n\n".join(read_heldout(path))
+            documents = read_heldout(path)  # the memory holds one document at a time
+            text = "\n\n".join(documents)
             parameters = {"text": str(path), "context": context, "stride": stride}
             if mode == "compare":
                 objects = open_methods(what)
                 try:
-                    c = compare(model, text, knn=objects.knn, spalm=objects.spalm, memorizing=objects.memory,
+                    c = compare(model, documents, knn=objects.knn, spalm=objects.spalm, memorizing=objects.memory,
                                 context_length=context, stride=stride, on_progress=control.report,
                                 should_stop=control.should_stop)
                 finally:
@@ -318,7 +319,7 @@ class EvaluatePage(QWidget):
             if param == "memory":
                 objects = open_methods(["memtrf"])
                 try:
-                    result = sweep_memory_size(model, objects.memory, text, [int(v) for v in values], context,
+                    result = sweep_memory_size(model, objects.memory, documents, [int(v) for v in values], context,
                                                stride, on_progress=control.report, should_stop=control.should_stop)
                 finally:
                     objects.memory.remove()
@@ -462,9 +463,15 @@ class EvaluatePage(QWidget):
             return None
         if self.model is None or self.model.name != run.row.model_name:
             return self._refuse(f"Load {run.row.model_name} to inspect this run's tokens")
-        if method in ("knnlm", "spalm") and not self.datastore_name:
-            return self._refuse("Inspecting a kNN-LM or SPALM token needs its datastore: double-click it in the library")
+        if method in ("knnlm", "spalm") and (not self.datastore_name or
+                                              run.row.datastore not in (None, self.datastore_name)):
+            return self._refuse(f"Inspecting a kNN-LM or SPALM token needs the run's datastore: double-click "
+                                f"'{run.row.datastore}' in the library")
         comparison, model, open_methods = run.comparison, self.model, self.open_methods
+        now = _knn_parameters(self.knn_settings())
+        changed = [f"{key} {run.row.parameters[key]} → {value}" for key, value in now.items()
+                   if method == "knnlm" and key in run.row.parameters and run.row.parameters[key] != value]
+        note = f" (with today's settings: {', '.join(changed)})" if changed else ""
 
         def body(_control):
             objects = open_methods([method])
@@ -482,7 +489,7 @@ class EvaluatePage(QWidget):
             self.inspect_requested.emit(Run(label=label, prompt=model.tokenizer.decode(prompt_ids),
                                             prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
 
-        self.status.setText(f"Opening held-out token #{index} in the inspector…")
+        self.status.setText(f"Opening held-out token #{index} in the inspector{note}…")
         self.inspect_job = workers.run_job(body, parent=self, finished=show, failed=self._failed)
         return self.inspect_job
 
