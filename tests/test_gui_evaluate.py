@@ -201,3 +201,24 @@ def test_memory_size_sweep_from_the_page_needs_no_datastore(qtbot, window):
     assert kept.results["results"][0]["ppl"] == pytest.approx(kept.results["ppl_lm"], rel=1e-6)
     page.param_combo.setCurrentIndex(page.param_combo.findData("k"))
     assert page.run() is None and "datastore" in page.status.text()
+
+
+def test_side_by_side_in_the_main_window_opens_a_clicked_cell_in_the_inspector(qtbot, window):
+    side = window.side_by_side_page
+    window.pages.setCurrentWidget(side)
+    side.prompt.setPlainText("The quick brown")
+    side.set_methods(["none", "knnlm", "memtrf"])
+    side.max_tokens.setValue(4)
+    with qtbot.waitSignal(side.run_ended, timeout=120_000):
+        side.run()
+    columns = side.columns()
+    assert [c.method for c in columns] == ["none", "knnlm", "memtrf"] and all(len(c.records) == 4 for c in columns)
+    assert all(r.neighbours for r in columns[1].records) and not any(hasattr(m, "_knn_memory") for m in window.model.model.modules())
+    side.record_clicked.emit("knnlm", columns[1].records[2])
+    assert window.pages.currentIndex() == 0 and window.current_run.records == columns[1].records
+    qtbot.waitUntil(lambda: window.inspector.record is not None and window.inspector.record.step == 2, timeout=5000)
+
+    window.datastore_name = None  # no datastore chosen: kNN-LM cannot run, and says why
+    with qtbot.waitSignal(side.error, timeout=30_000) as failed:
+        side.run()
+    assert "datastore" in failed.args[0]
