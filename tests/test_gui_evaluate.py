@@ -59,7 +59,7 @@ def test_compare_four_methods_then_inspect_a_helped_token_and_export(qtbot, wind
     assert len(histogram) == 1 and histogram[0].getData()[1].sum() == tokens  # every token in some bin
 
     page.gain_method.setCurrentIndex(page.gain_method.findData("knnlm"))
-    assert page.helped.rowCount() > 0
+    assert page.token_lists.isVisible() and page.helped.rowCount() > 0
     change = page.helped.changes[0]
     with qtbot.waitSignal(page.inspect_requested, timeout=60_000):
         page.helped.cellClicked.emit(0, 0)
@@ -92,7 +92,7 @@ def test_two_lambda_sweeps_overlay_with_the_lm_line_and_are_kept(qtbot, window):
     assert len(sweeps) == 2 and {s.results["k"] for s in sweeps} == {8, 2}
     for i in range(page.runs_list.count()):
         page.runs_list.item(i).setSelected(True)
-    assert len(page.selected_rows()) == 2
+    assert len(page.selected_rows()) == 2 and not page.token_lists.isVisible()  # sweeps keep no per-token gains
     item = page.plots.perplexity_plot.getPlotItem()
     curves = item.listDataItems()
     assert len(curves) == 2

@@ -209,6 +209,7 @@ class EvaluatePage(QWidget):
         right.addWidget(runs_area)
         right.addWidget(self.plots)
         right.addWidget(lower)
+        self.token_lists = lower  # shown only for a comparison: a sweep has no per-token gains
         right.setSizes([150, 380, 260])
 
         layout = QHBoxLayout(self)
@@ -434,6 +435,7 @@ class EvaluatePage(QWidget):
         latest = next((r for r in reversed(runs) if r.comparison is not None), None)
         method = self.plots.gain_method(latest) if latest is not None else None
         self._tables_run = latest
+        self.token_lists.setVisible(latest is not None and method is not None)
         if latest is None or method is None:
             self.helped.set_changes([], [], str)
             self.hurt.set_changes([], [], str)

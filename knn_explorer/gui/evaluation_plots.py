@@ -170,6 +170,7 @@ class EvaluationPlots(QWidget):
         plot.getPlotItem().legend.clear()
         with_details = [(i, r) for i, r in enumerate(self.runs) if r.comparison is not None]
         if not with_details:
+            plot.setTitle("Per-token gain", color=colours.TEXT, size="10pt")
             text = pg.TextItem("Per-token gains come with method comparisons\n(Compare methods, or `eval --methods`)",
                                color=colours.MUTED, anchor=(0.5, 0.5))
             plot.addItem(text)
