@@ -51,6 +51,10 @@ def test_compare_four_methods_then_inspect_a_helped_token_and_export(qtbot, wind
     assert len(kept) == 1 and list(kept[0].results["methods"]) == ["none", "knnlm", "spalm", "memtrf"]
     assert [r.id for r in page.selected_rows()] == [kept[0].id] and "Kept as run" in page.status.text()
 
+    table = page.results_table  # the numbers, one row per method
+    assert [table.verticalHeaderItem(r).text() for r in range(table.rowCount())] == \
+           ["LM alone", "kNN-LM", "SPALM", "Memorizing Transformer"]
+    assert table.item(1, 0).text().startswith(f"{kept[0].results['methods']['knnlm']['ppl']:.2f}")
     bars = [i for i in page.plots.perplexity_plot.getPlotItem().items if type(i).__name__ == "BarGraphItem"]
     assert len(bars) == 1 and len(bars[0].opts["height"]) == 4
     assert bars[0].opts["height"][1] == pytest.approx(kept[0].results["methods"]["knnlm"]["ppl"])
@@ -102,8 +106,11 @@ def test_two_lambda_sweeps_overlay_with_the_lm_line_and_are_kept(qtbot, window):
     assert list(x) == [0.0, 0.25, 0.5] or list(x) == [0.0, 0.25, 0.5, 1.0]  # λ = 1 is ∞ when a target is unseen
     assert y[0] == pytest.approx(sweeps[0].results["ppl_lm"]) and all(math.isfinite(v) for v in y)
 
+    table = page.results_table  # both runs' points side by side, λ = 1 infinite where a target is unseen
+    assert table.columnCount() == 2 and table.rowCount() == 5
+    assert table.verticalHeaderItem(4).text() == "LM alone" and table.item(0, 0).text().startswith(f"{y[0]:.2f}")
     page.runs_list.setCurrentRow(0)
-    page.forget_selected()
+    page.forget_button.click()
     assert len(window.catalog.evaluations("sweep")) == 1 and page.runs_list.count() == 1
 
 

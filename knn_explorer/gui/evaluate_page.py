@@ -29,6 +29,7 @@ from ..core.sweeps import DEFAULT_VALUES, collect, sweep, sweep_memory_size
 from . import workers
 from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, run_label
 from .path_field import PathField
+from .results_table import ResultsTable
 from .runs import Run
 from .settings import settings_file
 from .token_changes import TokenChangesTable
@@ -195,11 +196,20 @@ class EvaluatePage(QWidget):
         method_row.addWidget(self.gain_method)
         method_row.addStretch(1)
 
+        self.forget_button = QPushButton("Forget")
+        self.forget_button.setToolTip("Delete the selected runs from the catalog (Delete)")
+        self.forget_button.clicked.connect(self.forget_selected)
+        exports.insertWidget(1, self.forget_button)
+        self.results_table = ResultsTable()
+        lists = QSplitter(Qt.Orientation.Horizontal)
+        lists.addWidget(self.runs_list)
+        lists.addWidget(self.results_table)
+        lists.setSizes([420, 300])
         runs_area = QWidget()
         runs_layout = QVBoxLayout(runs_area)
         runs_layout.setContentsMargins(0, 0, 0, 0)
         runs_layout.addLayout(exports)
-        runs_layout.addWidget(self.runs_list)
+        runs_layout.addWidget(lists)
         lower = QWidget()
         lower_layout = QVBoxLayout(lower)
         lower_layout.setContentsMargins(0, 0, 0, 0)
@@ -210,7 +220,7 @@ class EvaluatePage(QWidget):
         right.addWidget(self.plots)
         right.addWidget(lower)
         self.token_lists = lower  # shown only for a comparison: a sweep has no per-token gains
-        right.setSizes([150, 380, 260])
+        right.setSizes([190, 380, 260])
 
         layout = QHBoxLayout(self)
         layout.addWidget(left)
@@ -424,7 +434,7 @@ class EvaluatePage(QWidget):
             self.gain_method.setCurrentIndex(methods.index(current))
         self.gain_method.blockSignals(False)
         self._show(runs)
-        for button in (self.export_png_button, self.export_csv_button, self.export_json_button):
+        for button in (self.export_png_button, self.export_csv_button, self.export_json_button, self.forget_button):
             button.setEnabled(bool(runs))
 
     def _gain_method_changed(self) -> None:
@@ -432,6 +442,7 @@ class EvaluatePage(QWidget):
 
     def _show(self, runs: list[ShownRun]) -> None:
         self.plots.show_runs(runs, self.gain_method.currentData())
+        self.results_table.show_runs(runs)
         latest = next((r for r in reversed(runs) if r.comparison is not None), None)
         method = self.plots.gain_method(latest) if latest is not None else None
         self._tables_run = latest

@@ -1,0 +1,63 @@
+"""The selected kept runs' numbers: a sweep's perplexity per value, or a comparison's per method.
+
+For people who would rather read than look: the same numbers as the plots, one column per run,
+the best of each column in bold.
+"""
+from __future__ import annotations
+
+import math
+
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from ..core.methods import METHOD_LABELS
+from .evaluation_plots import ShownRun, legend_label
+
+
+def _points(run: ShownRun) -> dict[str, float | None]:
+    """Row label → perplexity (None: infinite)."""
+    r = run.row.results
+    if run.row.kind == "sweep":
+        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, METHOD_LABELS["none"]: r["ppl_lm"]}
+    if run.row.kind == "compare":
+        return {METHOD_LABELS.get(m, m): v["ppl"] for m, v in r["methods"].items()}
+    return {METHOD_LABELS["none"]: r.get("ppl_lm"), METHOD_LABELS.get(r.get("method"), "method"): r.get("ppl")}
+
+
+class ResultsTable(QTableWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.setToolTip("Perplexity of each point of the selected runs (bold: each run's best; ∞: a target "
+                        "no neighbour proposed, at λ = 1)")
+
+    def show_runs(self, runs: list[ShownRun]) -> None:
+        columns = [(legend_label(run.row), _points(run), run.row.results.get("ppl_lm")) for run in runs]
+        rows = list(dict.fromkeys(label for _name, points, _lm_ppl in columns for label in points))
+        self.clear()
+        self.setColumnCount(len(columns))
+        self.setRowCount(len(rows))
+        self.setHorizontalHeaderLabels([name for name, _points, _lm_ppl in columns])
+        self.setVerticalHeaderLabels(rows)
+        bold = QFont(self.font())
+        bold.setBold(True)
+        for column, (_name, points, lm_ppl) in enumerate(columns):
+            finite = [p for p in points.values() if p is not None and math.isfinite(p)]
+            best = min(finite) if finite else None
+            for row, label in enumerate(rows):
+                ppl = points.get(label, math.nan)
+                item = QTableWidgetItem(_format(ppl, lm_ppl))
+                if ppl is not None and ppl == best:
+                    item.setFont(bold)
+                self.setItem(row, column, item)
+
+
+def _format(ppl: float | None, lm_ppl: float | None) -> str:
+    if ppl is not None and math.isnan(ppl):
+        return ""  # this run has no such point
+    if ppl is None or math.isinf(ppl):
+        return "∞"
+    change = f"  ({ppl / lm_ppl - 1:+.1%})" if lm_ppl else ""
+    return f"{ppl:.2f}{change}"
