@@ -204,7 +204,7 @@ class EvaluatePage(QWidget):
         lists = QSplitter(Qt.Orientation.Horizontal)
         lists.addWidget(self.runs_list)
         lists.addWidget(self.results_table)
-        lists.setSizes([420, 300])
+        lists.setSizes([1, 1])  # halves: the table needs room for two runs side by side
         runs_area = QWidget()
         runs_layout = QVBoxLayout(runs_area)
         runs_layout.setContentsMargins(0, 0, 0, 0)
