@@ -436,7 +436,7 @@ class HistoryPlot(pg.PlotWidget):
         super().__init__(parent)
         _style_plot(self)
         item = self.getPlotItem()
-        self.setTitle("λ and gain over the steps", color=colours.TEXT, size="10pt")
+        self.setTitle("λ and gain", color=colours.TEXT, size="10pt")  # a longer title widens the plot past its column
         item.showGrid(x=True, y=True, alpha=0.2)
         item.setLabel("left", "λ / gate", color=colours.LAMBDA)
         item.setLabel("bottom", "step")
