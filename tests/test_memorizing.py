@@ -256,3 +256,13 @@ def test_joint_mode_local_part_is_the_models_own_attention(tiny):
         assert float((logits - base).abs().max()) < 1e-5
     finally:
         retrofit.remove()
+
+
+def test_a_layer_takes_one_memory_at_a_time(tiny):
+    first = MemorizingRetrofit(tiny, MemorizingSettings(layer=1))
+    try:
+        with pytest.raises(MemorizingError, match="already has a memory"):
+            MemorizingRetrofit(tiny, MemorizingSettings(layer=1))
+    finally:
+        first.remove()
+    MemorizingRetrofit(tiny, MemorizingSettings(layer=1)).remove()  # free again once removed

@@ -154,10 +154,13 @@ class MemorizingRetrofit:
         layer = default_layer(len(layers)) if settings.layer is None else settings.layer
         if not 0 <= layer < len(layers):
             raise MemorizingError(f"layer {layer} does not exist: the model has layers 0–{len(layers) - 1}")
+        module = getattr(layers[layer], attention_name)
+        if hasattr(module, "_knn_memory"):  # a second retrofit would swap the first one's config under it
+            raise MemorizingError(f"layer {layer} already has a memory in use (another run); wait for it to end")
         self.loaded = loaded
         self.settings = settings
         self.layer = layer
-        self.module = getattr(layers[layer], attention_name)
+        self.module = module
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
