@@ -133,3 +133,26 @@ def per_document_windows(c):
     from knn_explorer.core.windows import sliding_windows
 
     return sliding_windows(len(c.token_ids), c.context_length, c.stride)
+
+
+def test_a_kept_sweep_exports_as_csv_and_strict_json_with_infinity_as_null(setup, tmp_path):
+    import csv
+    import json
+
+    from knn_explorer.core.evaluation_export import write_csv, write_json
+    from knn_explorer.core.sweeps import collect, sweep
+
+    model, catalog, datastore, text = setup
+    unseen = " Zebras quietly juggle purple quantum marmalade."  # λ = 1 gives these tokens p = 0
+    result = sweep(datastore, collect(model, text[:600] + unseen, 32, 16), "lambda", [0.0, 0.5, 1.0],
+                   KnnLmSettings(k=8))
+    assert math.isinf(result.results[-1]["ppl"])
+    row_id = catalog.record_evaluation("sweep", model.name, "small", {"param": "lambda"}, result.to_json())
+    row = next(r for r in catalog.evaluations("sweep") if r.id == row_id)
+    with open(write_csv(row, tmp_path / "sweep.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["value"]) for r in rows] == [0.0, 0.5, 1.0] and rows[-1]["ppl"] == ""
+    assert float(rows[1]["ppl"]) == pytest.approx(result.results[1]["ppl"]) and float(rows[0]["ppl_lm"]) > 0
+    exported = json.loads(write_json(row, tmp_path / "sweep.json").read_text(encoding="utf-8"),
+                          parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert exported["results"]["results"][-1]["ppl"] is None and exported["kind"] == "sweep"

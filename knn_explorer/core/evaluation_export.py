@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 from .catalog import EvaluationRow
 from .comparison import Comparison
-
-
-def _finite(value):
-    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def run_json(row: EvaluationRow) -> dict:
