@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .evaluation import padded_windows, perplexity
 from .generation import GenerationSettings, StepGenerator
 from .knnlm import KnnLM
 from .memorizing import MemorizingRetrofit
@@ -26,6 +25,21 @@ from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .records import TokenRecord
 from .spalm import Spalm
 from .windows import Span, sliding_windows
+
+def padded_windows(tokens: torch.Tensor, batch: list[Span]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows' tokens as one right-padded batch, and its attention mask."""
+    longest = max(s.end - s.begin for s in batch)
+    input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, s in enumerate(batch):
+        input_ids[row, : s.end - s.begin] = tokens[s.begin : s.end]
+        mask[row, : s.end - s.begin] = 1
+    return input_ids, mask
+
+
+def perplexity(log_probs: np.ndarray) -> float:
+    return math.exp(-float(np.mean(log_probs)))
+
 
 @dataclass
 class Comparison:
@@ -38,6 +52,7 @@ class Comparison:
     context_length: int = 256
     stride: int = 128
     document_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))  # token indices
+    keys: np.ndarray | None = None  # per target, the kNN key of its context (only if asked: n × dim floats)
 
     @property
     def tokens(self) -> int:
@@ -139,9 +154,10 @@ def encode_documents(tokenizer, text: str | list[str]) -> tuple[list[int], list[
 def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None, spalm: Spalm | None = None,
             memorizing: MemorizingRetrofit | None = None, context_length: int = 256, stride: int = 128,
             batch_size: int = 8, on_progress: ProgressCallback | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Comparison:
+            should_stop: Callable[[], bool] | None = None, keep_keys: bool = False) -> Comparison:
     """Score the LM and each given method on one text's targets (see the module docstring). `text`
-    may be a list of documents: the memory then holds only the current document's earlier text."""
+    may be a list of documents: the memory then holds only the current document's earlier text.
+    `keep_keys` also returns each target's kNN key (what a sweep retrieves with)."""
     ids, document_starts = encode_documents(model.tokenizer, text)
     if len(ids) < 2:
         raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
@@ -153,7 +169,7 @@ def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None,
         memorizing.reset()
     meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
     parts: dict[str, list[torch.Tensor]] = {"none": [], "knnlm": [], "spalm": [], "memtrf": []}
-    positions, done, document = [], 0, 0
+    positions, keys, done, document = [], [], 0, 0
     was_enabled = memorizing.enabled if memorizing is not None else None
     try:
         for start in range(0, len(spans), batch_size):
@@ -193,6 +209,8 @@ def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None,
                     log_p = torch.log_softmax(memory_logits[row, scored].float(), dim=-1).cpu()
                     parts["memtrf"].append(_gather(log_p, targets))
                 positions.append(torch.arange(s.first_target, s.end))
+                if keep_keys:
+                    keys.append(captured[-1][row, scored].float().cpu())
                 done += len(targets)
             meter.update(done)
     finally:
@@ -204,6 +222,7 @@ def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None,
         token_ids=np.asarray(ids), positions=torch.cat(positions).numpy(), log_p_lm=torch.cat(parts["none"]).numpy(),
         log_p={m: torch.cat(p).numpy() for m, p in parts.items() if m != "none" and p},
         context_length=length, stride=stride, document_starts=np.asarray(document_starts, dtype=np.int64),
+        keys=torch.cat(keys).numpy() if keep_keys else None,
     )
 
 

@@ -7,7 +7,6 @@ differences).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,12 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .comparison import compare, perplexity
 from .knnlm import KnnLM
 from .memorizing import MemorizingRetrofit
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .spalm import Spalm
-from .windows import Span
 
 
 @dataclass
@@ -50,21 +49,6 @@ def read_heldout(path: Path) -> list[str]:
     return texts
 
 
-def padded_windows(tokens: torch.Tensor, batch: list[Span]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows' tokens as one right-padded batch, and its attention mask."""
-    longest = max(s.end - s.begin for s in batch)
-    input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for row, s in enumerate(batch):
-        input_ids[row, : s.end - s.begin] = tokens[s.begin : s.end]
-        mask[row, : s.end - s.begin] = 1
-    return input_ids, mask
-
-
-def perplexity(log_probs: np.ndarray) -> float:
-    return math.exp(-float(np.mean(log_probs)))
-
-
 def evaluate(
     model: LoadedModel,
     text: str,
@@ -78,8 +62,6 @@ def evaluate(
 ) -> EvalResult:
     """`knn` (kNN-LM) or `spalm` (SPALM) is the method compared with the LM; neither: the LM alone.
     One method's view of `comparison.compare`."""
-    from .comparison import compare
-
     c = compare(model, text, knn=knn, spalm=spalm, context_length=context_length, stride=stride,
                 batch_size=batch_size, on_progress=on_progress, should_stop=should_stop)
     method = "knnlm" if knn is not None else "spalm" if spalm is not None else "none"

@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .datastore import Datastore
-from .evaluation import padded_windows
 from .comparison import compare
+from .datastore import Datastore
 from .index import TorchExactSearch
 from .knnlm import KnnLM, KnnLmSettings
 from .memorizing import MemorizingRetrofit
 from .models import LoadedModel
-from .progress import Cancelled, PhaseMeter, ProgressCallback
-from .windows import sliding_windows
+from .progress import Cancelled, ProgressCallback
 
 PARAMS = ("lambda", "k", "temperature", "size", "distance")  # kNN-LM's; "memory" is the Memorizing Transformer's
 DEFAULT_VALUES = {  # what the app proposes: the kNN-LM paper's ranges, on a scale that shows the curve's shape
@@ -65,34 +63,12 @@ class SweepResult:
         return {"param": self.param, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "results": results, **self.fixed}
 
 
-@torch.inference_mode()
 def collect(model: LoadedModel, text: str, context_length: int = 256, stride: int = 128, batch_size: int = 8,
             on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> Collected:
-    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    if len(ids) < 2:
-        raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
-    tokens = torch.tensor(ids, dtype=torch.long)
-    spans = list(sliding_windows(len(ids), min(context_length, model.max_positions), stride))
-    meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
-    targets, log_p, keys, done = [], [], [], 0
-    for start in range(0, len(spans), batch_size):
-        if should_stop is not None and should_stop():
-            raise Cancelled("sweep cancelled")
-        batch = spans[start: start + batch_size]
-        input_ids, mask = padded_windows(tokens, batch)
-        with model.capture_keys() as captured:
-            logits = model.forward(input_ids.to(model.device), mask.to(model.device)).logits
-        for row, s in enumerate(batch):
-            positions = slice(s.first_target - 1 - s.begin, s.end - 1 - s.begin)
-            target = tokens[s.first_target: s.end]
-            lp = torch.log_softmax(logits[row, positions].float(), dim=-1).cpu()
-            targets.append(target)
-            log_p.append(lp.gather(1, target[:, None])[:, 0].double())
-            keys.append(captured[-1][row, positions].float().cpu())
-            done += len(target)
-        meter.update(done)
-    meter.update(done, force=True)
-    return Collected(torch.cat(targets).numpy(), torch.cat(log_p).numpy(), torch.cat(keys).numpy())
+    """The LM alone over `compare`'s windows, keeping each target's key."""
+    c = compare(model, text, context_length=context_length, stride=stride, batch_size=batch_size,
+                on_progress=on_progress, should_stop=should_stop, keep_keys=True)
+    return Collected(c.token_ids[c.positions], c.log_p_lm, c.keys)
 
 
 def target_knn_probs(values: np.ndarray, distances: np.ndarray, targets: np.ndarray, k: int,
