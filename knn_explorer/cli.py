@@ -353,28 +353,19 @@ def cmd_eval(args) -> int:
     result = evaluate(model, text, knn, context_length=args.context, stride=args.stride,
                       on_progress=_progress_printer(), spalm=spalm)
     out = result.to_json()
+    lines = [f"{result.tokens:,} tokens of {args.text}", f"  LM alone      perplexity {result.ppl_lm:10.3f}"]
     if spalm is not None:
         gate = "initial (w = 0, b = ln 9)" if spalm.adapter is None else str(args.adapter or "shipped with the demo")
-        out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate=gate,
-                   distance="exact" if spalm.settings.exact_distances else "approximate")
+        out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate=gate, distance=spalm.settings.distance)
+        lines.append(f"  SPALM         perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
+                     f"k={spalm.settings.k} gate {gate} distances={out['distance']}")
     if knn is not None:
         s = knn.settings
-        out.update(datastore=knn.datastore.name, k=s.k, temperature=s.temperature, lambda_mode=s.lambda_mode,
-                   distance="exact" if s.exact_distances else "approximate", **{"lambda": s.lambda_})
+        out.update(datastore=knn.datastore.name, lambda_mode=s.lambda_mode, **s.describe())
+        lines.append(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
+                     f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={s.distance}")
     _record_eval(args, model, out)
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"{result.tokens:,} tokens of {args.text}")
-    print(f"  LM alone      perplexity {result.ppl_lm:10.3f}")
-    if spalm is not None:
-        print(f"  SPALM         perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  k={spalm.settings.k} "
-              f"gate {out['gate']} distances={out['distance']}")
-    if knn is not None:
-        s = knn.settings
-        print(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
-              f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={out['distance']}")
-    return 0
+    return _finish(args, out, lines)
 
 
 def _eval_comparison(args) -> int:
@@ -392,23 +383,19 @@ def _eval_comparison(args) -> int:
     memory = _memorizing(args, model, "memtrf") if "memtrf" in methods else None
     result = compare(model, texts, knn=knn, spalm=spalm, memorizing=memory, context_length=args.context,
                      stride=args.stride, on_progress=_progress_printer())
-    settings = {"k": args.k, "lambda": args.lambda_, "temperature": args.temperature,
-                "distance": "approximate" if args.approximate else "exact"}
+    settings = _knn_settings(args).describe()
     if memory is not None:
         settings.update(_memory_description(memory))
     out = {**result.to_json(), "model": model.name, "datastore": args.datastore, "text": str(args.text),
            "settings": settings}
     keep_comparison(Catalog(), result, model.name, args.datastore,
                     {"methods": methods, "text": str(args.text), **settings})
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}")
+    lines = [f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}"]
     for method in result.methods:
         ppl = result.ppl(method)
         change = "" if method == "none" else f"  ({ppl / result.ppl('none') - 1:+.1%})"
-        print(f"  {METHOD_LABELS[method]:<24} perplexity {ppl:10.3f}{change}")
-    return 0
+        lines.append(f"  {METHOD_LABELS[method]:<24} perplexity {ppl:10.3f}{change}")
+    return _finish(args, out, lines)
 
 
 def _eval_memorizing(args, model, texts: list[str]) -> int:
@@ -419,14 +406,11 @@ def _eval_memorizing(args, model, texts: list[str]) -> int:
     result = evaluate_memorizing(model, memory, texts, segment_length=segment, on_progress=_progress_printer())
     out = {**result.to_json(), **_memory_description(memory), "segment": segment, "documents": len(texts)}
     _record_eval(args, model, out)
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"{result.tokens:,} tokens of {args.text} in segments of {segment} tokens")
-    print(f"  LM alone (same segments)  perplexity {result.ppl_lm:10.3f}")
-    print(f"  Memorizing Transformer    perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
-          f"layer {out['memory_layer']} · {out['memory_mode']} · memory {out['memory_size']:,} tokens · k={out['k']}")
-    return 0
+    return _finish(args, out, [
+        f"{result.tokens:,} tokens of {args.text} in segments of {segment} tokens",
+        f"  LM alone (same segments)  perplexity {result.ppl_lm:10.3f}",
+        f"  Memorizing Transformer    perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
+        f"layer {out['memory_layer']} · {out['memory_mode']} · memory {out['memory_size']:,} tokens · k={out['k']}"])
 
 
 def cmd_train_gates(args) -> int:
@@ -497,7 +481,6 @@ def _train_spalm(args, show):
 
 def cmd_sweep(args) -> int:
     from .core.catalog import Catalog
-    from .core.knnlm import KnnLmSettings
     from .core.library import open_datastore
     from .core.sweeps import collect, sweep
 
@@ -511,8 +494,7 @@ def cmd_sweep(args) -> int:
     text = "\n\n".join(texts)
     if not args.datastore:
         raise UsageError(f"--param {args.param} sweeps kNN-LM: it needs --datastore NAME (see `knn-explorer list`)")
-    settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
-                             exact_distances=not args.approximate)
+    settings = _knn_settings(args)
     model = _load_model(args)
     catalog = Catalog()
     datastore = open_datastore(catalog, args.datastore, model)
@@ -547,13 +529,15 @@ def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
 
 
 def _print_sweep(args, result, out: dict) -> int:
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"{result.tokens:,} tokens of {args.text}; LM alone perplexity {result.ppl_lm:.3f}")
-    for point in result.results:
-        print(f"  {args.param} = {point['value']:<8g} perplexity {point['ppl']:10.3f}  "
-              f"({point['ppl'] / result.ppl_lm - 1:+.1%})")
+    lines = [f"{result.tokens:,} tokens of {args.text}; LM alone perplexity {result.ppl_lm:.3f}"]
+    lines += [f"  {args.param} = {point['value']:<8g} perplexity {point['ppl']:10.3f}  "
+              f"({point['ppl'] / result.ppl_lm - 1:+.1%})" for point in result.results]
+    return _finish(args, out, lines)
+
+
+def _finish(args, out: dict, lines: list[str]) -> int:
+    """A command's result: `out` as one JSON object with --json, else the lines for a person."""
+    print(json.dumps(out) if args.json else "\n".join(lines))
     return 0
 
 
@@ -607,13 +591,17 @@ def _knn(args, model, method):
     if method != "knnlm":
         return None
     from .core.catalog import Catalog
-    from .core.knnlm import KnnLM, KnnLmSettings
+    from .core.knnlm import KnnLM
     from .core.library import open_datastore
 
-    datastore = open_datastore(Catalog(), args.datastore, model)
-    settings = KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
-                             exact_distances=not args.approximate, lambda_mode=args.lambda_mode)
-    return KnnLM(datastore, settings)
+    return KnnLM(open_datastore(Catalog(), args.datastore, model), _knn_settings(args))
+
+
+def _knn_settings(args):
+    from .core.knnlm import KnnLmSettings
+
+    return KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
+                         exact_distances=not args.approximate, lambda_mode=getattr(args, "lambda_mode", "fixed"))
 
 
 def _spalm(args, model, method):

@@ -178,16 +178,14 @@ class StepGenerator:
         if knn_step is not None:
             s = self.knn.settings
             neighbours = self._neighbours(knn_step.retrieval, knn_step.retrieval.weights, self.knn.datastore)
-            retrieval = RetrievalSettings(s.k, s.temperature, "exact" if s.exact_distances else "approximate",
-                                          self.knn.datastore.name)
+            retrieval = RetrievalSettings(s.k, s.temperature, s.distance, self.knn.datastore.name)
             p_knn = self._top(knn_step.p_knn[0])
             lam = float(knn_step.lambdas[0])
         if spalm_step is not None:  # neighbours weighted by their attention in m_t; T plays no part
             s = self.spalm.settings
             neighbours = self._neighbours(spalm_step.retrieval, spalm_step.attention, self.spalm.datastore,
                                           knn_weights=spalm_step.retrieval.weights)
-            retrieval = RetrievalSettings(s.k, 1.0, "exact" if s.exact_distances else "approximate",
-                                          self.spalm.datastore.name)
+            retrieval = RetrievalSettings(s.k, 1.0, s.distance, self.spalm.datastore.name)
             p_knn = self._top(spalm_step.p_memory[0])
             gate = float(spalm_step.gates[0])
         head_gates = memory_attention = memory_hits = None

@@ -41,6 +41,15 @@ class KnnLmSettings:
         if self.lambda_mode not in LAMBDA_MODES:
             raise ValueError(f"unknown λ mode {self.lambda_mode!r}: use {' or '.join(LAMBDA_MODES)}")
 
+    @property
+    def distance(self) -> str:
+        return "exact" if self.exact_distances else "approximate"
+
+    def describe(self) -> dict:
+        """As kept with evaluations and printed as JSON (λ mode only when it is not the fixed λ)."""
+        out = {"k": self.k, "lambda": self.lambda_, "temperature": self.temperature, "distance": self.distance}
+        return out if self.lambda_mode == "fixed" else {**out, "lambda_mode": self.lambda_mode}
+
 
 @dataclass
 class Retrieval:

@@ -42,6 +42,10 @@ class SpalmSettings:
         if self.k < 1:
             raise ValueError("k must be at least 1")
 
+    @property
+    def distance(self) -> str:
+        return "exact" if self.exact_distances else "approximate"
+
 
 class SpalmGate(torch.nn.Module):
     """g_t = σ(w_gᵀ h_t + b): one scalar per token."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -125,9 +125,8 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
         raise ValueError(reason)
     c = collected
     ppl_lm = math.exp(-float(np.mean(c.log_p_lm)))
-    fixed = {"k": settings.k, "lambda": settings.lambda_, "temperature": settings.temperature,
-             "distance": "exact" if settings.exact_distances else "approximate", "datastore": datastore.name,
-             "entries": datastore.size}
+    fixed = {**replace(settings, lambda_mode="fixed").describe(), "datastore": datastore.name,
+             "entries": datastore.size}  # sweeps use a fixed λ
     fixed.pop(param, None)  # the swept one is in the results
     result = SweepResult(param, len(c.targets), ppl_lm, fixed=fixed)
     k_max = int(max(values)) if param == "k" else settings.k

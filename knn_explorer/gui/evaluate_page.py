@@ -66,7 +66,6 @@ class EvaluatePage(QWidget):
         self._settings = settings_file()
         self._make_widgets()
         self._restore()
-        self.refresh_runs()
 
     # ---- layout ----------------------------------------------------------------------------
     def _make_widgets(self) -> None:
@@ -264,8 +263,7 @@ class EvaluatePage(QWidget):
         self.model, self.datastore_name = model, datastore_name
         self.datastore_label.setText(f"Datastore: {datastore_name or 'none (kNN-LM and SPALM need one)'}")
         s = self.knn_settings()
-        self.knn_label.setText(f"kNN-LM: k {s.k} · λ {s.lambda_:g} · T {s.temperature:g} · "
-                               f"{'exact' if s.exact_distances else 'approximate'} distances")
+        self.knn_label.setText(f"kNN-LM: k {s.k} · λ {s.lambda_:g} · T {s.temperature:g} · {s.distance} distances")
 
     # ---- running ---------------------------------------------------------------------------
     def chosen_methods(self) -> list[str]:
@@ -324,7 +322,7 @@ class EvaluatePage(QWidget):
                     if objects.memory is not None:
                         objects.memory.remove()
                 row_id = keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
-                                         {**parameters, "methods": what, **_knn_parameters(knn_settings)})
+                                         {**parameters, "methods": what, **knn_settings.describe()})
                 return row_id, c, c.tokens
             param, values = what
             if param == "memory":
@@ -391,6 +389,12 @@ class EvaluatePage(QWidget):
         self.cancel_button.setEnabled(False)
 
     # ---- kept runs -------------------------------------------------------------------------
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Read the kept runs when the page is shown, not at start-up: and runs kept by the CLI
+        meanwhile appear, with the selection kept."""
+        super().showEvent(event)
+        self.refresh_runs(select=[row.id for row in self.selected_rows()])
+
     def refresh_runs(self, select: list[int] | None = None) -> None:
         self.runs_list.blockSignals(True)
         self.runs_list.clear()
@@ -481,7 +485,7 @@ class EvaluatePage(QWidget):
             return self._refuse(f"Inspecting a kNN-LM or SPALM token needs the run's datastore: double-click "
                                 f"'{run.row.datastore}' in the library")
         comparison, model, open_methods = run.comparison, self.model, self.open_methods
-        now = _knn_parameters(self.knn_settings())
+        now = self.knn_settings().describe()
         changed = [f"{key} {run.row.parameters[key]} → {value}" for key, value in now.items()
                    if method == "knnlm" and key in run.row.parameters and run.row.parameters[key] != value]
         note = f" (with today's settings: {', '.join(changed)})" if changed else ""
@@ -546,11 +550,6 @@ class EvaluatePage(QWidget):
         written = self.plots.export_pngs(folder, "evaluation-" + "-".join(str(r.id) for r in rows))
         self.status.setText(f"Saved {len(written)} plots to {folder}")
         return written
-
-
-def _knn_parameters(s: KnnLmSettings) -> dict:
-    return {"k": s.k, "lambda": s.lambda_, "temperature": s.temperature,
-            "distance": "exact" if s.exact_distances else "approximate"}
 
 
 def _summary(row: EvaluationRow) -> str:
