@@ -27,7 +27,7 @@ from ..core.knnlm import KnnLmSettings
 from ..core.methods import METHOD_LABELS
 from ..core.sweeps import DEFAULT_VALUES, collect, sweep, sweep_memory_size
 from . import workers
-from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, run_label
+from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
 from .path_field import PathField
 from .results_table import ResultsTable
 from .runs import Run
@@ -553,13 +553,14 @@ class EvaluatePage(QWidget):
 
 
 def _summary(row: EvaluationRow) -> str:
+    """The run's numbers, for its tooltip in the list."""
     r = row.results
     if row.kind == "sweep":
-        points = ", ".join(f"{p['value']:g}: {p['ppl']:.2f}" if p["ppl"] is not None else f"{p['value']:g}: ∞"
-                           for p in r["results"])
+        points = ", ".join(f"{p['value']:g}: {_ppl(p['ppl'])}" for p in r["results"])
         return f"{row.model_name} · {r['tokens']:,} tokens · LM alone {r['ppl_lm']:.2f}\n{points}"
-    if row.kind == "compare":
-        lines = [f"{METHOD_LABELS.get(m, m)}: {v['ppl']:.2f}" if v["ppl"] is not None else f"{m}: ∞"
-                 for m, v in r["methods"].items()]
-        return f"{row.model_name} · {r['tokens']:,} tokens\n" + "\n".join(lines)
-    return f"{row.model_name} · {r.get('tokens', 0):,} tokens · LM {r.get('ppl_lm', 0):.2f} → {r.get('ppl', 0):.2f}"
+    lines = [f"{METHOD_LABELS.get(m, m)}: {_ppl(p)}" for m, p in method_perplexities(row).items()]
+    return f"{row.model_name} · {r.get('tokens', 0):,} tokens\n" + "\n".join(lines)
+
+
+def _ppl(value: float | None) -> str:
+    return "∞" if value is None else f"{value:.2f}"

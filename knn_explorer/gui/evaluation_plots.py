@@ -63,6 +63,16 @@ def legend_label(row: EvaluationRow) -> str:
     return f"#{row.id} · " + ", ".join(parts) if parts else f"#{row.id}"
 
 
+def method_perplexities(row: EvaluationRow) -> dict[str, float | None]:
+    """An evaluation's or comparison's perplexity per method, LM alone first (None: infinite); {} for a sweep."""
+    r = row.results
+    if row.kind == "compare":
+        return {m: v["ppl"] for m, v in r["methods"].items()}
+    if row.kind == "eval":
+        return {"none": r["ppl_lm"], r.get("method", "none"): r["ppl"]}
+    return {}
+
+
 def _finite_points(row: EvaluationRow) -> tuple[np.ndarray, np.ndarray]:
     points = [(p["value"], p["ppl"]) for p in row.results["results"]
               if p["ppl"] is not None and math.isfinite(p["ppl"])]
@@ -140,13 +150,13 @@ class EvaluationPlots(QWidget):
             return
         item.setLogMode(x=False, y=False)
         plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
-        methods = list(dict.fromkeys(m for r in self.runs for m in self._methods(r)))
+        methods = list(dict.fromkeys(m for r in self.runs for m in method_perplexities(r.row)))
         ticks = [(i, TICK_LABELS.get(m, m)) for i, m in enumerate(methods)]
         item.getAxis("bottom").setTicks([ticks])
         item.setLabel("bottom", "")
         width = 0.8 / max(1, len(self.runs))
         for i, run in enumerate(self.runs):
-            ppl = self._method_ppl(run)
+            ppl = {m: p for m, p in method_perplexities(run.row).items() if p is not None}
             x = np.array([methods.index(m) for m in ppl], dtype=float) - 0.4 + width * (i + 0.5)
             heights = np.array([ppl[m] for m in ppl], dtype=float)
             bars = pg.BarGraphItem(x=x, height=heights, width=width * 0.9, brush=RUN_COLOURS[i], pen=pg.mkPen(None))
@@ -160,7 +170,7 @@ class EvaluationPlots(QWidget):
             if ppl:
                 self._lm_line(ppl.get("none", run.row.results.get("ppl_lm", 0.0)), RUN_COLOURS[i], None)
         if methods:
-            top = max((h for r in self.runs for h in self._method_ppl(r).values()), default=1.0)
+            top = max((p for r in self.runs for p in method_perplexities(r.row).values() if p is not None), default=1.0)
             plot.setXRange(-0.6, len(methods) - 0.4, padding=0)
             plot.setYRange(0, top * 1.15, padding=0)
 
@@ -206,21 +216,6 @@ class EvaluationPlots(QWidget):
                                label=label, labelOpts={"position": 0.02, "color": colour, "anchors": [(0, 1), (0, 1)]})
         line.setToolTip(f"LM alone: {ppl_lm:.3f}")
         self.perplexity_plot.addItem(line)
-
-    @staticmethod
-    def _methods(run: ShownRun) -> list[str]:
-        if run.row.kind == "compare":
-            return list(run.row.results["methods"])
-        return ["none", run.row.results.get("method", "none")] if run.row.kind == "eval" else []
-
-    @staticmethod
-    def _method_ppl(run: ShownRun) -> dict[str, float]:
-        results = run.row.results
-        if run.row.kind == "compare":
-            return {m: v["ppl"] for m, v in results["methods"].items() if v["ppl"] is not None}
-        if run.row.kind == "eval":
-            return {"none": results["ppl_lm"], results.get("method", "none"): results["ppl"]}
-        return {}
 
     # ---- export ----------------------------------------------------------------------------
     def export_pngs(self, folder: Path, stem: str) -> list[Path]:

@@ -6,6 +6,7 @@ wires signals and renders the core's records. It never computes probabilities.
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -335,15 +336,12 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message, 10_000)
 
     # ---- generation ------------------------------------------------------------------------
-    def _generation_settings(self) -> tuple[dict, GenerationSettings, KnnLmSettings | None]:
-        values = self.controls.values()
-        memtrf = values["method"] == "memtrf"
-        settings = GenerationSettings(method=values["method"], max_new_tokens=values["max_new_tokens"],
-                                      greedy=values["greedy"], seed=values["seed"],
-                                      context_window=values["memory_window"] if memtrf
-                                      else values["spalm_short_term"] if values["method"] == "spalm" else None)
-        knn = self._knn_settings(values) if values["method"] == "knnlm" else None
-        return values, settings, knn
+    @staticmethod
+    def _generation_settings(values: dict, method: str, max_new_tokens: int) -> GenerationSettings:
+        """`method`'s settings from the controls' values (its local window: memtrf's, SPALM's short-term)."""
+        window = {"memtrf": values["memory_window"], "spalm": values["spalm_short_term"]}.get(method)
+        return GenerationSettings(method=method, max_new_tokens=max_new_tokens, greedy=values["greedy"],
+                                  seed=values["seed"], context_window=window)
 
     @staticmethod
     def _knn_settings(values: dict) -> KnnLmSettings:
@@ -385,7 +383,8 @@ class MainWindow(QMainWindow):
     def generate(self, step_mode: bool = False, run: Run | None = None, forced_token: int | None = None) -> None:
         if not self._can_generate():
             return
-        values, settings, _knn = self._generation_settings()
+        values = self.controls.values()
+        settings = self._generation_settings(values, values["method"], values["max_new_tokens"])
         if run is None:
             prompt = values["prompt"]
             prompt_ids = self.model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -404,10 +403,7 @@ class MainWindow(QMainWindow):
                                      spalm=spalm)
                 lm_alone = None
                 if compare:
-                    lm_settings = GenerationSettings(method="none", max_new_tokens=settings.max_new_tokens,
-                                                     greedy=settings.greedy, seed=settings.seed,
-                                                     context_window=settings.context_window)
-                    lm_alone = StepGenerator(model, context, lm_settings, first_step=first_step)
+                    lm_alone = StepGenerator(model, context, replace(settings, method="none"), first_step=first_step)
                 for taken in range(settings.max_new_tokens):
                     control.checkpoint()
                     record = main.step(forced_token if taken == 0 else None)
@@ -525,12 +521,10 @@ class MainWindow(QMainWindow):
             raise ValueError("kNN-LM and SPALM need a datastore: double-click one in the library")
         values = self.controls.values()
         objects = self._method_objects(values, methods, self.datastore_name)
-        windows = {"memtrf": values["memory_window"], "spalm": values["spalm_short_term"]}
         try:
-            generators = {m: StepGenerator(self.model, prompt, GenerationSettings(
-                method=m, max_new_tokens=max_new_tokens, greedy=values["greedy"], seed=values["seed"],
-                context_window=windows.get(m)), objects.knn, memorizing=objects.memory, spalm=objects.spalm)
-                for m in methods}
+            generators = {m: StepGenerator(self.model, prompt, self._generation_settings(values, m, max_new_tokens),
+                                           objects.knn, memorizing=objects.memory, spalm=objects.spalm)
+                          for m in methods}
         except Exception:
             if objects.memory is not None:
                 objects.memory.remove()

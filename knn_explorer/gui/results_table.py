@@ -11,7 +11,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ..core.methods import METHOD_LABELS
-from .evaluation_plots import ShownRun, legend_label
+from .evaluation_plots import ShownRun, legend_label, method_perplexities
 
 
 def _points(run: ShownRun) -> dict[str, float | None]:
@@ -19,9 +19,7 @@ def _points(run: ShownRun) -> dict[str, float | None]:
     r = run.row.results
     if run.row.kind == "sweep":
         return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, METHOD_LABELS["none"]: r["ppl_lm"]}
-    if run.row.kind == "compare":
-        return {METHOD_LABELS.get(m, m): v["ppl"] for m, v in r["methods"].items()}
-    return {METHOD_LABELS["none"]: r.get("ppl_lm"), METHOD_LABELS.get(r.get("method"), "method"): r.get("ppl")}
+    return {METHOD_LABELS.get(m, m): p for m, p in method_perplexities(run.row).items()}
 
 
 class ResultsTable(QTableWidget):
