@@ -168,4 +168,6 @@ def format_table(columns: list[SideBySideColumn]) -> str:
 
 
 def _format_p(p: float | None) -> str:
-    return "nan" if p is None else f"{p:.3f}"
+    if p is None:
+        return "nan"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"  # a tiny p stays readable, not 0.000
