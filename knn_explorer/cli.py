@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def one_line(exc: BaseException) -> str:
+    from .core.build_lock import DatastoreBusy
+    from .core.catalog import CatalogError
     from .core.datastore import DatastoreError
     from .core.library import LibraryError
     from .core.adapters import AdapterError
@@ -51,14 +53,21 @@ def one_line(exc: BaseException) -> str:
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError, AdapterError,
-                        MemorizingError, SpalmError)):
+                        MemorizingError, SpalmError, CatalogError, DatastoreBusy)):
         return text
     return f"{type(exc).__name__}: {text}"
 
 
 # ---- parser ----------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr like every other failure."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="knn-explorer", description="See inside kNN-augmented language models.")
+    parser = OneLineParser(prog="knn-explorer", description="See inside kNN-augmented language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("gui", help="open the desktop app (the default)")
@@ -68,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--model", required=True, help="demo, a local model folder, or a hub id")
     build.add_argument("--docs", required=True, nargs="+", metavar="PATH", help="files and/or folders")
     build.add_argument("--index", default="auto", choices=["auto", "flat", "ivfpq", "hnsw"])
-    build.add_argument("--context", type=int, default=256, help="window length in tokens (default 256)")
-    build.add_argument("--stride", type=int, default=128, help="window step in tokens (default 128)")
-    build.add_argument("--batch-size", type=int, default=8)
-    build.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this")
+    build.add_argument("--context", type=_at_least(2), default=256, help="window length in tokens (default 256)")
+    build.add_argument("--stride", type=_at_least(1), default=128, help="window step in tokens (default 128)")
+    build.add_argument("--batch-size", type=_at_least(1), default=8)
+    build.add_argument("--max-file-mb", type=_positive, default=50.0, help="skip files larger than this")
     _common_model_flags(build)
     _json_flag(build)
 
@@ -81,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="generate text token by token")
     generate.add_argument("--model", required=True)
     generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new-tokens", type=int, default=40)
+    generate.add_argument("--max-new-tokens", type=_at_least(1), default=40)
     mode = generate.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="always take the most likely token (default)")
     mode.add_argument("--seed", type=int, help="sample from p_final with this seed")
-    generate.add_argument("--neighbours", type=int, default=16, help="neighbours described per token")
+    generate.add_argument("--neighbours", type=_at_least(0), default=16, help="neighbours described per token")
     generate.add_argument("--methods", help="side by side: up to four of none,knnlm,spalm,memtrf, one column each, "
                                             "aligned by step")
     _memory_flags(generate)
@@ -96,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="perplexity with and without retrieval over the same tokens")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
-    evaluate.add_argument("--context", type=int, default=256)
-    evaluate.add_argument("--stride", type=int, default=128)
+    evaluate.add_argument("--context", type=_at_least(2), default=256)
+    evaluate.add_argument("--stride", type=_at_least(1), default=128)
     evaluate.add_argument("--methods", help="compare several on the same targets and windows, e.g. "
                                             "none,knnlm,spalm,memtrf (knnlm and spalm need --datastore)")
     _memory_flags(evaluate)
@@ -113,12 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--param", required=True, choices=["lambda", "k", "temperature", "size", "distance", "memory"])
     sweep.add_argument("--values", required=True, help="comma-separated, e.g. 0,0.1,0.25,0.5 (size: fractions; "
                                                         "distance: 1 exact, 0 the index's; memory: tokens)")
-    sweep.add_argument("--k", type=int, default=32)
-    sweep.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
-    sweep.add_argument("--temperature", type=float, default=1.0)
+    sweep.add_argument("--k", type=_at_least(1), default=32)
+    sweep.add_argument("--lambda", dest="lambda_", type=_fraction, default=0.25)
+    sweep.add_argument("--temperature", type=_positive, default=1.0)
     sweep.add_argument("--approximate", action="store_true", help="use the index's distances")
-    sweep.add_argument("--context", type=int, default=256)
-    sweep.add_argument("--stride", type=int, default=128)
+    sweep.add_argument("--context", type=_at_least(2), default=256)
+    sweep.add_argument("--stride", type=_at_least(1), default=128)
     sweep.add_argument("--seed", type=int, default=0, help="which random fractions a size sweep takes")
     _memory_flags(sweep, window=False)
     _common_model_flags(sweep)
@@ -133,18 +142,49 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="adapter file to write (.safetensors)")
     train.add_argument("--name", help="catalogue the adapter under this name (default: the file's name)")
     train.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
-    train.add_argument("--memory-size", type=int, default=65_536)
-    train.add_argument("--k", type=int, default=32)
-    train.add_argument("--segment", type=int, default=128, help="tokens per segment (memtrf) or window (spalm)")
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--lr", type=float, help="Adam learning rate (default 0.05 for memtrf, 0.01 for spalm)")
-    train.add_argument("--segments-per-step", type=int, default=8, help="segments whose gradients make one update")
+    train.add_argument("--memory-size", type=_at_least(1), default=65_536)
+    train.add_argument("--k", type=_at_least(1), default=32)
+    train.add_argument("--segment", type=_at_least(2), default=128, help="tokens per segment (memtrf) or window (spalm)")
+    train.add_argument("--epochs", type=_at_least(1), default=1)
+    train.add_argument("--lr", type=_positive, help="Adam learning rate (default 0.05 for memtrf, 0.01 for spalm)")
+    train.add_argument("--segments-per-step", type=_at_least(1), default=8, help="segments whose gradients make one update")
     _common_model_flags(train)
     _json_flag(train)
 
     remove = sub.add_parser("remove", help="delete a datastore (or an unfinished build)")
     remove.add_argument("name")
+
+    rebuild = sub.add_parser("rebuild-catalog", help="rebuild a damaged catalog from the datastore folders "
+                                                     "(the damaged file is kept aside)")
+    _json_flag(rebuild)
     return parser
+
+
+# Range checks live in the parser, so a bad flag is refused before a model is loaded or run.
+def _at_least(minimum: int):
+    def integer(text: str) -> int:
+        value = int(text)  # a ValueError reads "invalid integer value: 'x'"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return integer
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], not {text}")
+    return value
+
+
+_positive.__name__ = _fraction.__name__ = "number"
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -162,10 +202,10 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, choices=["none", "knnlm", "spalm", "memtrf"],
                         help="default: knnlm with a datastore, none without; spalm: SPALM (needs a datastore); "
                              "memtrf: Memorizing Transformer")
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
+    parser.add_argument("--k", type=_at_least(1), default=32)
+    parser.add_argument("--lambda", dest="lambda_", type=_fraction, default=0.25)
     parser.add_argument("--lambda-mode", default="fixed", choices=["fixed", "entropy"])
-    parser.add_argument("--temperature", type=float, default=1.0, help="kNN softmax temperature T")
+    parser.add_argument("--temperature", type=_positive, default=1.0, help="kNN softmax temperature T")
     parser.add_argument("--approximate", action="store_true",
                         help="use the index's distances instead of recomputing them from stored keys")
 
@@ -174,13 +214,13 @@ def _memory_flags(parser: argparse.ArgumentParser, window: bool = True) -> None:
     group = parser.add_argument_group("Memorizing Transformer (--method memtrf)")
     group.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
     if window:  # a memory-size sweep sets the size itself
-        group.add_argument("--memory-size", type=int, default=65_536, help="tokens the memory holds (default 65536)")
+        group.add_argument("--memory-size", type=_at_least(1), default=65_536, help="tokens the memory holds (default 65536)")
     group.add_argument("--memory-mode", default="gated", choices=["gated", "joint"],
                        help="gated: learned per-head gates (the paper); joint: one softmax over local and "
                             "retrieved keys, no training")
     group.add_argument("--adapter", type=Path, help="trained gates (train-gates output); the demo model has its own")
     if window:
-        group.add_argument("--window", type=int, help="tokens local attention sees (generation) or per segment "
+        group.add_argument("--window", type=_at_least(2), help="tokens local attention sees (generation) or per segment "
                                                       "(eval --method memtrf, default 128)")
 
 
@@ -201,8 +241,6 @@ def cmd_build(args) -> int:
     from .core.datastore_builder import BuildParameters
     from .core.library import build_datastore
 
-    if args.context < 2 or args.stride < 1 or args.batch_size < 1 or args.max_file_mb <= 0:
-        raise UsageError("--context must be >= 2, --stride and --batch-size >= 1, --max-file-mb > 0")
     model = _load_model(args)
     params = BuildParameters(
         context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,
@@ -229,26 +267,30 @@ def cmd_build(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from .core import build_lock
     from .core.catalog import Catalog
+    from .core.library import datastore_damage
 
     catalog = Catalog()
-    datastores = [
-        {
+    datastores = []
+    for row in catalog.datastores():
+        damage = datastore_damage(row)
+        datastores.append({
             "name": row.name, "model": row.model_name, "entries": row.entries, "dim": row.dim,
             "size_mb": round(row.size_bytes / 2**20, 2), "index": row.index_description,
-            "created": row.created.isoformat(timespec="seconds"), "status": "complete", "folder": row.folder,
+            "created": row.created.isoformat(timespec="seconds"), "status": "damaged" if damage else "complete",
+            **({"reason": damage} if damage else {}), "folder": row.folder,
             "documents": [
                 {"path": d.path, "status": d.status, **({"reason": d.reason} if d.reason else {"tokens": d.tokens})}
                 for d in row.documents
             ],
-        }
-        for row in catalog.datastores()
-    ]
-    unfinished = [
-        {"name": b.name, "status": "interrupted" if b.status == "running" else b.status, "folder": b.folder,
-         "started": b.started.isoformat(timespec="seconds"), "error": b.error}
-        for b in catalog.unfinished_builds()
-    ]
+        })
+    unfinished = []
+    for b in catalog.unfinished_builds():
+        busy = build_lock.holder(b.name)
+        status = "building" if busy else "interrupted" if b.status == "running" else b.status
+        unfinished.append({"name": b.name, "status": status, "folder": b.folder,
+                           "started": b.started.isoformat(timespec="seconds"), "error": busy or b.error})
     adapters = [{"name": a.name, "kind": a.kind, "model": a.model_name, "path": a.path, "layer": a.details.get("layer"),
                  "gates": a.details.get("gates"), "created": a.created.isoformat(timespec="seconds")}
                 for a in catalog.adapters()]
@@ -260,10 +302,14 @@ def cmd_list(args) -> int:
         print("no datastores yet; build one with: knn-explorer build --name NAME --model demo --docs FOLDER")
     for d in datastores:
         skipped = sum(doc["status"] == "skipped" for doc in d["documents"])
+        damaged = f"\tDAMAGED: {d['reason']} (remove it and build it again)" if d["status"] == "damaged" else ""
         print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}\tmodel {d['model']}\t"
-              f"{len(d['documents']) - skipped} documents, {skipped} skipped")
+              f"{len(d['documents']) - skipped} documents, {skipped} skipped{damaged}")
     for b in unfinished:
-        print(f"{b['name']}\t{b['status']} build (run the same build command to resume, or remove it)")
+        if b["status"] == "building":
+            print(f"{b['name']}\tbuilding now ({b['error']})")
+        else:
+            print(f"{b['name']}\t{b['status']} build (run the same build command to resume, or remove it)")
     for a in adapters:
         gates = " ".join(f"{g:.3f}" for g in a["gates"] or [])
         print(f"{a['name']}\t{a['kind']} adapter\tmodel {a['model']}\tlayer {a['layer']}\tgates {gates}\t{a['path']}")
@@ -273,8 +319,6 @@ def cmd_list(args) -> int:
 def cmd_generate(args) -> int:
     from .core.generation import GenerationSettings, StepGenerator
 
-    if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be at least 1")
     if args.methods:
         return _generate_side_by_side(args)
     method = _method(args)
@@ -320,7 +364,7 @@ def _generate_side_by_side(args) -> int:
 
 
 def _methods_list(args) -> list[str]:
-    """--methods as a list, checked like --method (k, λ, T; a datastore for knnlm and spalm)."""
+    """--methods as a list, checked like --method (a datastore for knnlm and spalm)."""
     from .core.methods import METHOD_LABELS
 
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
@@ -329,9 +373,6 @@ def _methods_list(args) -> list[str]:
         raise UsageError(f"--methods takes some of {','.join(METHOD_LABELS)}, not {args.methods!r}")
     if args.method is not None:
         raise UsageError("give --method or --methods, not both")
-    args.method = "none"
-    _method(args)  # the range checks of k, λ and T
-    args.method = None
     if ("knnlm" in methods or "spalm" in methods) and not args.datastore:
         raise UsageError("knnlm and spalm need --datastore NAME (see `knn-explorer list`)")
     return methods
@@ -364,8 +405,7 @@ def cmd_eval(args) -> int:
         out.update(datastore=knn.datastore.name, lambda_mode=s.lambda_mode, **s.describe())
         lines.append(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
                      f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={s.distance}")
-    _record_eval(args, model, out)
-    return _finish(args, out, lines)
+    return _finish(args, out, lines, keep=lambda: _record_eval(args, model, out))
 
 
 def _eval_comparison(args) -> int:
@@ -388,14 +428,13 @@ def _eval_comparison(args) -> int:
         settings.update(_memory_description(memory))
     out = {**result.to_json(), "model": model.name, "datastore": args.datastore, "text": str(args.text),
            "settings": settings}
-    keep_comparison(Catalog(), result, model.name, args.datastore,
-                    {"methods": methods, "text": str(args.text), **settings})
     lines = [f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}"]
     for method in result.methods:
         ppl = result.ppl(method)
         change = "" if method == "none" else f"  ({ppl / result.ppl('none') - 1:+.1%})"
         lines.append(f"  {METHOD_LABELS[method]:<24} perplexity {ppl:10.3f}{change}")
-    return _finish(args, out, lines)
+    return _finish(args, out, lines, keep=lambda: keep_comparison(
+        Catalog(), result, model.name, args.datastore, {"methods": methods, "text": str(args.text), **settings}))
 
 
 def _eval_memorizing(args, model, texts: list[str]) -> int:
@@ -405,8 +444,7 @@ def _eval_memorizing(args, model, texts: list[str]) -> int:
     segment = args.window or 128
     result = evaluate_memorizing(model, memory, texts, segment_length=segment, on_progress=_progress_printer())
     out = {**result.to_json(), **_memory_description(memory), "segment": segment, "documents": len(texts)}
-    _record_eval(args, model, out)
-    return _finish(args, out, [
+    return _finish(args, out, keep=lambda: _record_eval(args, model, out), lines=[
         f"{result.tokens:,} tokens of {args.text} in segments of {segment} tokens",
         f"  LM alone (same segments)  perplexity {result.ppl_lm:10.3f}",
         f"  Memorizing Transformer    perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
@@ -416,9 +454,6 @@ def _eval_memorizing(args, model, texts: list[str]) -> int:
 def cmd_train_gates(args) -> int:
     from .core.catalog import Catalog
 
-    if args.epochs < 1 or args.segment < 2 or (args.lr is not None and args.lr <= 0) or args.k < 1 \
-            or args.segments_per_step < 1:
-        raise UsageError("--epochs >= 1, --segment >= 2, --lr > 0, --k >= 1 and --segments-per-step >= 1 are required")
     if args.out.suffix != ".safetensors":
         raise UsageError("--out must name a .safetensors file")
 
@@ -429,19 +464,17 @@ def cmd_train_gates(args) -> int:
             gates = " ".join(f"{g:.3f}" for g in step.gates)
             sys.stderr.write(f"step {step.step:5d}  loss {step.loss:.3f}  gates {gates}\n")
 
+    _check_writable_file(args.out)
     train = _train_spalm if args.method == "spalm" else _train_memorizing
     model, summary, details, source = train(args, show)
     name = args.name or args.out.stem
-    Catalog().register_adapter(name, args.method, args.out.resolve(), model.name, model.model_fingerprint,
-                               {**details, **summary})
-    if args.json:
-        print(json.dumps({"adapter": str(args.out), "name": name, **details, **summary}))
-    else:
-        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {source}; "
-              f"loss {summary['loss_first']:.3f} → {summary['loss_last']:.3f}")
-        print("gates: " + " ".join(f"{g:.3f}" for g in summary["gates"]))
-        print(f"wrote {args.out} (catalogued as '{name}')")
-    return 0
+    return _finish(args, {"adapter": str(args.out), "name": name, **details, **summary}, [
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {source}; "
+        f"loss {summary['loss_first']:.3f} → {summary['loss_last']:.3f}",
+        "gates: " + " ".join(f"{g:.3f}" for g in summary["gates"]),
+        f"wrote {args.out} (catalogued as '{name}')"],
+        keep=lambda: Catalog().register_adapter(name, args.method, args.out.resolve(), model.name,
+                                                model.model_fingerprint, {**details, **summary}))
 
 
 def _train_memorizing(args, show):
@@ -501,9 +534,8 @@ def cmd_sweep(args) -> int:
     collected = collect(model, text, context_length=args.context, stride=args.stride, on_progress=_progress_printer())
     result = sweep(datastore, collected, args.param, values, settings, seed=args.seed)
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
-    catalog.record_evaluation("sweep", model.name, args.datastore, {"param": args.param, "values": values,
-                                                                     "text": str(args.text)}, out)
-    return _print_sweep(args, result, out)
+    return _print_sweep(args, result, out, keep=lambda: catalog.record_evaluation(
+        "sweep", model.name, args.datastore, {"param": args.param, "values": values, "text": str(args.text)}, out))
 
 
 def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
@@ -523,22 +555,46 @@ def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
     result = sweep_memory_size(model, memory, texts, [int(v) for v in values], context_length=args.context,
                                stride=args.stride, on_progress=_progress_printer())
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
-    Catalog().record_evaluation("sweep", model.name, None, {"param": "memory", "values": values,
-                                                            "text": str(args.text)}, out)
-    return _print_sweep(args, result, out)
+    return _print_sweep(args, result, out, keep=lambda: Catalog().record_evaluation(
+        "sweep", model.name, None, {"param": "memory", "values": values, "text": str(args.text)}, out))
 
 
-def _print_sweep(args, result, out: dict) -> int:
+def _print_sweep(args, result, out: dict, keep) -> int:
     lines = [f"{result.tokens:,} tokens of {args.text}; LM alone perplexity {result.ppl_lm:.3f}"]
     lines += [f"  {args.param} = {point['value']:<8g} perplexity {point['ppl']:10.3f}  "
               f"({point['ppl'] / result.ppl_lm - 1:+.1%})" for point in result.results]
-    return _finish(args, out, lines)
+    return _finish(args, out, lines, keep)
 
 
-def _finish(args, out: dict, lines: list[str]) -> int:
-    """A command's result: `out` as one JSON object with --json, else the lines for a person."""
-    print(json.dumps(out) if args.json else "\n".join(lines))
+def _finish(args, out: dict, lines: list[str], keep=None) -> int:
+    """A command's result: `out` as one JSON object with --json, else the lines for a person. Then
+    `keep()` records it in the catalog: a catalog that cannot be written costs the record (a warning
+    on stderr), never the result, which is already printed."""
+    from .core.catalog import CatalogError
+
+    print(json.dumps(out) if args.json else "\n".join(lines), flush=True)
+    if keep is not None:
+        try:
+            keep()
+        except (OSError, CatalogError) as exc:
+            print(f"warning: the result above was not kept in the catalog: {one_line(exc)}", file=sys.stderr)
     return 0
+
+
+def _check_writable_file(path: Path) -> None:
+    """Refuse an output path that cannot be written now, before any long work is done for it."""
+    import tempfile
+
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name inside it")
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: {parent} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".knn-explorer-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _read_eval_texts(path: Path) -> list[str]:
@@ -567,6 +623,17 @@ def cmd_remove(args) -> int:
     return 0
 
 
+def cmd_rebuild_catalog(args) -> int:
+    from .core.catalog_recovery import rebuild_catalog
+
+    report = rebuild_catalog()
+    lines = [f"rebuilt {report.catalog} from the datastore folders: {len(report.datastores)} datastores, "
+             f"{len(report.unfinished)} unfinished builds"]
+    lines += [f"  kept the old file as {p}" for p in report.kept_aside]
+    lines += [f"  ignored {folder}: {why}" for folder, why in report.ignored]
+    return _finish(args, report.to_json(), lines)
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 def _load_model(args):
     from .core.models import load_model
@@ -582,8 +649,6 @@ def _method(args) -> str:
         raise UsageError("--method memtrf remembers the text itself; it takes no --datastore")
     if method in ("knnlm", "spalm") and not args.datastore:
         raise UsageError(f"--method {method} needs --datastore NAME (see `knn-explorer list`)")
-    if args.k < 1 or not 0 <= args.lambda_ <= 1 or args.temperature <= 0:
-        raise UsageError("--k must be >= 1, --lambda within [0, 1], --temperature > 0")
     return method
 
 
@@ -623,8 +688,6 @@ def _memorizing(args, model, method):
     from .core.adapters import memorizing_with_gates
     from .core.memorizing import MemorizingSettings
 
-    if args.window is not None and args.window < 2:
-        raise UsageError("--window must be at least 2 tokens")
     settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=args.memory_size,
                                   mode=args.memory_mode)
     return memorizing_with_gates(model, settings, args.adapter)
@@ -650,7 +713,8 @@ def _progress_printer():
 
 
 COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
-            "sweep": cmd_sweep, "train-gates": cmd_train_gates, "remove": cmd_remove}
+            "sweep": cmd_sweep, "train-gates": cmd_train_gates, "remove": cmd_remove,
+            "rebuild-catalog": cmd_rebuild_catalog}
 
 if __name__ == "__main__":
     sys.exit(main())

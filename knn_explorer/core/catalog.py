@@ -7,13 +7,25 @@ builds are visible through their `Build` row (status `running` with no live proc
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .home import data_home
+
+REBUILD_HINT = "run `knn-explorer rebuild-catalog` to rebuild it from the datastore folders"
+
+
+class CatalogError(Exception):
+    """The catalog cannot be read or written; str() is one line and never holds an SQL statement."""
+
+
+class CatalogDamaged(CatalogError):
+    """The catalog file is not a readable SQLite database (random bytes, a damaged page)."""
 
 
 def utcnow() -> datetime:
@@ -119,11 +131,40 @@ class Catalog:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else data_home() / "catalog.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 30})
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        # A home the user cannot write (a read-only mount, someone else's folder) can still be read:
+        # the file is opened immutable (no locks, no WAL files to create), or, if there is none, an
+        # empty in-memory catalog stands in. Writing then fails with a one-line reason.
+        self.read_only = not _writable(self.path)
+        if self.read_only:
+            url = f"sqlite:///file:{quote(str(self.path))}?immutable=1&uri=true" if self.path.exists() else "sqlite://"
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{self.path}"
+        self.engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(self.engine, "handle_error", self._one_line_error)
+        if not self.read_only:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        with self.engine.connect() as connection:
+            verdict = connection.execute(text("PRAGMA quick_check")).scalar()
+        if verdict != "ok":
+            raise CatalogDamaged(f"the catalog {self.path} is damaged ({verdict}); {REBUILD_HINT}")
+        if not self.read_only or url == "sqlite://":
+            Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _one_line_error(self, context) -> None:
+        """Every database error leaves the catalog as a CatalogError with a reason a person can act on."""
+        cause = context.original_exception
+        reason = " ".join(str(cause).split())
+        if any(sign in reason for sign in ("file is not a database", "malformed", "disk image")):
+            raise CatalogDamaged(f"the catalog {self.path} is damaged ({reason}); {REBUILD_HINT}") from cause
+        if "readonly" in reason or "read-only" in reason:
+            raise CatalogError(f"the catalog {self.path} is read-only, so nothing can be recorded in it") from cause
+        if "locked" in reason or "busy" in reason:
+            raise CatalogError(f"the catalog {self.path} is locked by another process; try again") from cause
+        if "full" in reason:
+            raise CatalogError(f"the disk holding the catalog {self.path} is full") from cause
+        raise CatalogError(f"the catalog {self.path} could not be used ({reason})") from cause
 
     def session(self) -> Session:
         return self._sessions.begin()  # commits on success, rolls back on error
@@ -189,7 +230,11 @@ class Catalog:
             query = select(BuildRow).where(BuildRow.status.in_(("running", "failed"))).order_by(BuildRow.id.desc())
             if name is not None:
                 query = query.where(BuildRow.name == name)
-            return [b for b in s.scalars(query).all() if Path(b.folder).exists()]
+            latest = {}  # every attempt at one build shares its folder: one entry each, the newest
+            for build in s.scalars(query).all():
+                if build.folder not in latest and Path(build.folder).exists():
+                    latest[build.folder] = build
+            return list(latest.values())
 
     def builds(self, name: str | None = None) -> list[BuildRow]:
         with self._sessions() as s:
@@ -268,6 +313,13 @@ class Catalog:
     def recent_models(self, limit: int = 10) -> list[ModelRow]:
         with self._sessions() as s:
             return list(s.scalars(select(ModelRow).order_by(ModelRow.last_used.desc()).limit(limit)).all())
+
+
+def _writable(path: Path) -> bool:
+    """Whether the catalog can be written: its file if it exists, else the folder it would go in."""
+    if path.exists():  # SQLite also writes its -wal and -shm files beside it
+        return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    return os.access(next((p for p in path.parents if p.exists()), path.parent), os.W_OK)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

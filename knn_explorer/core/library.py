@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .build_lock import datastore_lock
 from .catalog import Catalog, DatastoreRow
-from .datastore import COMPLETE, Datastore, DatastoreError, check_compatible, read_manifest
+from .datastore import COMPLETE, Datastore, DatastoreError, check_compatible, damage, read_manifest
 from .datastore_builder import BuildParameters, BuildReport, DatastoreBuilder
 from .home import datastores_dir
 from .models import LoadedModel
@@ -42,14 +43,20 @@ def build_datastore(
 ) -> BuildReport:
     """Build datastore `name` from `sources`, resuming an interrupted build of the same name.
 
-    Cancelling discards the partial folder; a crash or kill keeps it for the next attempt.
+    Cancelling discards the partial folder; a crash or kill keeps it for the next attempt. The
+    name's lock is held throughout: a second build, resume or removal of it is refused at once.
     """
-    validate_name(name)
-    if catalog.datastore(name) is not None:
-        raise LibraryError(f"a datastore named '{name}' already exists; remove it first or choose another name")
+    name = validate_name(name)
     missing = [str(s) for s in sources if not Path(s).expanduser().exists()]
     if missing:
         raise LibraryError(f"no such file or folder: {missing[0]}")
+    with datastore_lock(name, "build"):
+        if catalog.datastore(name) is not None:
+            raise LibraryError(f"a datastore named '{name}' already exists; remove it first or choose another name")
+        return _build_locked(catalog, name, model, sources, params, on_progress, should_stop)
+
+
+def _build_locked(catalog, name, model, sources, params, on_progress, should_stop) -> BuildReport:
     folder = _resumable_folder(catalog, name) or datastores_dir() / f"{_slug(name)}-{secrets.token_hex(3)}"
     build_id = catalog.start_build(name, folder, model.name, params.to_json())
     builder = DatastoreBuilder(folder, name, model, list(sources), params, on_progress, should_stop)
@@ -83,6 +90,7 @@ def _resumable_folder(catalog: Catalog, name: str) -> Path | None:
 
 def open_datastore(catalog: Catalog, name: str, model: LoadedModel | None = None) -> Datastore:
     """Open a complete, catalogued datastore, refusing one built by another model or tokenizer."""
+    name = name.strip()
     row = catalog.datastore(name)
     if row is None:
         if catalog.unfinished_builds(name):
@@ -101,32 +109,57 @@ def compatibility(row: DatastoreRow, model: LoadedModel) -> Compatibility:
         manifest = read_manifest(Path(row.folder))
         if manifest.get("state") != COMPLETE:
             return Compatibility(False, "its folder is not complete")
+        damaged = damage(Path(row.folder), manifest)
+        if damaged is not None:
+            return Compatibility(False, f"damaged: {damaged}; remove it and build it again")
         check_compatible(manifest, model.model_fingerprint, model.tokenizer_fingerprint, model.name)
     except DatastoreError as exc:
         return Compatibility(False, str(exc))
     return Compatibility(True, None)
 
 
+def datastore_damage(row: DatastoreRow) -> str | None:
+    """Why a catalogued datastore's folder cannot be used (cheap: presence and sizes), or None."""
+    try:
+        manifest = read_manifest(Path(row.folder))
+    except DatastoreError as exc:
+        return str(exc)
+    if manifest.get("state") != COMPLETE:
+        return f"its folder is not complete (state: {manifest.get('state')})"
+    return damage(Path(row.folder), manifest)
+
+
 def remove_datastore(catalog: Catalog, name: str) -> list[Path]:
-    """Remove a datastore and any unfinished builds of that name; returns the folders deleted."""
-    row = catalog.datastore(name)
-    unfinished = catalog.unfinished_builds(name)
-    if row is None and not unfinished:
-        raise LibraryError(f"no datastore or unfinished build named '{name}'")
-    folders = [Path(row.folder)] if row is not None else []
-    folders += [Path(b.folder) for b in unfinished]
-    catalog.remove_datastore(name)
-    catalog.abandon_builds(name)
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-    return folders
+    """Remove a datastore and any unfinished builds of that name; returns the folders deleted.
+    Refused while a build of the name runs (in this process or another)."""
+    name = name.strip()
+    with datastore_lock(name, "remove"):
+        row = catalog.datastore(name)
+        unfinished = catalog.unfinished_builds(name)
+        if row is None and not unfinished:
+            raise LibraryError(f"no datastore or unfinished build named '{name}'")
+        folders = [Path(row.folder)] if row is not None else []
+        folders += [Path(b.folder) for b in unfinished if Path(b.folder) not in folders]
+        catalog.remove_datastore(name)
+        catalog.abandon_builds(name)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        return folders
 
 
-def validate_name(name: str) -> None:
-    if not name or not name.strip():
+def validate_name(name: str) -> str:
+    """The name as it will be stored (surrounding spaces dropped: "a" and "a " would look the same
+    in every list), or LibraryError with the reason it cannot be used."""
+    name = (name or "").strip()
+    if not name:
         raise LibraryError("a datastore needs a name")
     if len(name) > 100 or any(c in name for c in "\n\r\t"):
         raise LibraryError("a datastore name must be one line of at most 100 characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LibraryError("a datastore name must be valid text (it holds undecodable bytes)") from None
+    return name
 
 
 def folder_bytes(folder: Path) -> int:

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core import build_lock
 from ..core.catalog import Catalog
 from ..core.datastore_builder import BuildParameters, BuildReport
 from ..core.documents import SUPPORTED_SUFFIXES
@@ -546,13 +547,16 @@ class BuildDialog(QDialog):
         if not name.strip():
             return "Enter a name for the new datastore"
         try:
-            validate_name(name)
+            name = validate_name(name)
         except LibraryError as exc:
             return str(exc)[0].upper() + str(exc)[1:]
         if self.catalog.datastore(name) is not None:
             return f"A datastore named “{name}” already exists — choose another name or remove it first"
         if name in running_builds():
             return f"“{name}” is being built right now"
+        busy = build_lock.holder(name)  # a build of this name in another process (the CLI, a second window)
+        if busy is not None:
+            return busy[0].upper() + busy[1:]
         return None
 
     def start_problem(self) -> str | None:

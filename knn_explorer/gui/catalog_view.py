@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core import build_lock
 from ..core.catalog import BuildRow, Catalog, DatastoreRow
 from ..core.library import Compatibility, compatibility, remove_datastore
 from ..core.models import LoadedModel
@@ -321,12 +322,15 @@ class CatalogView(QWidget):
         started = _local_time(build.started)
         index = (build.parameters or {}).get("index", "")
         live = running_builds().get(build.name)
-        status = _building_status(live) if live is not None else INTERRUPTED
+        elsewhere = build_lock.holder(build.name) if live is None else None  # the CLI, another window
+        status = _building_status(live) if live is not None else "building elsewhere" if elsewhere else INTERRUPTED
         item = QTreeWidgetItem([build.name, _short_model_name(build.model_name), "", "", index, started, status])
         item.setData(0, KIND_ROLE, "building" if live is not None else "build")
         item.setData(0, NAME_ROLE, build.name)
         if live is not None:
             tip = f"'{build.name}' is being built now; it appears here as a datastore when it is done"
+        elif elsewhere:
+            tip = elsewhere[0].upper() + elsewhere[1:]
         else:
             tip = f"The build of '{build.name}' did not finish"
             if build.error:
