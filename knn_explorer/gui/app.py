@@ -32,13 +32,18 @@ def run(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("kNN Explorer")
     app.setOrganizationName("knn-explorer")
+    from .catalog_repair import open_catalog  # before the splash, which would hide its questions
+
+    catalog = open_catalog()
+    if catalog is None:
+        return 1
     splash = _splash()
     splash.show()
     app.processEvents()
     # torch and transformers take seconds to import; the splash says why nothing else shows yet.
     from .main_window import MainWindow
 
-    window = MainWindow()
+    window = MainWindow(catalog=catalog)
     window.show()
     splash.finish(window)
     return app.exec()

@@ -1,0 +1,115 @@
+"""Builds in separate processes, as a user starts them: two at once, a SIGKILL, a resume.
+
+The first build is frozen with SIGSTOP once it holds its datastore's lock and is encoding, so the
+second command meets a build that is really in progress, however fast the machine is.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corpus import write_corpus
+from test_cli import assert_one_line_error, cli
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP / SIGKILL")
+
+
+def start_build(name, model_dir, docs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "knn_explorer.cli", "build", "--name", name, "--model", str(model_dir),
+         "--docs", str(docs), "--context", "32", "--stride", "16", "--batch-size", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def freeze_while_encoding(process, home: Path) -> None:
+    """Wait until `process` holds its lock and is encoding, then stop it there."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        owners = [json.loads(p.read_text()) for p in (home / "locks").glob("*.owner.json")] \
+            if (home / "locks").exists() else []
+        states = [json.loads(p.read_text()).get("state") for p in (home / "datastores").glob("*/manifest.json")]
+        if any(o["pid"] == process.pid for o in owners) and "encoding" in states:
+            process.send_signal(signal.SIGSTOP)
+            return
+        time.sleep(0.005)
+    raise AssertionError("the build never reached its encoding phase")
+
+
+@pytest.fixture
+def big_docs(tmp_path):
+    """Enough text that encoding one window at a time takes seconds with the tiny model."""
+    docs = write_corpus(tmp_path / "big")
+    for n in range(40):
+        (docs / f"extra-{n}.txt").write_text(f"Document {n}. " + "The quick brown fox jumps. " * 200)
+    return docs
+
+
+def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(tmp_path, data_home, tiny_gpt2_dir,
+                                                                                 big_docs):
+    other = write_corpus(tmp_path / "other")
+    first = start_build("mix", tiny_gpt2_dir, big_docs)
+    try:
+        freeze_while_encoding(first, data_home)
+        # Another build of the same name (other documents), its resume, and its removal: refused at once.
+        for args in (["build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", other],
+                     ["build", "--name", "mix ", "--model", tiny_gpt2_dir, "--docs", big_docs],
+                     ["remove", "mix"]):
+            assert_one_line_error(cli(*args, check=False), 1, "'mix'", "being built", f"process {first.pid}")
+        listing = json.loads(cli("list", "--json").stdout)
+        assert [b["status"] for b in listing["unfinished_builds"]] == ["building"]
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    # The dead build's lock blocks nothing: the same build resumes its folder; two resumes collide.
+    second = start_build("mix", tiny_gpt2_dir, big_docs)
+    try:
+        freeze_while_encoding(second, data_home)
+        assert_one_line_error(cli("build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", big_docs,
+                                  check=False), 1, "'mix'", "being built")
+        second.send_signal(signal.SIGCONT)
+        out, err = second.communicate(timeout=300)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, err
+    assert json.loads(out)["resumed_from"] == "encoding"
+
+    listing = json.loads(cli("list", "--json").stdout)
+    (store,) = listing["datastores"]
+    assert store["name"] == "mix" and store["status"] == "complete" and listing["unfinished_builds"] == []
+    assert len(list((data_home / "datastores").iterdir())) == 1
+    # A complete datastore is never rewritten by another build of its name.
+    assert_one_line_error(cli("build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", other, check=False), 1,
+                          "already exists")
+    out = cli("generate", "--model", tiny_gpt2_dir, "--datastore", "mix", "--prompt", "The quick brown",
+              "--max-new-tokens", 2, "--json").stdout
+    assert all(json.loads(line)["neighbours"] for line in out.splitlines())
+
+
+def test_the_app_refuses_a_name_that_the_cli_is_building(qtbot, data_home, tiny_gpt2_dir, big_docs):
+    from knn_explorer.core.catalog import Catalog
+    from knn_explorer.core.models import load_model
+    from knn_explorer.gui.build_dialog import BuildDialog
+
+    build = start_build("shared", tiny_gpt2_dir, big_docs)
+    try:
+        freeze_while_encoding(build, data_home)
+        dialog = BuildDialog(Catalog(), load_model(str(tiny_gpt2_dir), device="cpu"))
+        qtbot.addWidget(dialog)
+        dialog.add_sources([str(big_docs)])
+        dialog.name_edit.setText("shared")
+        problem = dialog.start_problem()
+        assert problem is not None and "'shared' is being built" in problem and f"process {build.pid}" in problem
+        assert dialog.start_build() is None  # refused in the app, nothing started
+    finally:
+        build.kill()
+        build.wait()
