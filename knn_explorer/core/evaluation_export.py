@@ -2,6 +2,7 @@
 
 A sweep's CSV has one row per swept value; a comparison's has one row per held-out target token
 with its log-probability under each method, so a spreadsheet or pandas can redo any statistic.
+Both are written whole or not at all (`write_atomically`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic_file import write_atomically
 from .catalog import EvaluationRow
 from .comparison import Comparison
 
@@ -22,14 +24,19 @@ def run_json(row: EvaluationRow) -> dict:
 
 
 def write_json(row: EvaluationRow, path: Path) -> Path:
-    Path(path).write_text(json.dumps(run_json(row), indent=2, ensure_ascii=False), encoding="utf-8")
-    return Path(path)
+    text = json.dumps(run_json(row), indent=2, ensure_ascii=False)
+    return write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def write_csv(row: EvaluationRow, path: Path, comparison: Comparison | None = None,
               decode: Callable[[int], str] | None = None) -> Path:
     """A sweep: value, ppl (and entries); a comparison: per target token, or per method if its
     per-token details are gone."""
+    return write_atomically(path, lambda partial: _write_csv(row, partial, comparison, decode))
+
+
+def _write_csv(row: EvaluationRow, path: Path, comparison: Comparison | None,
+               decode: Callable[[int], str] | None) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         results = row.results
@@ -54,4 +61,3 @@ def write_csv(row: EvaluationRow, path: Path, comparison: Comparison | None = No
         else:  # a single evaluation
             writer.writerow(["method", "tokens", "ppl_lm", "ppl"])
             writer.writerow([results.get("method"), results.get("tokens"), results.get("ppl_lm"), results.get("ppl")])
-    return Path(path)

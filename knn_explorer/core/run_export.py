@@ -1,7 +1,8 @@
 """Save a generation run (its per-token records) as JSON or CSV, and read the JSON back.
 
 JSON keeps everything (`{"format": ..., "prompt", "settings", "records": [TokenRecord.to_json()]}`);
-CSV keeps one row per token with the numbers people plot (no neighbour passages).
+CSV keeps one row per token with the numbers people plot (no neighbour passages). Both are written
+whole or not at all (`write_atomically`).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+from .atomic_file import write_atomically
 from .records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
 
 FORMAT = "knn-explorer-run/1"
@@ -18,8 +20,8 @@ CSV_COLUMNS = ["step", "token_id", "token", "method", "chosen_prob_lm", "chosen_
 
 def write_json(path: Path, records: list[TokenRecord], prompt: str = "", settings: dict | None = None) -> Path:
     data = {"format": FORMAT, "prompt": prompt, "settings": settings or {}, "records": [r.to_json() for r in records]}
-    Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    return Path(path)
+    text = json.dumps(data, ensure_ascii=False, indent=1)
+    return write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def read_json(path: Path) -> tuple[str, dict, list[TokenRecord]]:
@@ -44,6 +46,10 @@ def record_from_json(data: dict) -> TokenRecord:
 
 
 def write_csv(path: Path, records: list[TokenRecord]) -> Path:
+    return write_atomically(path, lambda partial: _write_csv(partial, records))
+
+
+def _write_csv(path: Path, records: list[TokenRecord]) -> None:
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -59,4 +65,3 @@ def write_csv(path: Path, records: list[TokenRecord]) -> Path:
                 "temperature": r.retrieval.temperature if r.retrieval else None,
                 "distance": r.retrieval.distance if r.retrieval else None,
             })
-    return Path(path)

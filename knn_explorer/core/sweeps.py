@@ -3,7 +3,8 @@ distance mode — from one forward pass over the held-out text.
 
 Perplexity needs only each target token's probability. One pass (the same sliding windows as
 `evaluate`) collects, per target, log p_LM(target) and the kNN key; one retrieval of the largest k
-gives every neighbour's distance and next token. Then for any (k, T, λ)
+gives every neighbour's distance and next token (a chunk of targets at a time, so memory stays
+bounded however long the text is). Then for any (k, T, λ)
 
     p_kNN(target) = Σ_{i ≤ k} softmax_i(−d_i / T) · 1[v_i = target]
     p(target)     = λ · p_kNN(target) + (1 − λ) · p_LM(target)
@@ -11,6 +12,9 @@ gives every neighbour's distance and next token. Then for any (k, T, λ)
 without touching the model again. A size sweep searches random fractions of the stored keys
 (seeded) exactly, with no forward pass over the corpus; a distance sweep retrieves with the
 index's approximate distances and with distances recomputed from the stored keys.
+
+`check_sweep_values` refuses values a sweep cannot run (k beyond the datastore, λ outside [0, 1],
+...) before anyone runs the model.
 """
 from __future__ import annotations
 
@@ -25,9 +29,10 @@ from .comparison import compare
 from .datastore import Datastore
 from .index import TorchExactSearch
 from .knnlm import KnnLM, KnnLmSettings
-from .memorizing import MemorizingRetrofit
+from .memorizing import MAX_MEMORY, MemorizingRetrofit
 from .models import LoadedModel
 from .progress import Cancelled, ProgressCallback
+from .query_chunks import neighbour_key_bytes, query_chunks
 
 PARAMS = ("lambda", "k", "temperature", "size", "distance")  # kNN-LM's; "memory" is the Memorizing Transformer's
 DEFAULT_VALUES = {  # what the app proposes: the kNN-LM paper's ranges, on a scale that shows the curve's shape
@@ -83,73 +88,140 @@ def target_knn_probs(values: np.ndarray, distances: np.ndarray, targets: np.ndar
     return (weights * (values[:, :k] == targets[:, None])).sum(axis=1)
 
 
-def perplexity_with(log_p_lm: np.ndarray, p_knn: np.ndarray, lam: float) -> float:
-    """exp of the mean negative log of λ p_kNN + (1 − λ) p_LM, computed in log space."""
+def mixed_log_probs(log_p_lm: np.ndarray, p_knn: np.ndarray, lam: float) -> np.ndarray:
+    """log(λ p_kNN + (1 − λ) p_LM) per target, computed in log space (exactly log p_LM when λ = 0)."""
+    if lam == 0:
+        return log_p_lm
     with np.errstate(divide="ignore"):
-        mixed = np.logaddexp(np.log(lam) + np.log(p_knn), np.log1p(-lam) + log_p_lm) if lam > 0 else log_p_lm
-    return math.exp(-float(np.mean(mixed)))
+        return np.logaddexp(np.log(lam) + np.log(p_knn), np.log1p(-lam) + log_p_lm)
 
 
-def _retrieve(datastore: Datastore, keys: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(next tokens, distances) of the k nearest entries: the same retrieval kNN-LM runs."""
-    found = KnnLM(datastore, KnnLmSettings(k=k, exact_distances=exact)).retrieve(torch.from_numpy(keys))
-    return found.values.numpy(), found.distances
+Retriever = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (next tokens, distances)
 
 
-def _retrieve_subset(datastore: Datastore, keys: np.ndarray, k: int, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _retriever(datastore: Datastore, exact: bool) -> Retriever:
+    """The same retrieval kNN-LM runs."""
+    def retrieve(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = KnnLM(datastore, KnnLmSettings(k=k, exact_distances=exact)).retrieve(torch.from_numpy(keys))
+        return found.values.numpy(), found.distances
+    return retrieve
+
+
+def subset_entries(datastore: Datastore, fraction: float) -> int:
+    """How many entries a size sweep's `fraction` keeps (at least one)."""
+    return max(1, round(fraction * datastore.size))
+
+
+def _subset_retriever(datastore: Datastore, fraction: float, seed: int) -> Retriever:
     """Exact search over a random `fraction` of the stored keys: no model forward, no re-encoding."""
-    chosen = np.sort(np.random.default_rng(seed).choice(datastore.size, max(1, round(fraction * datastore.size)),
+    chosen = np.sort(np.random.default_rng(seed).choice(datastore.size, subset_entries(datastore, fraction),
                                                         replace=False))
-    distances, local = TorchExactSearch(datastore.keys[chosen]).search(keys, k)
-    ids = np.where(local >= 0, chosen[np.maximum(local, 0)], -1)
-    values = np.where(ids >= 0, datastore.values[np.maximum(ids, 0)], -1)
-    return values, np.where(ids < 0, np.inf, distances)
+    search = TorchExactSearch(datastore.keys[chosen])
+
+    def retrieve(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        distances, local = search.search(keys, k)
+        ids = np.where(local >= 0, chosen[np.maximum(local, 0)], -1)
+        values = np.where(ids >= 0, datastore.values[np.maximum(ids, 0)], -1)
+        return values, np.where(ids < 0, np.inf, distances)
+    return retrieve
+
+
+class SweepValueError(ValueError):
+    """Values a sweep cannot run; str() is a one-line reason."""
+
+
+VALUE_CHECKS = {  # param -> (is this value valid?, the rule, said when it is not)
+    "lambda": (lambda v: 0 <= v <= 1, "λ values must lie in [0, 1]"),
+    "k": (lambda v: v >= 1 and v.is_integer(), "k values must be whole numbers >= 1"),
+    "temperature": (lambda v: 0 < v < math.inf, "temperatures must be > 0 and finite"),
+    "size": (lambda v: 0 < v <= 1, "sizes are fractions of the datastore, in (0, 1]"),
+    "distance": (lambda v: v in (0, 1), "distance values are 1 (exact) or 0 (the index's)"),
+    "memory": (lambda v: 0 <= v <= MAX_MEMORY and v.is_integer(),
+               f"memory sizes are whole numbers of tokens from 0 to {MAX_MEMORY:,}"),
+}
+
+
+def check_sweep_values(datastore: Datastore | None, param: str, values: list[float],
+                       settings: KnnLmSettings | None = None) -> None:
+    """Refuse, with a one-line reason, a sweep that cannot run: call it before the model's forward
+    pass, so a mistake costs nothing. Without a datastore only the values' own ranges are checked.
+    k is never silently clamped to the datastore's size in a sweep: two points would be one."""
+    if param not in VALUE_CHECKS:
+        raise SweepValueError(f"unknown sweep parameter {param!r}: use one of {', '.join(VALUE_CHECKS)}")
+    if not values:
+        raise SweepValueError("give at least one value to sweep")
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise SweepValueError(f"sweep values must be numbers, not {values!r}") from None
+    valid, rule = VALUE_CHECKS[param]
+    bad = [v for v in numbers if not valid(v)]  # NaN fails every comparison, so it is refused too
+    if bad:
+        raise SweepValueError(f"{rule}, not {bad[0]:g}")
+    if datastore is None:
+        return
+    entries = datastore.size
+    if param == "k" and max(numbers) > entries:
+        raise SweepValueError(f"k = {max(numbers):g} is more than the {entries:,} entries of datastore "
+                              f"'{datastore.name}': sweep k up to {entries:,}")
+    if param == "size" and settings is not None:
+        smallest = subset_entries(datastore, min(numbers))
+        if smallest < settings.k:
+            raise SweepValueError(f"size {min(numbers):g} keeps {smallest:,} of '{datastore.name}''s entries, "
+                                  f"fewer than k = {settings.k}: use larger fractions or a smaller k")
+
+
+def _point_settings(settings: KnnLmSettings, param: str, value: float) -> tuple[int, float, float]:
+    """(k, temperature, λ) of one sweep point."""
+    k, temperature, lam = settings.k, settings.temperature, settings.lambda_
+    if param == "lambda":
+        lam = float(value)
+    elif param == "k":
+        k = int(value)
+    elif param == "temperature":
+        temperature = float(value)
+    return k, temperature, lam
 
 
 def sweep(datastore: Datastore, collected: Collected, param: str, values: list[float],
           settings: KnnLmSettings = KnnLmSettings(), seed: int = 0,
           should_stop: Callable[[], bool] | None = None) -> SweepResult:
-    """Perplexity of kNN-LM (fixed λ) at each value of `param`, the others as in `settings`."""
+    """Perplexity of kNN-LM (fixed λ) at each value of `param`, the others as in `settings`.
+
+    The held-out targets are searched a chunk at a time (`query_chunks`), each chunk's neighbours
+    scored for every point and dropped, so memory does not grow with the text's length."""
     if param not in PARAMS:
-        raise ValueError(f"unknown sweep parameter {param!r}: use one of {', '.join(PARAMS)}")
-    if not values:
-        raise ValueError("give at least one value to sweep")
-    checks = {"lambda": (lambda v: 0 <= v <= 1, "λ values must lie in [0, 1]"),
-              "k": (lambda v: v >= 1 and float(v).is_integer(), "k values must be whole numbers >= 1"),
-              "temperature": (lambda v: v > 0, "temperatures must be > 0"),
-              "size": (lambda v: 0 < v <= 1, "sizes are fractions of the datastore, in (0, 1]"),
-              "distance": (lambda v: v in (0, 1), "distance values are 1 (exact) or 0 (the index's)")}
-    valid, reason = checks[param]
-    if not all(valid(v) for v in values):
-        raise ValueError(reason)
+        raise SweepValueError(f"unknown sweep parameter {param!r}: use one of {', '.join(PARAMS)}")
+    check_sweep_values(datastore, param, values, settings)
     c = collected
     ppl_lm = math.exp(-float(np.mean(c.log_p_lm)))
     fixed = {**replace(settings, lambda_mode="fixed").describe(), "datastore": datastore.name,
              "entries": datastore.size}  # sweeps use a fixed λ
     fixed.pop(param, None)  # the swept one is in the results
     result = SweepResult(param, len(c.targets), ppl_lm, fixed=fixed)
-    k_max = int(max(values)) if param == "k" else settings.k
-    shared = None if param in ("size", "distance") else _retrieve(datastore, c.keys, k_max, settings.exact_distances)
-    for value in values:
-        if should_stop is not None and should_stop():
-            raise Cancelled("sweep cancelled")
-        k, temperature, lam = settings.k, settings.temperature, settings.lambda_
-        neighbours = shared
-        if param == "lambda":
-            lam = float(value)
-        elif param == "k":
-            k = int(value)
-        elif param == "temperature":
-            temperature = float(value)
-        elif param == "size":
-            neighbours = _retrieve_subset(datastore, c.keys, k, float(value), seed)
-        else:  # distance: 1 = exact (recomputed from the stored keys), 0 = the index's own
-            neighbours = _retrieve(datastore, c.keys, k, bool(value))
-        p_knn = target_knn_probs(neighbours[0], neighbours[1], c.targets, k, temperature)
-        point = {"value": value, "ppl": perplexity_with(c.log_p_lm, p_knn, lam)}
+    # λ, k and T share one retrieval of the largest k; each size or distance mode retrieves its own.
+    shared = param in ("lambda", "k", "temperature")
+    groups = [range(len(values))] if shared else [[i] for i in range(len(values))]
+    log_p_sums = np.zeros(len(values))
+    for group in groups:
+        value = values[group[0]]
         if param == "size":
-            point["entries"] = max(1, round(float(value) * datastore.size))
+            retrieve = _subset_retriever(datastore, float(value), seed)
+        else:  # distance: 1 = exact (recomputed from the stored keys), 0 = the index's own
+            retrieve = _retriever(datastore, bool(value) if param == "distance" else settings.exact_distances)
+        k_search = max(_point_settings(settings, param, values[i])[0] for i in group)
+        for rows in query_chunks(len(c.targets), neighbour_key_bytes(k_search, datastore.dim)):
+            if should_stop is not None and should_stop():
+                raise Cancelled("sweep cancelled")
+            neighbour_values, distances = retrieve(c.keys[rows], k_search)
+            for i in group:
+                k, temperature, lam = _point_settings(settings, param, values[i])
+                p_knn = target_knn_probs(neighbour_values, distances, c.targets[rows], k, temperature)
+                log_p_sums[i] += float(np.sum(mixed_log_probs(c.log_p_lm[rows], p_knn, lam)))
+    for value, log_p_sum in zip(values, log_p_sums):
+        point = {"value": value, "ppl": math.exp(-log_p_sum / len(c.targets))}
+        if param == "size":
+            point["entries"] = subset_entries(datastore, float(value))
         result.results.append(point)
     return result
 
@@ -160,10 +232,7 @@ def sweep_memory_size(model: LoadedModel, memorizing: MemorizingRetrofit, text: 
     """Memorizing Transformer perplexity with memories of `sizes` tokens, on `compare`'s windows (the
     memory holds the text before each window, its most recent `size` tokens). Each size is one pass
     over the text: the memory's contents depend on its size. The memory is restored afterwards."""
-    if not sizes:
-        raise ValueError("give at least one memory size")
-    if not all(float(v).is_integer() and v >= 0 for v in sizes):
-        raise ValueError("memory sizes are whole numbers of tokens >= 0")
+    check_sweep_values(None, "memory", sizes)
     original = memorizing.settings.memory_size
     result = None
     try:

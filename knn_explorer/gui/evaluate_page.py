@@ -25,9 +25,10 @@ from ..core.evaluation_store import forget, keep_comparison, load_comparison
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLmSettings
 from ..core.methods import METHOD_LABELS
-from ..core.sweeps import DEFAULT_VALUES, collect, sweep, sweep_memory_size
+from ..core.sweeps import DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, sweep, sweep_memory_size
 from . import workers
 from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
+from .export_report import report_export
 from .path_field import PathField
 from .results_table import ResultsTable
 from .runs import Run
@@ -287,8 +288,10 @@ class EvaluatePage(QWidget):
             values = [float(v) for v in self.values_edit.text().replace(";", ",").split(",") if v.strip()]
         except ValueError:
             return self._refuse(f"Sweep values must be numbers separated by commas, not {self.values_edit.text()!r}")
-        if not values:
-            return self._refuse("Give at least one value to sweep")
+        try:
+            check_sweep_values(None, param, values)  # the datastore's size is checked in the job, once open
+        except SweepValueError as exc:
+            return self._refuse(str(exc))
         if param != "memory" and not self.datastore_name:
             return self._refuse("A kNN-LM sweep needs a datastore: double-click one in the library")
         return "sweep", (param, values)
@@ -335,6 +338,7 @@ class EvaluatePage(QWidget):
                 where = None
             else:
                 objects = open_methods(["knnlm"])
+                check_sweep_values(objects.datastore, param, values, knn_settings)  # before the model runs
                 collected = collect(model, text, context, stride, on_progress=control.report,
                                     should_stop=control.should_stop)
                 result = sweep(objects.datastore, collected, param, values, knn_settings,
@@ -521,21 +525,25 @@ class EvaluatePage(QWidget):
         chosen, _ = QFileDialog.getSaveFileName(self, title, f"evaluation-{rows[-1].id}{suffix}", f"*{suffix}")
         return Path(chosen) if chosen else None
 
+    def _report_export(self, what: str, path: Path, write):
+        """Write, then say where it went, or why not in one line (a folder, a read-only place, a full disk)."""
+        return report_export(what, path, write, say=self.status.setText, fail=self._refuse)
+
     def export_csv(self, path: Path | None = None) -> Path | None:
         path = self._target("Export run as CSV", ".csv", path)
-        if path is not None:
-            row = self.selected_rows()[-1]
-            decode = self._decoder(row)
-            evaluation_export.write_csv(row, path, self._comparison(row), lambda token_id: decode([token_id]))
-            self.status.setText(f"Saved {path}")
-        return path
+        if path is None:
+            return None
+        row = self.selected_rows()[-1]
+        decode, comparison = self._decoder(row), self._comparison(row)
+        return self._report_export(f"run #{row.id} as CSV", path, lambda: evaluation_export.write_csv(
+            row, path, comparison, lambda token_id: decode([token_id])))
 
     def export_json(self, path: Path | None = None) -> Path | None:
         path = self._target("Export run as JSON", ".json", path)
-        if path is not None:
-            evaluation_export.write_json(self.selected_rows()[-1], path)
-            self.status.setText(f"Saved {path}")
-        return path
+        if path is None:
+            return None
+        row = self.selected_rows()[-1]
+        return self._report_export(f"run #{row.id} as JSON", path, lambda: evaluation_export.write_json(row, path))
 
     def export_pngs(self, folder: Path | None = None) -> list[Path]:
         rows = self.selected_rows()
@@ -546,10 +554,9 @@ class EvaluatePage(QWidget):
             chosen = QFileDialog.getExistingDirectory(self, "Folder for the plot PNGs")
             if not chosen:
                 return []
-            folder = Path(chosen)
-        written = self.plots.export_pngs(folder, "evaluation-" + "-".join(str(r.id) for r in rows))
-        self.status.setText(f"Saved {len(written)} plots to {folder}")
-        return written
+            folder = chosen
+        folder, stem = Path(folder), "evaluation-" + "-".join(str(r.id) for r in rows)
+        return self._report_export("the plots as PNG", folder, lambda: self.plots.export_pngs(folder, stem)) or []
 
 
 def _summary(row: EvaluationRow) -> str:

@@ -31,6 +31,7 @@ from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
 from .evaluate_page import EvaluatePage, MethodObjects
+from .export_report import report_export
 from .gate_training_dialog import GateTrainingDialog
 from .generation_controls import GenerationControls
 from .model_dialog import LoadModelDialog
@@ -182,7 +183,9 @@ class MainWindow(QMainWindow):
             if text is None:
                 menu.addSeparator()
                 continue
-            action = QAction(text, self, shortcut=QKeySequence(keys), triggered=slot)
+            action = QAction(text, self, shortcut=QKeySequence(keys))
+            # triggered(bool) would hand `checked` to the slot's first parameter (the export's path)
+            action.triggered.connect(lambda _checked=False, slot=slot: slot())
             action.setToolTip(f"{text} ({keys})")
             menu.addAction(action)
 
@@ -562,37 +565,45 @@ class MainWindow(QMainWindow):
         self.generate(run=self.current_run.branch(step, token), forced_token=token_id)
 
     # ---- export ----------------------------------------------------------------------------
-    def _export_target(self, title: str, suffix: str) -> Path | None:
+    def _export_target(self, path: Path | str | None, title: str, suffix: str) -> Path | None:
         if self.current_run is None or not self.current_run.records:
             self.show_error("Nothing to export yet: generate first")
             return None
-        path, _ = QFileDialog.getSaveFileName(self, title, f"run{suffix}", f"*{suffix}")
-        return Path(path) if path else None
-
-    def export_json(self, path: Path | None = None) -> Path | None:
-        path = path or self._export_target("Export run as JSON", ".json")
         if path:
-            run = self.current_run
-            run_export.write_json(path, run.records, run.prompt, run.settings)
-            self.statusBar().showMessage(f"Saved {path}", 5000)
-        return path
+            return Path(path)
+        chosen, _ = QFileDialog.getSaveFileName(self, title, f"run{suffix}", f"*{suffix}")
+        return Path(chosen) if chosen else None
 
-    def export_csv(self, path: Path | None = None) -> Path | None:
-        path = path or self._export_target("Export run as CSV", ".csv")
-        if path:
-            run_export.write_csv(path, self.current_run.records)
-            self.statusBar().showMessage(f"Saved {path}", 5000)
-        return path
+    def _report_export(self, what: str, path: Path, write):
+        """Write, then say where it went, or why not in one line (a folder, a read-only place, a full disk)."""
+        return report_export(what, path, write, say=lambda message: self.statusBar().showMessage(message, 10_000),
+                             fail=self.show_error)
 
-    def export_plots(self, folder: Path | None = None) -> list[Path]:
+    def export_json(self, path: Path | str | None = None) -> Path | None:
+        """Save to `path`, or to a file chosen in a dialog; the path saved, or None."""
+        path = self._export_target(path, "Export run as JSON", ".json")
+        if path is None:
+            return None
+        run = self.current_run
+        return self._report_export("the run as JSON", path,
+                                   lambda: run_export.write_json(path, run.records, run.prompt, run.settings))
+
+    def export_csv(self, path: Path | str | None = None) -> Path | None:
+        path = self._export_target(path, "Export run as CSV", ".csv")
+        if path is None:
+            return None
+        records = self.current_run.records
+        return self._report_export("the run as CSV", path, lambda: run_export.write_csv(path, records))
+
+    def export_plots(self, folder: Path | str | None = None) -> list[Path]:
+        """The inspector's plots as PNG files in `folder` (or one chosen in a dialog); the files written."""
         if folder is None:
             chosen = QFileDialog.getExistingDirectory(self, "Folder for the plot PNGs")
             if not chosen:
                 return []
-            folder = Path(chosen)
-        written = self.inspector.export_plots(Path(folder))
-        self.statusBar().showMessage(f"Saved {len(written)} plots to {folder}", 5000)
-        return written
+            folder = chosen
+        folder = Path(folder)
+        return self._report_export("the plots as PNG", folder, lambda: self.inspector.export_plots(folder)) or []
 
     # ---- messages --------------------------------------------------------------------------
     def show_error(self, reason: str) -> None:

@@ -7,6 +7,7 @@ import pyqtgraph as pg
 from pyqtgraph.exporters import ImageExporter
 from PySide6.QtGui import QColor
 
+from ..core.atomic_file import write_atomically
 from . import colours
 
 
@@ -31,9 +32,14 @@ def style_plot(plot: pg.PlotWidget, title: str | None = None, left: str | None =
 
 
 def export_png(plot: pg.PlotWidget, path: Path, min_width: int = 480) -> Path:
-    """The plot at twice its on-screen width (at least `min_width`), on white."""
+    """The plot at twice its on-screen width (at least `min_width`), on white. An OSError says why
+    it could not be written (QImage.save only returns False)."""
     exporter = ImageExporter(plot.getPlotItem())
     exporter.parameters()["width"] = int(max(plot.width(), min_width) * 2)
     exporter.parameters()["background"] = QColor("#ffffff")
-    exporter.export(str(path))
-    return Path(path)
+    image = exporter.export(toBytes=True)
+
+    def save(partial: Path) -> None:
+        if not image.save(str(partial), "PNG"):
+            raise OSError(f"could not write {Path(path).name} (no permission, or the disk is full)")
+    return write_atomically(path, save)
