@@ -515,12 +515,15 @@ def _train_spalm(args, show):
 def cmd_sweep(args) -> int:
     from .core.catalog import Catalog
     from .core.library import open_datastore
-    from .core.sweeps import collect, sweep
+    from .core.sweeps import SweepValueError, check_sweep_values, collect, sweep
 
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--values must be numbers separated by commas, not {args.values!r}") from None
+        check_sweep_values(None, args.param, values)  # ranges now; the datastore's size once it is open
+    except ValueError as exc:
+        reason = str(exc) if isinstance(exc, SweepValueError) else f"--values must be numbers separated by commas, " \
+                                                                    f"not {args.values!r}"
+        raise UsageError(reason) from None
     texts = _read_eval_texts(args.text)
     if args.param == "memory":
         return _sweep_memory(args, values, texts)
@@ -531,6 +534,10 @@ def cmd_sweep(args) -> int:
     model = _load_model(args)
     catalog = Catalog()
     datastore = open_datastore(catalog, args.datastore, model)
+    try:
+        check_sweep_values(datastore, args.param, values, settings)  # before the model pass, not after it
+    except SweepValueError as exc:
+        raise UsageError(str(exc)) from None
     collected = collect(model, text, context_length=args.context, stride=args.stride, on_progress=_progress_printer())
     result = sweep(datastore, collected, args.param, values, settings, seed=args.seed)
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
@@ -546,8 +553,6 @@ def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
 
     if args.datastore:
         raise UsageError("--param memory sweeps the Memorizing Transformer's memory; it takes no --datastore")
-    if not all(v >= 0 and float(v).is_integer() for v in values):
-        raise UsageError("memory sizes are whole numbers of tokens >= 0")
     model = _load_model(args)
     settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=int(max(values)),
                                   mode=args.memory_mode)

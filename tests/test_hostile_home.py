@@ -249,3 +249,16 @@ def test_names_that_differ_only_by_surrounding_spaces_are_one_datastore(capsys, 
     assert code == 1 and "already exists" in one_line_error(err)
     code, out, _ = run(capsys, "list", "--json")
     assert [d["name"] for d in json.loads(out)["datastores"]] == ["notes"]
+
+
+def test_a_k_sweep_beyond_the_datastore_is_refused_before_the_model_pass(capsys, monkeypatch, model, docs, tmp_path,
+                                                                         tiny_gpt2_dir):
+    import knn_explorer.core.sweeps as sweeps
+
+    build("notes", model, docs)
+    held_out = tmp_path / "heldout.txt"
+    held_out.write_text("The quick brown fox jumps over the lazy dog. " * 8)
+    monkeypatch.setattr(sweeps, "collect", lambda *a, **k: pytest.fail("the model ran before the values were checked"))
+    code, _, err = run(capsys, "sweep", "--model", tiny_gpt2_dir, "--datastore", "notes", "--text", held_out,
+                       "--param", "k", "--values", "1,1e9")
+    assert code == 2 and "more than the" in one_line_error(err) and "'notes'" in err

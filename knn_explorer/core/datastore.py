@@ -55,6 +55,39 @@ def read_manifest(folder: Path) -> dict:
         raise DatastoreError(f"{folder}/manifest.json is corrupt: {exc}") from None
 
 
+ENTRY_FILES = {"keys.f16": None, "values.i32": 4, "positions.i64": 16}  # bytes per entry (keys: 2·dim)
+
+
+def damage(folder: Path, manifest: dict) -> str | None:
+    """What is wrong with a complete datastore's folder, in a few words, or None when its files
+    agree with its manifest. Cheap enough for every `list`: it checks presence and sizes, reads nothing."""
+    dim, entries = manifest.get("dim"), manifest.get("entries")
+    if not all(isinstance(v, int) and v > 0 for v in (dim, entries)) or not isinstance(manifest.get("index"), dict):
+        return "its manifest.json lacks the key dimension, entry count or index"
+    for name, per_entry in ENTRY_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        expected = entries * (per_entry or 2 * dim)
+        size = path.stat().st_size
+        if size != expected:
+            return f"{name} is {'shorter' if size < expected else 'longer'} than its manifest says"
+    if not (folder / "documents.jsonl").is_file() or not (folder / "texts").is_dir():
+        return "its document list or extracted texts are missing"
+    if manifest["index"].get("kind") != "flat":
+        index = folder / "index.faiss"
+        if not index.is_file() or index.stat().st_size == 0:
+            return "index.faiss is missing or empty"
+        with open(index, "rb") as f:
+            if f.read(1) != b"I":  # every FAISS index file starts with its type's code: IwPQ, IHNf, IxF2…
+                return "index.faiss is not a FAISS index"
+    return None
+
+
+def damaged_error(name: str, reason: str) -> "DatastoreError":
+    return DatastoreError(f"datastore '{name}' is damaged ({reason}); remove it and build it again")
+
+
 @dataclass(frozen=True)
 class DocumentEntry:
     id: int
@@ -141,20 +174,30 @@ class Datastore:
                 f"datastore '{self.manifest.get('name', self.folder.name)}' is not complete "
                 f"(state: {self.manifest.get('state')}); run the same build again to finish it"
             )
-        self.name: str = self.manifest["name"]
+        self.name: str = self.manifest.get("name", self.folder.name)
+        reason = damage(self.folder, self.manifest)
+        if reason is not None:
+            raise damaged_error(self.name, reason)
         self.dim: int = self.manifest["dim"]
         self.size: int = self.manifest["entries"]
-        self.index_spec = IndexSpec.from_json(self.manifest["index"])
+        try:
+            self.index_spec = IndexSpec.from_json(self.manifest["index"])
+            self.documents = {d.id: d for d in read_documents(self.folder)}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise damaged_error(self.name, f"its manifest or document list is unreadable: {exc!r}") from None
         self.keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(self.size, self.dim))
         self.values = np.fromfile(self.folder / "values.i32", dtype=np.int32)
         self.positions = np.fromfile(self.folder / "positions.i64", dtype=np.int64).reshape(-1, 2)
-        if len(self.values) != self.size or len(self.positions) != self.size:
-            raise DatastoreError(f"datastore '{self.name}' is damaged: entry files disagree with the manifest")
-        self.documents = {d.id: d for d in read_documents(self.folder)}
         if self.index_spec.kind == "flat":  # exact search needs no index, only the keys
             self.searcher = TorchExactSearch(self.keys, device)
         else:
-            self.searcher = FaissSearch(faiss.read_index(str(self.folder / "index.faiss")))
+            try:
+                index = faiss.read_index(str(self.folder / "index.faiss"))
+            except RuntimeError:  # FAISS's own message is a multi-line C++ trace
+                raise damaged_error(self.name, "index.faiss is not a readable FAISS index") from None
+            if index.ntotal != self.size or index.d != self.dim:
+                raise damaged_error(self.name, "index.faiss holds other entries than its manifest says")
+            self.searcher = FaissSearch(index)
         self._text = lru_cache(maxsize=64)(self._read_text)
 
     def check_compatible(self, model_fingerprint: str, tokenizer_fingerprint: str, model_name: str) -> None:
