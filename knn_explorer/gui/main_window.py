@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout,
                                QProgressBar, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from ..core import run_export
-from ..core.catalog import Catalog
+from ..core.catalog import Catalog, CatalogError
 from ..core.generation import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLM, KnnLmSettings
@@ -243,7 +243,10 @@ class MainWindow(QMainWindow):
         self._open_datastores.clear()
         self.settings.last_model = model.spec
         self.settings.device = device
-        self.catalog.remember_model(model.spec, model.name, model.model_fingerprint)
+        try:
+            self.catalog.remember_model(model.spec, model.name, model.model_fingerprint)
+        except CatalogError:  # a read-only data home: the model is used, just not remembered
+            pass
         params = sum(p.numel() for p in model.model.parameters())
         self.model_label.setText(f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M "
                                  f"parameters · {model.device.type} · kNN key: {model.key_site.description}")
