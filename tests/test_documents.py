@@ -346,7 +346,7 @@ def test_permission_error_is_one_line(tmp_path, monkeypatch):
     def deny(*_args, **_kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(D, "_read_bytes", deny)
+    monkeypatch.setattr(D, "_open_binary", deny)
     assert read_or_reason(path) == "permission denied"
     items = list(iter_documents([path]))
     assert items == [SkippedFile(path.resolve(), "permission denied")]
@@ -365,10 +365,10 @@ def test_permission_denied_for_real(tmp_path):
 def test_parser_bug_does_not_escape_iter_documents(tmp_path, monkeypatch):
     write(tmp_path / "a.txt", "fine")
 
-    def boom(_data):
+    def boom(*_args):
         raise ValueError("parser exploded\nwith a second line")
 
-    monkeypatch.setattr(D, "_text_from_bytes", boom)
+    monkeypatch.setattr(D, "_text_source", boom)
     (item,) = list(iter_documents([tmp_path]))
     assert isinstance(item, SkippedFile) and "unexpected error" in item.reason and "\n" not in item.reason
 

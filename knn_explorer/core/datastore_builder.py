@@ -1,7 +1,8 @@
 """Build a datastore folder: documents -> tokens -> keys (model forward) -> FAISS index.
 
 Three phases, each restartable:
-  reading   documents are read and tokenized; tokens, values and positions are appended to disk.
+  reading   documents are read and tokenized a piece at a time (a text file is never held whole);
+            tokens, values and positions are appended to disk.
             Known before any model forward: values are next tokens, positions their offsets.
   encoding  sliding windows over each document's tokens run through the model in batches; the
             kNN key of every scored position is written into keys.f16 (plain writes, no mmap).
@@ -30,6 +31,7 @@ from .datastore import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_
 from .index import build_index, choose_index
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
+from .tokenizing import tokenize_pieces, tokenize_with_offsets  # noqa: F401  (tokenize_with_offsets: benchmarks)
 from .windows import sliding_windows
 
 CHECKPOINT_SECONDS = 2.0
@@ -126,7 +128,7 @@ class DatastoreBuilder:
         same = (
             manifest.get("model", {}).get("fingerprint") == self.model.model_fingerprint
             and manifest.get("tokenizer_fingerprint") == self.model.tokenizer_fingerprint
-            and manifest.get("sources") == self.sources
+            and manifest.get("sources") == self._source_texts()
             and manifest.get("context_length") == self.context_length
             and manifest.get("stride") == self.stride
         )
@@ -148,7 +150,8 @@ class DatastoreBuilder:
         write_json_atomic(self.folder / "manifest.json", manifest)
 
         candidates, skipped = docs.discover(self.sources)
-        skipped_rows = [{"path": str(s.path), "reason": s.reason} for s in skipped]
+        # Paths as text: file names need not be UTF-8, and these files are strict UTF-8 JSON.
+        skipped_rows = [{"path": docs.path_text(s.path), "reason": s.reason} for s in skipped]
         (self.folder / "texts").mkdir()
         meter = PhaseMeter("reading", len(candidates), "files", self.on_progress)
         token_total = entry_total = 0
@@ -156,39 +159,70 @@ class DatastoreBuilder:
              open(self.folder / "values.i32", "wb") as values_out, \
              open(self.folder / "positions.i64", "wb") as positions_out, \
              open(self.folder / "documents.jsonl", "w", encoding="utf-8") as documents_out:
+            outputs = (tokens_out, values_out, positions_out)
             for number, path in enumerate(candidates):
                 self._check_stop()
                 meter.update(number)
-                try:
-                    document = docs.read_document(path, self.params.max_file_bytes)
-                except docs.DocumentError as exc:
-                    skipped_rows.append({"path": str(path), "reason": str(exc)})
-                    continue
-                ids, starts = tokenize_with_offsets(self.model.tokenizer, document.text)
-                if len(ids) < 2:
-                    skipped_rows.append({"path": str(path), "reason": "too short (fewer than 2 tokens)"})
-                    continue
                 doc_id = number
-                with open(self.folder / "texts" / f"{doc_id}.txt", "w", encoding="utf-8", newline="") as f:
-                    f.write(document.text)
-                tokens_out.write(ids.astype(np.int32).tobytes())
-                values_out.write(ids[1:].astype(np.int32).tobytes())
-                positions = np.stack([np.full(len(ids) - 1, doc_id, dtype=np.int64), starts[1:]], axis=1)
-                positions_out.write(positions.astype(np.int64).tobytes())
+                text_path = self.folder / "texts" / f"{doc_id}.txt"
+                marks = [out.tell() for out in outputs]
+                try:
+                    source = docs.open_document(path, self.params.max_file_bytes)
+                    token_count, chars = self._append_document(doc_id, source, text_path, *outputs)
+                    if token_count < 2:
+                        raise docs.DocumentError("too short (fewer than 2 tokens)")
+                except docs.DocumentError as exc:
+                    # The text streams through: a document found bad halfway takes back what it wrote.
+                    for out, mark in zip(outputs, marks):
+                        out.seek(mark)
+                        out.truncate()
+                    text_path.unlink(missing_ok=True)
+                    skipped_rows.append({"path": docs.path_text(path), "reason": exc.reason})
+                    continue
                 row = {
-                    "id": doc_id, "path": str(document.path), "sha256": document.sha256, "size": document.size,
-                    "mtime": document.mtime, "kind": document.kind, "chars": len(document.text),
-                    "token_start": token_total, "token_count": len(ids), "entry_start": entry_total,
+                    "id": doc_id, "path": docs.path_text(source.path), "sha256": source.sha256, "size": source.size,
+                    "mtime": source.mtime, "kind": source.kind, "chars": chars,
+                    "token_start": token_total, "token_count": token_count, "entry_start": entry_total,
                 }
                 documents_out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                token_total += len(ids)
-                entry_total += len(ids) - 1
+                token_total += token_count
+                entry_total += token_count - 1
         meter.update(len(candidates), force=True)
         write_json_atomic(self.folder / "skipped.json", skipped_rows)
         if entry_total == 0:
             raise DatastoreError("no usable text in the given documents (every file was skipped or too short)")
         manifest.update(state="encoding", entries=entry_total, tokens=token_total)
         write_json_atomic(self.folder / "manifest.json", manifest)
+
+    def _append_document(self, doc_id: int, source: docs.DocumentSource, text_path: Path,
+                         tokens_out, values_out, positions_out) -> tuple[int, int]:
+        """Stream one document into texts/<id>.txt and the token and entry files, a piece at a time
+        (the whole text is never one string); returns (tokens, characters)."""
+        tokens = chars = 0
+        with open(text_path, "w", encoding="utf-8", newline="") as text_out:
+
+            def written(pieces):
+                nonlocal chars
+                for piece in pieces:
+                    text_out.write(piece)
+                    chars += len(piece)
+                    yield piece
+
+            for ids, starts in tokenize_pieces(self.model.tokenizer, written(source.pieces())):
+                self._check_stop()
+                if not len(ids):
+                    continue
+                tokens_out.write(ids.astype(np.int32).tobytes())
+                # Entry t predicts token t from the tokens before it: the document's first token has none.
+                first = 1 if tokens == 0 else 0
+                values_out.write(ids[first:].astype(np.int32).tobytes())
+                positions = np.stack([np.full(len(ids) - first, doc_id, dtype=np.int64), starts[first:]], axis=1)
+                positions_out.write(positions.tobytes())
+                tokens += len(ids)
+        return tokens, chars
+
+    def _source_texts(self) -> list[str]:
+        return [docs.path_text(s) for s in self.sources]
 
     def _base_manifest(self) -> dict:
         return {
@@ -198,7 +232,7 @@ class DatastoreBuilder:
             "tokenizer_fingerprint": self.model.tokenizer_fingerprint,
             "key_site": {"module": self.model.key_site.module_path, "description": self.model.key_site.description},
             "dim": self.model.key_site.dim,
-            "sources": self.sources,
+            "sources": self._source_texts(),
             "context_length": self.context_length,
             "stride": self.stride,
             "parameters": self.params.to_json(),
@@ -291,23 +325,6 @@ def encode_keys(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> np
         # The key is captured before the output layer unless it *is* the output layer's input.
         model.forward(ids.to(device), mask.to(device), last_logits_only=model.key_site.module_path != "lm_head")
     return captured[-1].to(torch.float16).cpu().numpy()
-
-
-def tokenize_with_offsets(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and each token's starting character offset in `text`."""
-    try:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-        starts = np.asarray([start for start, _end in encoded["offset_mapping"]], dtype=np.int64)
-        return ids, starts
-    except (NotImplementedError, TypeError, KeyError):
-        # Slow tokenizers have no offsets: measure the decoded length of each prefix instead.
-        ids = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
-        starts, position = [], 0
-        for token_id in ids:
-            starts.append(min(position, len(text)))
-            position += len(tokenizer.decode([int(token_id)]))
-        return ids, np.asarray(starts, dtype=np.int64)
 
 
 def _read_progress(folder: Path) -> dict:

@@ -1,8 +1,10 @@
 """Turn user files and folders into plain text for the datastore.
 
 Every bad file becomes a `SkippedFile` with a one-line reason the GUI can show as is; nothing
-here raises for a bad file except `read_document`, which raises `DocumentError(reason)`.
-Pure Python: no Qt, so the CLI and tests can use it.
+here raises for a bad file except `open_document` / `read_document`, which raise
+`DocumentError(reason)`. `open_document` gives the text in pieces (a 50 MB text file is never one
+string); `read_document` joins them. Paths that leave this module for JSON, SQLite or the screen
+go through `path_text` (file names need not be UTF-8). Pure Python: no Qt.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import text_stream
 
 _MB = 1024 * 1024
 
@@ -35,6 +39,7 @@ _KIND_BY_SUFFIX = {
 }
 
 _MAX_REASON_CHARS = 160
+PIECE_CHARS = text_stream.READ_BYTES  # about the most characters `DocumentSource.pieces` yields at once
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,23 @@ class Document:
     mtime: float
     sha256: str  # of the file bytes
     kind: str  # "text" | "html" | "pdf" | "docx"
+
+
+@dataclass(frozen=True)
+class DocumentSource:
+    """A readable document whose text comes in pieces; `read_document` is this, joined."""
+
+    path: Path  # absolute, resolved; may hold surrogates (see path_text)
+    size: int
+    mtime: float
+    sha256: str
+    kind: str
+    _pieces: Callable[[], Iterator[str]]
+
+    def pieces(self) -> Iterator[str]:
+        """The text in order, about PIECE_CHARS characters at a time. Raises DocumentError while
+        iterating when the file turns out to hold no text ("empty file") or cannot be read again."""
+        return self._pieces()
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,8 @@ def _os_reason(exc: OSError) -> str:
 
 
 def _fmt_size(n: float) -> str:
+    if n >= 1024 * _MB:
+        return f"{n / (1024 * _MB):.1f} GB"
     if n >= _MB:
         return f"{n / _MB:.1f} MB"
     if n >= 1024:
@@ -128,6 +152,37 @@ def _stat_reason(path: str, exc: OSError) -> str:
     if os.path.islink(path) and exc.errno == errno.ENOENT:
         return "dangling symlink"
     return _os_reason(exc)
+
+
+# --------------------------------------------------------------------------- paths as text
+
+_ESCAPED_BYTE = re.compile(r"(\\x[0-9a-f]{2})")
+
+
+def path_text(path: str | Path) -> str:
+    """`path` as text any UTF-8 file, JSON document or database accepts.
+
+    File names are bytes on POSIX; Python keeps the bytes that are not UTF-8 as lone surrogates
+    ("caf\\udce9"), which no UTF-8 encoder takes. Here they become backslash escapes ("caf\\xe9"),
+    readable on screen; `read_document` finds the file again from this text.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def path_from_text(text: str | Path) -> Path:
+    """The file `path_text` named: the text itself if such a file exists, else its \\x escapes as bytes."""
+    text = os.fspath(text)
+    if "\\x" not in text or os.path.lexists(text):
+        return Path(text)
+    parts = _ESCAPED_BYTE.split(text)  # odd items are the escapes
+    raw = b"".join(bytes([int(part[2:], 16)]) if i % 2 else part.encode("utf-8") for i, part in enumerate(parts))
+    original = os.fsdecode(raw)
+    return Path(original) if os.path.lexists(original) else Path(text)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -244,14 +299,28 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[SkippedFile]
 # --------------------------------------------------------------------------- reading
 
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(max_bytes + 1)  # +1: notices a file that grew after the size check
+def _open_binary(path: Path):
+    return open(path, "rb")
 
 
-def read_document(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Document:
-    """Read one file into a Document or raise DocumentError(reason)."""
-    raw = os.path.abspath(os.fspath(path))
+def _read_bytes(path: Path, max_bytes: int, expected: int) -> bytes:
+    """Up to max_bytes + 1 bytes (one more notices a file that grew after the size check). Asking
+    for the expected size first: read(n) sets aside n bytes, 50 MB for every small file."""
+    with _open_binary(path) as fh:
+        data = fh.read(expected + 1)
+        if len(data) > expected:
+            data += fh.read(max_bytes + 1 - len(data))
+        return data
+
+
+def open_document(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> DocumentSource:
+    """Check one file and get ready to read its text, or raise DocumentError(reason).
+
+    A text file is scanned here (size, hash, encoding) and decoded only as `pieces()` runs, so its
+    size costs no memory; other kinds are parsed here (their parsers want the whole file).
+    `path` may be a `path_text`.
+    """
+    raw = os.path.abspath(os.fspath(path_from_text(path)))
     try:
         st = os.stat(raw)
     except OSError as exc:
@@ -270,31 +339,24 @@ def read_document(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Document:
     if st.st_size > max_bytes:
         raise DocumentError(_size_reason(st.st_size, max_bytes))
     try:
-        data = _read_bytes(resolved, max_bytes)
-    except OSError as exc:
-        raise DocumentError(_os_reason(exc)) from None
-    if len(data) > max_bytes:
-        raise DocumentError(_size_reason(len(data), max_bytes))
-    if not data:
-        raise DocumentError("empty file")
+        if kind == "text":
+            return _text_source(resolved, st, max_bytes)
+        return _parsed_source(resolved, st, kind, max_bytes)
+    except DocumentError:
+        raise
+    except Exception as exc:  # a parser bug must not end a whole build
+        raise _unexpected(exc) from None
 
-    if kind == "text":
-        text = _text_from_bytes(data)
-    elif kind == "html":
-        text = _html_to_text(data)
-    elif kind == "pdf":
-        text = _pdf_to_text(data)
-    else:
-        text = _docx_to_text(data)
 
-    return Document(
-        path=resolved,
-        text=text,
-        size=len(data),
-        mtime=st.st_mtime,
-        sha256=hashlib.sha256(data).hexdigest(),
-        kind=kind,
-    )
+def _unexpected(exc: Exception) -> DocumentError:
+    return DocumentError(f"unexpected error: {type(exc).__name__}: {_short_cause(exc)}")
+
+
+def read_document(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Document:
+    """Read one file into a Document or raise DocumentError(reason)."""
+    source = open_document(path, max_bytes)
+    return Document(path=source.path, text="".join(source.pieces()), size=source.size, mtime=source.mtime,
+                    sha256=source.sha256, kind=source.kind)
 
 
 def iter_documents(
@@ -316,87 +378,85 @@ def iter_documents(
             yield SkippedFile(item, _one_line(f"unexpected error: {type(exc).__name__}: {_short_cause(exc)}"))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _parsed_source(path: Path, st: os.stat_result, kind: str, max_bytes: int) -> DocumentSource:
+    try:
+        data = _read_bytes(path, max_bytes, st.st_size)
+    except OSError as exc:
+        raise DocumentError(_os_reason(exc)) from None
+    if len(data) > max_bytes:
+        raise DocumentError(_size_reason(len(data), max_bytes))
+    if not data:
+        raise DocumentError("empty file")
+    if kind == "html":
+        text = _html_to_text(data)
+    elif kind == "pdf":
+        text = _pdf_to_text(data)
+    else:
+        text = _docx_to_text(data, max_bytes)
+    if _SURROGATE.search(text):  # a broken PDF string can decode to half a pair; UTF-8 files refuse those
+        text = _SURROGATE.sub("\ufffd", text)
+
+    def pieces() -> Iterator[str]:
+        for start in range(0, len(text), PIECE_CHARS):
+            yield text[start : start + PIECE_CHARS]
+
+    return DocumentSource(path, len(data), st.st_mtime, hashlib.sha256(data).hexdigest(), kind, pieces)
+
+
 # --------------------------------------------------------------------------- plain text
 
-_BOMS = (
-    # UTF-32 first: its little-endian BOM starts with the UTF-16 one.
-    (b"\xff\xfe\x00\x00", "utf-32"),
-    (b"\x00\x00\xfe\xff", "utf-32"),
-    (b"\xff\xfe", "utf-16"),
-    (b"\xfe\xff", "utf-16"),
-)
+_normalise_newlines = text_stream.normalise_newlines
 
 
-def _normalise_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+def _text_source(path: Path, st: os.stat_result, max_bytes: int) -> DocumentSource:
+    """Scan a text file now, decode it piece by piece later (text_stream has the rules)."""
+
+    def chunks(limit: int) -> Iterator[bytes]:
+        with _open_binary(path) as fh:
+            while limit > 0 and (chunk := fh.read(min(text_stream.READ_BYTES, limit))):
+                limit -= len(chunk)
+                yield chunk
+
+    def read_at(offset: int, n: int) -> bytes:
+        with _open_binary(path) as fh:
+            fh.seek(offset)
+            return fh.read(n)
+
+    try:
+        scanned = text_stream.scan(chunks(max_bytes + 1), read_at)  # +1: notices a file that grew
+    except text_stream.NotText as exc:
+        raise DocumentError(str(exc)) from None
+    except OSError as exc:
+        raise DocumentError(_os_reason(exc)) from None
+    if scanned.size > max_bytes:
+        raise DocumentError(_size_reason(scanned.size, max_bytes))
+    if not scanned.size:
+        raise DocumentError("empty file")
+
+    def pieces() -> Iterator[str]:
+        blank = True
+        try:
+            for piece in text_stream.decoded_pieces(chunks(scanned.size), scanned.encoding):
+                blank = blank and piece.isspace()
+                yield piece
+        except OSError as exc:
+            raise DocumentError(_os_reason(exc)) from None
+        except Exception as exc:  # a decoding bug must not end a whole build either
+            raise _unexpected(exc) from None
+        if blank:
+            raise DocumentError("empty file")
+
+    return DocumentSource(path, scanned.size, st.st_mtime, scanned.sha256, "text", pieces)
 
 
 def _decode(data: bytes) -> str:
-    for bom, codec in _BOMS:
-        if data.startswith(bom):
-            # The BOM is strong evidence; replace the odd broken unit rather than reject the file.
-            return data.decode(codec, errors="replace")
-    if b"\x00" in data:
-        raise DocumentError("binary file (NUL bytes)")
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        if data.startswith(b"\xef\xbb\xbf"):
-            return data[3:].decode("utf-8", errors="replace")
-    text = _western_guess(data)
-    if text is not None:
-        return text
-    try:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(data).best()
-        if best is not None:
-            return str(best)
-    except Exception:  # detection is best effort; the fallbacks below always decode
-        pass
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def _western_guess(data: bytes) -> str | None:
-    """cp1252 if it reads as clean Latin text, else None.
-
-    charset-normalizer often ranks cp1250/cp1257/utf_16_be above cp1252 for short French or
-    German text ("crème" -> "crčme"), so a plausible cp1252 reading wins. Cyrillic, Greek and
-    other single-byte scripts read as cp1252 are nearly all high-byte letters and noisy, so they
-    fail these checks and go to charset-normalizer.
-    """
-    try:
-        text = data.decode("cp1252")
-    except UnicodeDecodeError:
-        return None
-    if len(text) > 48_000:  # three slices are enough evidence and keep big files fast
-        mid = len(text) // 2
-        sample = text[:16_000] + text[mid : mid + 16_000] + text[-16_000:]
-    else:
-        sample = text
-    letters = [c for c in sample if c.isalpha()]
-    if not letters:
-        return None
-    high = sum(1 for c in letters if ord(c) > 127)
-    if high / len(letters) > 0.4:
-        return None
-    try:
-        from charset_normalizer.md import mess_ratio
-    except ImportError:  # internal module: if it moves, fall back to the detector's own ranking
-        return None
-    if mess_ratio(sample, 0.2) > 0.1:
-        return None
-    return text
-
-
-def _text_from_bytes(data: bytes) -> str:
-    text = _normalise_newlines(_decode(data)).lstrip("\ufeff")
-    if not text.strip():
-        raise DocumentError("empty file")
-    return text
+        return text_stream.decode_bytes(data)
+    except text_stream.NotText as exc:
+        raise DocumentError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- HTML
@@ -428,7 +488,7 @@ def _html_markup(data: bytes) -> str | bytes:
     try:
         data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        if not data.startswith(tuple(bom for bom, _ in _BOMS)) and b"\x00" not in data:
+        if not data.startswith(tuple(bom for bom, _ in text_stream.BOMS)) and b"\x00" not in data:
             try:
                 from bs4.dammit import EncodingDetector
 
@@ -565,7 +625,20 @@ def _pdf_to_text(data: bytes) -> str:
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
-def _docx_to_text(data: bytes) -> str:
+# What a DOCX may unpack to: its text may be as long as a text file's (max_bytes) and its XML
+# markup about doubles that (3.8 MB of text came in 7.3 MB of XML, and 70 MB of python-docx
+# objects), plus the styles, theme and font tables every DOCX carries whatever its length
+# (python-docx's blank template: 36 KB unpacking to 0.8 MB).
+_UNPACKED_PER_MAX_BYTE = 2
+_UNPACKED_ALLOWANCE = 4 * _MB
+# Real DOCX files unpack to 3-30 times their size (XML deflates 5-30:1, pictures not at all). Past
+# 100:1, an archive that unpacks to more than the allowance is padding made to be inflated: 92 KB
+# of empty paragraphs unpack to 95 MB, which python-docx turns into 1.8 GB of objects.
+_MAX_UNPACK_RATIO = 100
+_INFLATE_READ = 1 << 20
+
+
+def _docx_to_text(data: bytes, max_bytes: int) -> str:
     # Password-protected DOCX files (and old .doc renamed) are OLE compound files, not zips.
     if data.startswith(_OLE_MAGIC):
         raise DocumentError("encrypted or not a DOCX file")
@@ -574,14 +647,51 @@ def _docx_to_text(data: bytes) -> str:
     try:
         import docx
 
+        _check_unpacked_size(data, max_bytes)
         document = docx.Document(io.BytesIO(data))
         lines = list(_docx_lines(document))
+    except DocumentError:
+        raise
     except Exception as exc:
         raise DocumentError(f"broken DOCX: {_short_cause(exc)}") from None
     text = _normalise_newlines("\n".join(lines))
     if not text.strip():
         raise DocumentError("no text extracted")
     return text
+
+
+def _check_unpacked_size(data: bytes, max_bytes: int) -> None:
+    """Refuse a zip that unpacks to too much, before a parser inflates it.
+
+    The sizes the archive declares come first (cheap, and they catch nearly every bomb); then each
+    member is inflated a megabyte at a time and counted, because declarations can lie. Nothing
+    inflated is kept.
+    """
+    limit = _UNPACKED_PER_MAX_BYTE * max_bytes + _UNPACKED_ALLOWANCE
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+        _check_unpacked_total(sum(m.file_size for m in members), len(data), limit)
+        done = 0
+        for member in members:
+            if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                # Word writes deflate; zipfile inflates bzip2 and LZMA a whole read at once, unbounded.
+                raise DocumentError(f"broken DOCX: unsupported zip compression (method {member.compress_type})")
+            inflated = 0
+            with archive.open(member) as stream:
+                while chunk := stream.read(_INFLATE_READ):
+                    inflated += len(chunk)
+                    if inflated > member.file_size:
+                        raise DocumentError(f"broken DOCX: {member.filename} unpacks to more than it declares")
+                    _check_unpacked_total(done + inflated, len(data), limit)
+            done += inflated
+
+
+def _check_unpacked_total(unpacked: int, packed: int, limit: int) -> None:
+    if unpacked > limit:
+        raise DocumentError(f"unpacks to {_fmt_size(unpacked)}, over the limit ({_fmt_size(limit)})")
+    if unpacked > _UNPACKED_ALLOWANCE and unpacked > _MAX_UNPACK_RATIO * packed:
+        raise DocumentError(f"unpacks to {_fmt_size(unpacked)}, {unpacked // max(packed, 1):,} times its size "
+                            f"(over the {_MAX_UNPACK_RATIO}:1 limit)")
 
 
 def _docx_lines(document) -> Iterator[str]:
