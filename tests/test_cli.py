@@ -177,7 +177,7 @@ def test_sweep_json_has_the_design_shape_and_runs_are_kept_in_the_catalog(built,
     assert [e.kind for e in kept] == ["eval", "sweep", "sweep"]
     assert kept[-1].results["param"] == "lambda" and kept[-1].datastore == "notes"
     assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
-                              "lambda", "--values", "0,2", check=False), 1, "[0, 1]")
+                              "lambda", "--values", "0,2", check=False), 2, "[0, 1]")  # bad usage, refused first
     assert_one_line_error(cli("sweep", "--model", tiny_gpt2_dir, "--text", text, "--datastore", "notes", "--param",
                               "k", "--values", "a,b", check=False), 2, "--values")
 
