@@ -39,12 +39,12 @@ class EvalResult:
 
 def read_heldout(path: Path) -> list[str]:
     """The texts of a held-out document or folder; a ValueError says why there are none."""
-    from .documents import Document, iter_documents
+    from .documents import Document, iter_documents, path_text
 
     read = list(iter_documents([Path(path)]))
     texts = [d.text for d in read if isinstance(d, Document)]
     if not texts:
-        reasons = "; ".join(f"{d.path.name}: {d.reason}" for d in read) or "nothing to read"
+        reasons = "; ".join(f"{path_text(d.path.name)}: {d.reason}" for d in read) or "nothing to read"
         raise ValueError(f"no readable text in {path} ({reasons})")
     return texts
 
