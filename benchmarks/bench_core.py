@@ -152,7 +152,7 @@ def bare_encode(model, folder: Path, params, last_logits_only: bool = False) -> 
     import torch
 
     from knn_explorer.core import documents as docs
-    from knn_explorer.core.datastore_builder import tokenize_with_offsets
+    from knn_explorer.core.tokenizing import tokenize_with_offsets
     from knn_explorer.core.windows import sliding_windows
 
     context_length = min(params.context_length, model.max_positions)

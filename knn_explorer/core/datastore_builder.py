@@ -31,7 +31,7 @@ from .datastore import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_
 from .index import build_index, choose_index
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
-from .tokenizing import tokenize_pieces, tokenize_with_offsets  # noqa: F401  (tokenize_with_offsets: benchmarks)
+from .tokenizing import tokenize_pieces
 from .windows import sliding_windows
 
 CHECKPOINT_SECONDS = 2.0
