@@ -239,8 +239,9 @@ def cmd_gui(_args) -> int:
 def cmd_build(args) -> int:
     from .core.catalog import Catalog
     from .core.datastore_builder import BuildParameters
-    from .core.library import build_datastore
+    from .core.library import build_datastore, check_can_build
 
+    check_can_build(Catalog(), args.name, args.docs)  # refused at once, before the model loads
     model = _load_model(args)
     params = BuildParameters(
         context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,

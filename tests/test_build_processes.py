@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corpus import write_corpus
-from test_cli import assert_one_line_error, cli
+from knn_explorer.cli import main
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP / SIGKILL")
 
@@ -24,6 +24,19 @@ def start_build(name, model_dir, docs):
         [sys.executable, "-m", "knn_explorer.cli", "build", "--name", name, "--model", str(model_dir),
          "--docs", str(docs), "--context", "32", "--stride", "16", "--batch-size", "1", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def refused(capsys, *args) -> str:
+    """The one-line reason this process's command gives for refusing (the build runs in another)."""
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def listing(capsys) -> dict:
+    assert main(["list", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
 def freeze_while_encoding(process, home: Path) -> None:
@@ -43,15 +56,15 @@ def freeze_while_encoding(process, home: Path) -> None:
 
 @pytest.fixture
 def big_docs(tmp_path):
-    """Enough text that encoding one window at a time takes seconds with the tiny model."""
+    """Enough text that encoding one window at a time outlasts the test's 5 ms polling many times over."""
     docs = write_corpus(tmp_path / "big")
-    for n in range(40):
-        (docs / f"extra-{n}.txt").write_text(f"Document {n}. " + "The quick brown fox jumps. " * 200)
+    for n in range(12):
+        (docs / f"extra-{n}.txt").write_text(f"Document {n}. " + "The quick brown fox jumps. " * 60)
     return docs
 
 
-def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(tmp_path, data_home, tiny_gpt2_dir,
-                                                                                 big_docs):
+def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(capsys, tmp_path, data_home,
+                                                                                 tiny_gpt2_dir, big_docs):
     other = write_corpus(tmp_path / "other")
     first = start_build("mix", tiny_gpt2_dir, big_docs)
     try:
@@ -60,9 +73,9 @@ def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(
         for args in (["build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", other],
                      ["build", "--name", "mix ", "--model", tiny_gpt2_dir, "--docs", big_docs],
                      ["remove", "mix"]):
-            assert_one_line_error(cli(*args, check=False), 1, "'mix'", "being built", f"process {first.pid}")
-        listing = json.loads(cli("list", "--json").stdout)
-        assert [b["status"] for b in listing["unfinished_builds"]] == ["building"]
+            reason = refused(capsys, *args)
+            assert "'mix' is being built" in reason and f"process {first.pid}" in reason
+        assert [b["status"] for b in listing(capsys)["unfinished_builds"]] == ["building"]
         first.send_signal(signal.SIGKILL)
         first.wait()
     finally:
@@ -73,8 +86,8 @@ def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(
     second = start_build("mix", tiny_gpt2_dir, big_docs)
     try:
         freeze_while_encoding(second, data_home)
-        assert_one_line_error(cli("build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", big_docs,
-                                  check=False), 1, "'mix'", "being built")
+        assert "'mix' is being built" in refused(capsys, "build", "--name", "mix", "--model", tiny_gpt2_dir,
+                                                 "--docs", big_docs)
         second.send_signal(signal.SIGCONT)
         out, err = second.communicate(timeout=300)
     finally:
@@ -83,16 +96,15 @@ def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(
     assert second.returncode == 0, err
     assert json.loads(out)["resumed_from"] == "encoding"
 
-    listing = json.loads(cli("list", "--json").stdout)
-    (store,) = listing["datastores"]
-    assert store["name"] == "mix" and store["status"] == "complete" and listing["unfinished_builds"] == []
+    after = listing(capsys)
+    (store,) = after["datastores"]
+    assert store["name"] == "mix" and store["status"] == "complete" and after["unfinished_builds"] == []
     assert len(list((data_home / "datastores").iterdir())) == 1
     # A complete datastore is never rewritten by another build of its name.
-    assert_one_line_error(cli("build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", other, check=False), 1,
-                          "already exists")
-    out = cli("generate", "--model", tiny_gpt2_dir, "--datastore", "mix", "--prompt", "The quick brown",
-              "--max-new-tokens", 2, "--json").stdout
-    assert all(json.loads(line)["neighbours"] for line in out.splitlines())
+    assert "already exists" in refused(capsys, "build", "--name", "mix", "--model", tiny_gpt2_dir, "--docs", other)
+    assert main(["generate", "--model", str(tiny_gpt2_dir), "--datastore", "mix", "--prompt", "The quick brown",
+                 "--max-new-tokens", "2", "--json"]) == 0
+    assert all(json.loads(line)["neighbours"] for line in capsys.readouterr().out.splitlines())
 
 
 def test_the_app_refuses_a_name_that_the_cli_is_building(qtbot, data_home, tiny_gpt2_dir, big_docs):

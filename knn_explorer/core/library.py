@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .build_lock import datastore_lock
+from .build_lock import DatastoreBusy, datastore_lock, holder
 from .catalog import Catalog, DatastoreRow
 from .datastore import COMPLETE, Datastore, DatastoreError, check_compatible, damage, read_manifest
 from .datastore_builder import BuildParameters, BuildReport, DatastoreBuilder
@@ -46,14 +46,30 @@ def build_datastore(
     Cancelling discards the partial folder; a crash or kill keeps it for the next attempt. The
     name's lock is held throughout: a second build, resume or removal of it is refused at once.
     """
+    name = _check_new(catalog, name, sources)
+    with datastore_lock(name, "build"):
+        _check_new(catalog, name, sources)  # again under the lock: another process may have just finished it
+        return _build_locked(catalog, name, model, sources, params, on_progress, should_stop)
+
+
+def check_can_build(catalog: Catalog, name: str, sources: list[str | Path]) -> str:
+    """The name a build of `name` from `sources` would use, or the one-line reason it cannot start,
+    so that a command can refuse before it loads a model."""
+    name = _check_new(catalog, name, sources)
+    busy = holder(name)
+    if busy is not None:
+        raise DatastoreBusy(busy)
+    return name
+
+
+def _check_new(catalog: Catalog, name: str, sources: list[str | Path]) -> str:
     name = validate_name(name)
     missing = [str(s) for s in sources if not Path(s).expanduser().exists()]
     if missing:
         raise LibraryError(f"no such file or folder: {missing[0]}")
-    with datastore_lock(name, "build"):
-        if catalog.datastore(name) is not None:
-            raise LibraryError(f"a datastore named '{name}' already exists; remove it first or choose another name")
-        return _build_locked(catalog, name, model, sources, params, on_progress, should_stop)
+    if catalog.datastore(name) is not None:
+        raise LibraryError(f"a datastore named '{name}' already exists; remove it first or choose another name")
+    return name
 
 
 def _build_locked(catalog, name, model, sources, params, on_progress, should_stop) -> BuildReport:
