@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
+
+from bench_core import peak_rss_self_mb as peak_rss_mb  # noqa: E402  (VmHWM, not a forked child's ru_maxrss)
 
 TARGET_RATIO = 1.2
 MB = 1024 * 1024
@@ -52,20 +53,6 @@ _t0 = time.perf_counter()
 
 def log(message: str) -> None:
     print(f"[{time.perf_counter() - _t0:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def peak_rss_mb() -> tuple[float, str]:
-    """This process's peak RSS in MB. VmHWM on Linux: ru_maxrss of a child started with fork + exec
-    includes its parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024, "VmHWM"
-    except OSError:
-        pass
-    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (value / MB if sys.platform == "darwin" else value / 1024), "ru_maxrss"
 
 
 def write_single_line(path: Path, size_bytes: int, seed: int = 0) -> None:
