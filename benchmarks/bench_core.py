@@ -405,23 +405,26 @@ def bench_memory(args, small: dict, large: dict, tmp: Path) -> dict:
 # 3. generation
 
 
-def generate_seconds(model, method: str, knn, n: int) -> float:
+def generate_seconds(model, method, n: int) -> float:
+    """`method`: a registered Method instance, or None for the LM alone."""
     from knn_explorer.core.generation import GenerationSettings, StepGenerator
 
-    settings = GenerationSettings(method=method, max_new_tokens=n, greedy=True, stop_at_eos=False)
+    settings = GenerationSettings(max_new_tokens=n, greedy=True, stop_at_eos=False)
     started = time.perf_counter()
-    records = list(StepGenerator(model, PROMPT, settings, knn))
+    records = list(StepGenerator(model, PROMPT, settings, method))
     seconds = time.perf_counter() - started
     if len(records) != n:  # correctness, not timing
-        raise RuntimeError(f"{method}: expected {n} generated tokens, got {len(records)}")
+        raise RuntimeError(f"{records[0].method}: expected {n} generated tokens, got {len(records)}")
     return seconds
 
 
 def bench_generation(model, args, tmp: Path) -> dict:
     from knn_explorer.core.catalog import Catalog
     from knn_explorer.core.datastore_builder import BuildParameters
-    from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+    from knn_explorer.core.knnlm import KnnLmSettings
     from knn_explorer.core.library import build_datastore, open_datastore
+    from knn_explorer.core.methods import Resources
+    from knn_explorer.core.methods.knnlm import KnnLmMethod
 
     os.environ["KNN_EXPLORER_HOME"] = str(tmp / "home-gen")
     catalog = Catalog()
@@ -431,16 +434,16 @@ def bench_generation(model, args, tmp: Path) -> dict:
     report = build_datastore(catalog, "demo-docs", model, [docs_folder], BuildParameters(**build_kwargs(args)))
     build_seconds = time.perf_counter() - started
     datastore = open_datastore(catalog, "demo-docs", model)
-    knn = KnnLM(datastore, KnnLmSettings())
+    knn = KnnLmMethod(model, KnnLmSettings(), Resources(datastore))
     n = args.new_tokens
     out = {"new_tokens": n, "repeats": args.gen_repeats, "prompt": PROMPT,
            "datastore": {"documents": str(docs_folder), "entries": int(report.manifest["entries"]), "index": report.manifest.get("index_description"),
                          "build_seconds": build_seconds},
            "knn_settings": {"k": knn.settings.k, "lambda": knn.settings.lambda_,
                             "exact_distances": knn.settings.exact_distances}}
-    for method in ("none", "knnlm"):
-        generate_seconds(model, method, knn, 8)  # warm-up
-        times = [generate_seconds(model, method, knn, n) for _ in range(args.gen_repeats)]
+    for method, runs in (("none", None), ("knnlm", knn)):
+        generate_seconds(model, runs, 8)  # warm-up
+        times = [generate_seconds(model, runs, n) for _ in range(args.gen_repeats)]
         median = statistics.median(times)
         out[method] = {"seconds": times, "median_seconds": median, "tokens_per_s": n / median}
         log(f"generation {method}: {n / median:.1f} tokens/s (runs: {', '.join(f'{t:.2f}s' for t in times)})")

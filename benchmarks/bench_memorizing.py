@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from knn_explorer.core.generation import GenerationSettings, StepGenerator  # noqa: E402
 from knn_explorer.core.home import DEMO_DOCS_DIR  # noqa: E402
 from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings  # noqa: E402
+from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod  # noqa: E402
 from knn_explorer.core.models import load_model  # noqa: E402
 from knn_explorer.core.runtime import configure_threads  # noqa: E402
 
@@ -37,7 +38,8 @@ def prompt_of(model, tokens: int) -> list[int]:
 
 
 def tokens_per_second(model, prompt: list[int], settings: GenerationSettings, memory=None) -> tuple[float, int]:
-    generator = StepGenerator(model, prompt, settings, memorizing=memory)
+    method = MemorizingTransformerMethod(model, retrofit=memory) if memory is not None else None
+    generator = StepGenerator(model, prompt, settings, method)
     generator.step()  # the first step runs the prompt (and fills the memory): not generation speed
     start = time.perf_counter()
     for _ in range(settings.max_new_tokens - 1):
@@ -63,9 +65,9 @@ def main() -> int:
     memory = MemorizingRetrofit(model, MemorizingSettings(memory_size=args.memory))
     for _ in range(args.repeats):
         memory.enabled = False
-        off.append(tokens_per_second(model, prompt, GenerationSettings(method="none", **common))[0])
+        off.append(tokens_per_second(model, prompt, GenerationSettings(**common))[0])
         memory.enabled = True
-        rate, held = tokens_per_second(model, prompt, GenerationSettings(method="memtrf", **common), memory)
+        rate, held = tokens_per_second(model, prompt, GenerationSettings(**common), memory)
         on.append(rate)
     result = {"model": args.model, "memory_tokens": held, "window": args.window, "layer": memory.layer,
               "off_tokens_per_s": statistics.median(off), "on_tokens_per_s": statistics.median(on)}

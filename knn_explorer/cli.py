@@ -59,6 +59,12 @@ def one_line(exc: BaseException) -> str:
 
 
 # ---- parser ----------------------------------------------------------------------------------
+def method_names() -> list[str]:
+    from .core.methods.registry import names  # entry-point names only: no method (and no torch) is imported
+
+    return names()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr like every other failure."""
 
@@ -95,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--greedy", action="store_true", help="always take the most likely token (default)")
     mode.add_argument("--seed", type=int, help="sample from p_final with this seed")
     generate.add_argument("--neighbours", type=_at_least(0), default=16, help="neighbours described per token")
-    generate.add_argument("--methods", help="side by side: up to four of none,knnlm,spalm,memtrf, one column each, "
-                                            "aligned by step")
+    generate.add_argument("--methods", help=f"side by side: up to four of {','.join(method_names())}, one column "
+                                            "each, aligned by step")
     _memory_flags(generate)
     _method_flags(generate)
     _common_model_flags(generate)
@@ -107,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
     evaluate.add_argument("--context", type=_at_least(2), default=256)
     evaluate.add_argument("--stride", type=_at_least(1), default=128)
-    evaluate.add_argument("--methods", help="compare several on the same targets and windows, e.g. "
-                                            "none,knnlm,spalm,memtrf (knnlm and spalm need --datastore)")
+    evaluate.add_argument("--methods", help=f"compare several of {','.join(method_names())} on the same targets "
+                                            "and windows (those that retrieve need --datastore)")
     _memory_flags(evaluate)
     _method_flags(evaluate)
     _common_model_flags(evaluate)
@@ -150,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--segments-per-step", type=_at_least(1), default=8, help="segments whose gradients make one update")
     _common_model_flags(train)
     _json_flag(train)
+
+    methods = sub.add_parser("methods", help="list the methods (built-in and installed plug-ins)")
+    _json_flag(methods)
 
     remove = sub.add_parser("remove", help="delete a datastore (or an unfinished build)")
     remove.add_argument("name")
@@ -199,9 +208,8 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datastore", help="datastore name (see `knn-explorer list`)")
-    parser.add_argument("--method", default=None, choices=["none", "knnlm", "spalm", "memtrf"],
-                        help="default: knnlm with a datastore, none without; spalm: SPALM (needs a datastore); "
-                             "memtrf: Memorizing Transformer")
+    parser.add_argument("--method", default=None, choices=method_names(),
+                        help="default: knnlm with a datastore, none without (`knn-explorer methods` lists them)")
     parser.add_argument("--k", type=_at_least(1), default=32)
     parser.add_argument("--lambda", dest="lambda_", type=_fraction, default=0.25)
     parser.add_argument("--lambda-mode", default="fixed", choices=["fixed", "entropy"])
@@ -322,14 +330,11 @@ def cmd_generate(args) -> int:
 
     if args.methods:
         return _generate_side_by_side(args)
-    method = _method(args)
+    name = _method_name(args)
     model = _load_model(args)
-    knn = _knn(args, model, method)
-    memory = _memorizing(args, model, method)
-    spalm = _spalm(args, model, method)
-    settings = GenerationSettings(method=method, max_new_tokens=args.max_new_tokens, greedy=args.seed is None,
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, greedy=args.seed is None,
                                   seed=args.seed or 0, neighbours_shown=args.neighbours, context_window=args.window)
-    generator = StepGenerator(model, args.prompt, settings, knn, memorizing=memory, spalm=spalm)
+    generator = StepGenerator(model, args.prompt, settings, _make_method(args, model, name))
     if not args.json:
         sys.stdout.write(args.prompt)
     for record in generator:
@@ -347,16 +352,16 @@ def _generate_side_by_side(args) -> int:
     from .core.generation import GenerationSettings, StepGenerator
     from .core.side_by_side import format_table, generate_side_by_side, to_json
 
-    methods = _methods_list(args)
+    names = _methods_list(args)
     model = _load_model(args)
-    knn = _knn(args, model, "knnlm") if "knnlm" in methods else None
-    spalm = _spalm(args, model, "spalm") if "spalm" in methods else None
-    memory = _memorizing(args, model, "memtrf") if "memtrf" in methods else None
-    generators = {m: StepGenerator(model, args.prompt, GenerationSettings(
-        method=m, max_new_tokens=args.max_new_tokens, greedy=args.seed is None, seed=args.seed or 0,
-        neighbours_shown=args.neighbours, context_window=args.window if m == "memtrf" else None),
-        knn, memorizing=memory, spalm=spalm) for m in methods}
-    columns = generate_side_by_side(generators, memory)
+    generators = {}
+    for name in names:
+        method = _make_method(args, model, name)
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens, greedy=args.seed is None, seed=args.seed or 0,
+            neighbours_shown=args.neighbours, context_window=args.window if method.reads_earlier_text else None)
+        generators[name] = StepGenerator(model, args.prompt, settings, method)
+    columns = generate_side_by_side(generators)
     if args.json:
         print(json.dumps(to_json(columns, args.prompt), ensure_ascii=False))
     else:
@@ -365,17 +370,18 @@ def _generate_side_by_side(args) -> int:
 
 
 def _methods_list(args) -> list[str]:
-    """--methods as a list, checked like --method (a datastore for knnlm and spalm)."""
-    from .core.methods import METHOD_LABELS
+    """--methods as a list of registered names; those that need a datastore need --datastore."""
+    from .core.methods import get, names
 
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in METHOD_LABELS]
+    unknown = [m for m in methods if m not in names()]
     if unknown or not methods:
-        raise UsageError(f"--methods takes some of {','.join(METHOD_LABELS)}, not {args.methods!r}")
+        raise UsageError(f"--methods takes some of {','.join(names())}, not {args.methods!r}")
     if args.method is not None:
         raise UsageError("give --method or --methods, not both")
-    if ("knnlm" in methods or "spalm" in methods) and not args.datastore:
-        raise UsageError("knnlm and spalm need --datastore NAME (see `knn-explorer list`)")
+    needing = [m for m in methods if get(m).needs_datastore]
+    if needing and not args.datastore:
+        raise UsageError(f"{' and '.join(needing)} need --datastore NAME (see `knn-explorer list`)")
     return methods
 
 
@@ -384,28 +390,20 @@ def cmd_eval(args) -> int:
 
     if args.methods:
         return _eval_comparison(args)
-    method = _method(args)
+    name = _method_name(args)
     texts = _read_eval_texts(args.text)
-    text = "\n\n".join(texts)
     model = _load_model(args)
-    if method == "memtrf":
-        return _eval_memorizing(args, model, texts)
-    knn = _knn(args, model, method)
-    spalm = _spalm(args, model, method)
-    result = evaluate(model, text, knn, context_length=args.context, stride=args.stride,
-                      on_progress=_progress_printer(), spalm=spalm)
-    out = result.to_json()
+    method = _make_method(args, model, name)
+    if method.reads_earlier_text:  # segments, its memory on against off, as the paper measures it
+        return _eval_memorizing(args, model, method, texts)
+    result = evaluate(model, "\n\n".join(texts), method, context_length=args.context, stride=args.stride,
+                      on_progress=_progress_printer())
+    described = method.describe()
+    out = {**result.to_json(), **described}
     lines = [f"{result.tokens:,} tokens of {args.text}", f"  LM alone      perplexity {result.ppl_lm:10.3f}"]
-    if spalm is not None:
-        gate = "initial (w = 0, b = ln 9)" if spalm.adapter is None else str(args.adapter or "shipped with the demo")
-        out.update(datastore=spalm.datastore.name, k=spalm.settings.k, gate=gate, distance=spalm.settings.distance)
-        lines.append(f"  SPALM         perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
-                     f"k={spalm.settings.k} gate {gate} distances={out['distance']}")
-    if knn is not None:
-        s = knn.settings
-        out.update(datastore=knn.datastore.name, lambda_mode=s.lambda_mode, **s.describe())
-        lines.append(f"  kNN-LM        perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
-                     f"λ={s.lambda_} ({s.lambda_mode}) k={s.k} T={s.temperature} distances={s.distance}")
+    if result.method != "none":
+        settings = " ".join(f"{key}={value}" for key, value in described.items() if key != "method")
+        lines.append(f"  {method.label:<13} perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  {settings}")
     return _finish(args, out, lines, keep=lambda: _record_eval(args, model, out))
 
 
@@ -413,38 +411,37 @@ def _eval_comparison(args) -> int:
     """Several methods on the same targets and windows: one table."""
     from .core.catalog import Catalog
     from .core.comparison import compare
-    from .core.methods import METHOD_LABELS
     from .core.evaluation_store import keep_comparison
+    from .core.methods import labels
 
     methods = _methods_list(args)
     texts = _read_eval_texts(args.text)
     model = _load_model(args)
-    knn = _knn(args, model, "knnlm") if "knnlm" in methods else None
-    spalm = _spalm(args, model, "spalm") if "spalm" in methods else None
-    memory = _memorizing(args, model, "memtrf") if "memtrf" in methods else None
-    result = compare(model, texts, knn=knn, spalm=spalm, memorizing=memory, context_length=args.context,
-                     stride=args.stride, on_progress=_progress_printer())
-    settings = _knn_settings(args).describe()
-    if memory is not None:
-        settings.update(_memory_description(memory))
+    made = [_make_method(args, model, name) for name in methods]
+    result = compare(model, texts, made, context_length=args.context, stride=args.stride,
+                     on_progress=_progress_printer())
+    settings = {}
+    for method in made:
+        settings.update({key: value for key, value in method.describe().items() if key != "method"})
     out = {**result.to_json(), "model": model.name, "datastore": args.datastore, "text": str(args.text),
            "settings": settings}
     lines = [f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}"]
     for method in result.methods:
         ppl = result.ppl(method)
         change = "" if method == "none" else f"  ({ppl / result.ppl('none') - 1:+.1%})"
-        lines.append(f"  {METHOD_LABELS[method]:<24} perplexity {ppl:10.3f}{change}")
+        lines.append(f"  {labels()[method]:<24} perplexity {ppl:10.3f}{change}")
     return _finish(args, out, lines, keep=lambda: keep_comparison(
         Catalog(), result, model.name, args.datastore, {"methods": methods, "text": str(args.text), **settings}))
 
 
-def _eval_memorizing(args, model, texts: list[str]) -> int:
+def _eval_memorizing(args, model, method, texts: list[str]) -> int:
     from .core.evaluation import evaluate_memorizing
 
-    memory = _memorizing(args, model, "memtrf")
     segment = args.window or 128
-    result = evaluate_memorizing(model, memory, texts, segment_length=segment, on_progress=_progress_printer())
-    out = {**result.to_json(), **_memory_description(memory), "segment": segment, "documents": len(texts)}
+    result = evaluate_memorizing(model, method.retrofit, texts, segment_length=segment,
+                                 on_progress=_progress_printer())
+    described = {key: value for key, value in method.describe().items() if key != "method"}
+    out = {**result.to_json(), **described, "segment": segment, "documents": len(texts)}
     return _finish(args, out, keep=lambda: _record_eval(args, model, out), lines=[
         f"{result.tokens:,} tokens of {args.text} in segments of {segment} tokens",
         f"  LM alone (same segments)  perplexity {result.ppl_lm:10.3f}",
@@ -547,18 +544,20 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
-    from .core.adapters import memorizing_with_gates
+    from dataclasses import replace
+
     from .core.catalog import Catalog
     from .core.memorizing import MemorizingSettings
+    from .core.methods import Resources
+    from .core.methods.memorizing import MemorizingTransformerMethod
     from .core.sweeps import sweep_memory_size
 
     if args.datastore:
         raise UsageError("--param memory sweeps the Memorizing Transformer's memory; it takes no --datastore")
     model = _load_model(args)
-    settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=int(max(values)),
-                                  mode=args.memory_mode)
-    memory = memorizing_with_gates(model, settings, args.adapter)
-    result = sweep_memory_size(model, memory, texts, [int(v) for v in values], context_length=args.context,
+    settings = replace(MemorizingSettings.from_options(args), memory_size=int(max(values)))
+    method = MemorizingTransformerMethod(model, settings, Resources(adapter=args.adapter))
+    result = sweep_memory_size(model, method, texts, [int(v) for v in values], context_length=args.context,
                                stride=args.stride, on_progress=_progress_printer())
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
     return _print_sweep(args, result, out, keep=lambda: Catalog().record_evaluation(
@@ -629,6 +628,16 @@ def cmd_remove(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from .core.methods import all_methods
+
+    found = [{"name": m.name, "label": m.label, "needs_datastore": m.needs_datastore, "summary": m.summary,
+              "settings": m.Settings().describe()} for m in all_methods()]
+    return _finish(args, {"methods": found}, [
+        f"{m['name']:<10} {m['label']:<24} {'needs a datastore' if m['needs_datastore'] else '':<18} {m['summary']}"
+        for m in found])
+
+
 def cmd_rebuild_catalog(args) -> int:
     from .core.catalog_recovery import rebuild_catalog
 
@@ -649,59 +658,34 @@ def _load_model(args):
     return load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
-def _method(args) -> str:
-    method = args.method or ("knnlm" if args.datastore else "none")
-    if method == "memtrf" and args.datastore:
-        raise UsageError("--method memtrf remembers the text itself; it takes no --datastore")
-    if method in ("knnlm", "spalm") and not args.datastore:
-        raise UsageError(f"--method {method} needs --datastore NAME (see `knn-explorer list`)")
-    return method
+def _method_name(args) -> str:
+    """--method, checked against what the method needs (kNN-LM by default with a datastore)."""
+    from .core.methods import get
+
+    name = args.method or ("knnlm" if args.datastore else "none")
+    method = get(name)
+    if method.needs_datastore and not args.datastore:
+        raise UsageError(f"--method {name} needs --datastore NAME (see `knn-explorer list`)")
+    if args.datastore and not method.needs_datastore:
+        raise UsageError(f"--method {name} takes no --datastore (it uses no datastore)")
+    return name
 
 
-def _knn(args, model, method):
-    if method != "knnlm":
-        return None
+def _make_method(args, model, name: str):
+    """The registered method `name`, its settings from the flags, its datastore opened if it needs one."""
     from .core.catalog import Catalog
-    from .core.knnlm import KnnLM
     from .core.library import open_datastore
+    from .core.methods import Resources, get
 
-    return KnnLM(open_datastore(Catalog(), args.datastore, model), _knn_settings(args))
+    method = get(name)
+    datastore = open_datastore(Catalog(), args.datastore, model) if method.needs_datastore else None
+    return method(model, method.Settings.from_options(args), Resources(datastore, getattr(args, "adapter", None)))
 
 
 def _knn_settings(args):
     from .core.knnlm import KnnLmSettings
 
-    return KnnLmSettings(k=args.k, lambda_=args.lambda_, temperature=args.temperature,
-                         exact_distances=not args.approximate, lambda_mode=getattr(args, "lambda_mode", "fixed"))
-
-
-def _spalm(args, model, method):
-    if method != "spalm":
-        return None
-    from .core.catalog import Catalog
-    from .core.library import open_datastore
-    from .core.spalm import SpalmSettings
-    from .core.spalm_training import spalm_with_gate
-
-    datastore = open_datastore(Catalog(), args.datastore, model)
-    return spalm_with_gate(model, datastore, SpalmSettings(k=args.k, exact_distances=not args.approximate),
-                           args.adapter)
-
-
-def _memorizing(args, model, method):
-    if method != "memtrf":
-        return None
-    from .core.adapters import memorizing_with_gates
-    from .core.memorizing import MemorizingSettings
-
-    settings = MemorizingSettings(layer=args.memory_layer, k=args.k, memory_size=args.memory_size,
-                                  mode=args.memory_mode)
-    return memorizing_with_gates(model, settings, args.adapter)
-
-
-def _memory_description(memory) -> dict:
-    return {"memory_layer": memory.layer, "memory_mode": memory.settings.mode, "memory_size": memory.settings.memory_size,
-            "k": memory.settings.k, "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None}
+    return KnnLmSettings.from_options(args)
 
 
 def _progress_printer():
@@ -720,7 +704,7 @@ def _progress_printer():
 
 COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
             "sweep": cmd_sweep, "train-gates": cmd_train_gates, "remove": cmd_remove,
-            "rebuild-catalog": cmd_rebuild_catalog}
+            "rebuild-catalog": cmd_rebuild_catalog, "methods": cmd_methods}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,10 +31,12 @@ def main() -> int:
     from knn_explorer.core.catalog import Catalog
     from knn_explorer.core.evaluation import evaluate
     from knn_explorer.core.home import DEMO_DOCS_DIR, DEMO_SPALM_GATE, RESOURCES
-    from knn_explorer.core.knnlm import KnnLM
     from knn_explorer.core.library import build_datastore, open_datastore
     from knn_explorer.core.models import load_model
     from knn_explorer.core.runtime import configure_threads
+    from knn_explorer.core.methods import Resources
+    from knn_explorer.core.methods.knnlm import KnnLmMethod
+    from knn_explorer.core.methods.spalm import SpalmMethod
     from knn_explorer.core.spalm import Spalm, SpalmSettings
     from knn_explorer.core.spalm_training import SpalmTrainingSettings, save_spalm_adapter, train_spalm_gate
 
@@ -46,11 +48,12 @@ def main() -> int:
     datastore = open_datastore(catalog, "demo-docs", model)
     heldout = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted((RESOURCES / "demo" / "heldout").rglob("*.rst")))
     spalm = Spalm(model, datastore, SpalmSettings(k=args.k))
-    before = evaluate(model, heldout, spalm=spalm)
+    as_method = SpalmMethod(model, spalm=spalm)
+    before = evaluate(model, heldout, as_method)
     started = time.monotonic()
     result = train_spalm_gate(spalm, SpalmTrainingSettings(epochs=args.epochs))
-    after = evaluate(model, heldout, spalm=spalm)
-    knn = evaluate(model, heldout, KnnLM(datastore))
+    after = evaluate(model, heldout, as_method)
+    knn = evaluate(model, heldout, KnnLmMethod(model, resources=Resources(datastore)))
     summary = {**result.summary(), "heldout": {"tokens": after.tokens, "ppl_lm": after.ppl_lm,
                                                "ppl_spalm_initial": before.ppl, "ppl_spalm": after.ppl,
                                                "ppl_knnlm": knn.ppl}}

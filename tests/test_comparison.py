@@ -6,9 +6,18 @@ import pytest
 
 from knn_explorer.core.comparison import compare, most_changed
 from knn_explorer.core.evaluation import evaluate
-from knn_explorer.core.evaluation_store import details_folder, forget, keep_comparison, load_comparison
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.evaluation_store import (
+    details_folder,
+    forget,
+    keep_comparison,
+    load_comparison,
+)
+from knn_explorer.core.knnlm import KnnLmSettings
 from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
+from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
+from knn_explorer.core.methods.spalm import SpalmMethod
 from knn_explorer.core.spalm import Spalm, SpalmSettings
 from knn_explorer.core.sweeps import sweep_memory_size
 
@@ -27,11 +36,11 @@ def _joint_retrofit(model, size=4096):
 
 def test_knnlm_and_spalm_in_a_comparison_equal_their_own_evaluations(setup):
     model, _catalog, datastore, text = setup
-    knn = KnnLM(datastore, KnnLmSettings(k=8, lambda_=0.3))
-    spalm = Spalm(model, datastore, SpalmSettings(k=8))
-    c = compare(model, text, knn=knn, spalm=spalm, context_length=32, stride=16)
+    knn = KnnLmMethod(model, KnnLmSettings(k=8, lambda_=0.3), Resources(datastore))
+    spalm = SpalmMethod(model, spalm=Spalm(model, datastore, SpalmSettings(k=8)))
+    c = compare(model, text, [knn, spalm], context_length=32, stride=16)
     alone_knn = evaluate(model, text, knn, context_length=32, stride=16)
-    alone_spalm = evaluate(model, text, spalm=spalm, context_length=32, stride=16)
+    alone_spalm = evaluate(model, text, spalm, context_length=32, stride=16)
     assert c.methods == ["none", "knnlm", "spalm"]
     assert c.tokens == alone_knn.tokens == len(model.tokenizer(text)["input_ids"]) - 1
     assert c.ppl("none") == pytest.approx(alone_knn.ppl_lm, rel=1e-6)
@@ -44,7 +53,8 @@ def test_memtrf_in_a_comparison_scores_the_same_targets_with_the_text_before_eac
     model, _catalog, _datastore, text = setup
     retrofit = _joint_retrofit(model)
     try:
-        with_memory = compare(model, text, memorizing=retrofit, context_length=32, stride=16)
+        with_memory = compare(model, text, [MemorizingTransformerMethod(model, retrofit=retrofit)], context_length=32,
+                              stride=16)
         retrofit.enabled = False  # a batched pass through the switched-off memory layer is the plain model
         plain = compare(model, text, context_length=32, stride=16)
         retrofit.enabled = True
@@ -63,14 +73,14 @@ def test_memory_size_sweep_zero_is_the_lm_and_sizes_change_the_result(setup):
     model, _catalog, _datastore, text = setup
     retrofit = _joint_retrofit(model, size=100)
     try:
-        result = sweep_memory_size(model, retrofit, text, [0, 16, 4096], context_length=32, stride=16)
+        result = sweep_memory_size(model, MemorizingTransformerMethod(model, retrofit=retrofit), text, [0, 16, 4096], context_length=32, stride=16)
         ppl = [p["ppl"] for p in result.results]
         assert result.param == "memory" and [p["value"] for p in result.results] == [0, 16, 4096]
         assert ppl[0] == pytest.approx(result.ppl_lm, rel=1e-6)
         assert ppl[1] != pytest.approx(ppl[2], rel=1e-6)
         assert retrofit.settings.memory_size == 100 and retrofit.memory.capacity == 100  # restored
         with pytest.raises(ValueError, match="whole numbers"):
-            sweep_memory_size(model, retrofit, text, [1.5])
+            sweep_memory_size(model, MemorizingTransformerMethod(model, retrofit=retrofit), text, [1.5])
     finally:
         retrofit.remove()
 
@@ -78,7 +88,7 @@ def test_memory_size_sweep_zero_is_the_lm_and_sizes_change_the_result(setup):
 def test_most_helped_and_hurt_are_the_extremes_of_the_gain(setup):
     model, _catalog, datastore, text = setup
     unseen = " Zebras quietly juggle purple quantum marmalade beneath seventeen arches."  # retrieval hurts here
-    c = compare(model, text[:1500] + unseen, knn=KnnLM(datastore, KnnLmSettings(k=8, lambda_=0.5)),
+    c = compare(model, text[:1500] + unseen, [KnnLmMethod(model, KnnLmSettings(k=8, lambda_=0.5), Resources(datastore))],
                 context_length=32, stride=16)
     helped, hurt = most_changed(c, "knnlm", count=5)
     gains = c.gains("knnlm")
@@ -93,7 +103,8 @@ def test_most_helped_and_hurt_are_the_extremes_of_the_gain(setup):
 
 def test_a_kept_comparison_comes_back_with_its_details_and_can_be_forgotten(setup):
     model, catalog, datastore, text = setup
-    c = compare(model, text, knn=KnnLM(datastore, KnnLmSettings(k=8)), context_length=32, stride=16)
+    c = compare(model, text, [KnnLmMethod(model, KnnLmSettings(k=8), Resources(datastore))], context_length=32,
+                stride=16)
     row_id = keep_comparison(catalog, c, model.name, "small", {"text": "held-out.md"})
     row = next(r for r in catalog.evaluations("compare") if r.id == row_id)
     assert row.results["methods"]["knnlm"]["ppl"] == pytest.approx(c.ppl("knnlm"))
@@ -116,8 +127,9 @@ def test_the_memory_holds_one_document_at_a_time(setup):
     assert ids == model.tokenizer("\n\n".join([first, second]))["input_ids"]  # the LM reads the same stream
     retrofit = _joint_retrofit(model)
     try:
-        per_document = compare(model, [first, second], memorizing=retrofit, context_length=32, stride=16)
-        one_stream = compare(model, "\n\n".join([first, second]), memorizing=retrofit, context_length=32, stride=16)
+        memory = MemorizingTransformerMethod(model, retrofit=retrofit)
+        per_document = compare(model, [first, second], [memory], context_length=32, stride=16)
+        one_stream = compare(model, "\n\n".join([first, second]), [memory], context_length=32, stride=16)
     finally:
         retrofit.remove()
     assert np.array_equal(per_document.log_p_lm, one_stream.log_p_lm)

@@ -9,14 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from corpus import write_corpus
+
 from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.datastore import Datastore, DatastoreError
 from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
-from knn_explorer.core.library import LibraryError, build_datastore, open_datastore, remove_datastore
+from knn_explorer.core.knnlm import KnnLmSettings
+from knn_explorer.core.library import (
+    LibraryError,
+    build_datastore,
+    open_datastore,
+    remove_datastore,
+)
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model
 from knn_explorer.core.progress import Cancelled
 
@@ -38,7 +45,7 @@ def test_user_flow_build_then_generate_shows_neighbours_from_the_folder(tmp_path
 
     datastore = open_datastore(catalog, "notes", model)
     generator = StepGenerator(model, "The quick brown", GenerationSettings(max_new_tokens=5, stop_at_eos=False),
-                              KnnLM(datastore, KnnLmSettings(k=8)))
+                              KnnLmMethod(model, KnnLmSettings(k=8), Resources(datastore)))
     records = list(generator)
     assert len(records) == 5
     for record in records:

@@ -1,10 +1,11 @@
 """The step generator: cached steps equal full forward passes, long runs, branching, sampling."""
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
+from knn_explorer.core.methods import get
 from knn_explorer.core.models import load_model
-from tiny_models import save_tiny_model
 
 PROMPT = "The quick brown fox"
 
@@ -12,7 +13,7 @@ PROMPT = "The quick brown fox"
 @pytest.mark.parametrize("model_type", ["gpt2", "llama", "gpt_neox", "opt"])
 def test_cached_greedy_steps_equal_full_forward_argmax(tmp_path, model_type):
     model = load_model(str(save_tiny_model(tmp_path / model_type, model_type)), device="cpu")
-    generator = StepGenerator(model, PROMPT, GenerationSettings(method="none", max_new_tokens=8, stop_at_eos=False))
+    generator = StepGenerator(model, PROMPT, GenerationSettings(max_new_tokens=8, stop_at_eos=False))
     records = list(generator)
     ids = list(generator.prompt_ids)
     for record in records:
@@ -28,7 +29,7 @@ def test_cached_greedy_steps_equal_full_forward_argmax(tmp_path, model_type):
 def test_generation_runs_past_the_models_maximum_length(tiny_gpt2_dir):
     model = load_model(str(tiny_gpt2_dir), device="cpu")
     assert model.max_positions == 64
-    generator = StepGenerator(model, PROMPT, GenerationSettings(method="none", max_new_tokens=100, stop_at_eos=False))
+    generator = StepGenerator(model, PROMPT, GenerationSettings(max_new_tokens=100, stop_at_eos=False))
     records = list(generator)
     assert len(records) == 100 and len(generator.ids) > model.max_positions
     # The last step saw the tokens its cache held since the latest restart: a direct forward pass
@@ -43,15 +44,15 @@ def test_generation_runs_past_the_models_maximum_length(tiny_gpt2_dir):
 
 def test_forced_token_branches_and_seeded_sampling_repeats(tiny_gpt2_dir):
     model = load_model(str(tiny_gpt2_dir), device="cpu")
-    generator = StepGenerator(model, PROMPT, GenerationSettings(method="none", max_new_tokens=5))
+    generator = StepGenerator(model, PROMPT, GenerationSettings(max_new_tokens=5))
     first = generator.step()
     alternative = first.p_lm[1].token_id
-    branch = StepGenerator(model, generator.prompt_ids, GenerationSettings(method="none", max_new_tokens=5))
+    branch = StepGenerator(model, generator.prompt_ids, GenerationSettings(max_new_tokens=5))
     forced = branch.step(forced_token=alternative)
     assert forced.token_id == alternative and branch.generated_ids == [alternative]
 
     def sample(seed):
-        settings = GenerationSettings(method="none", max_new_tokens=12, greedy=False, seed=seed, stop_at_eos=False)
+        settings = GenerationSettings(max_new_tokens=12, greedy=False, seed=seed, stop_at_eos=False)
         return [r.token_id for r in StepGenerator(model, PROMPT, settings)]
 
     assert sample(3) == sample(3)
@@ -61,4 +62,4 @@ def test_forced_token_branches_and_seeded_sampling_repeats(tiny_gpt2_dir):
 def test_knnlm_without_a_datastore_is_refused(tiny_gpt2_dir):
     model = load_model(str(tiny_gpt2_dir), device="cpu")
     with pytest.raises(ValueError, match="datastore"):
-        StepGenerator(model, PROMPT, GenerationSettings(method="knnlm"))
+        StepGenerator(model, PROMPT, GenerationSettings(), get("knnlm")(model))

@@ -2,14 +2,16 @@
 import numpy as np
 import pytest
 import torch
-
 from corpus import write_corpus
+
 from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.datastore import Datastore
 from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.knnlm import KnnLmSettings
 from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -29,5 +31,5 @@ def test_cuda_build_matches_cpu_build_and_is_usable_on_cpu(tmp_path, tiny_gpt2_d
 
     datastore = open_datastore(catalog, "gpu", cpu)  # built on the GPU, used on the CPU
     records = list(StepGenerator(gpu, "The quick", GenerationSettings(max_new_tokens=3, stop_at_eos=False),
-                                 KnnLM(datastore, KnnLmSettings(k=4))))
+                                 KnnLmMethod(gpu, KnnLmSettings(k=4), Resources(datastore))))
     assert len(records) == 3 and all(r.neighbours for r in records)

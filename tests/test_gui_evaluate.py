@@ -172,11 +172,11 @@ def test_a_comparison_kept_by_the_cli_lists_in_the_app_and_a_memtrf_token_opens_
 
     page = window.evaluate_page
     text = open(page.text_field.text(), encoding="utf-8").read()
-    memory = window._method_objects(window.controls.values(), ["memtrf"], None).memory  # the demo's gates
+    memory = window._method_objects(window.controls.values(), ["memtrf"], None).methods["memtrf"]  # the demo's gates
     try:
-        kept = compare(window.model, text, memorizing=memory, context_length=32, stride=16)
+        kept = compare(window.model, text, [memory], context_length=32, stride=16)
     finally:
-        memory.remove()
+        memory.close()
     row_id = keep_comparison(window.catalog, kept, window.model.name, None, {"methods": ["none", "memtrf"]})
     page.refresh_runs(select=[row_id])
     assert page.runs_list.count() == 1 and page.gain_method.currentData() == "memtrf"

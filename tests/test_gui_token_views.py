@@ -5,21 +5,33 @@ import time
 from pathlib import Path
 
 import pytest
+from corpus import write_corpus
 from PySide6.QtCore import QEvent, QPoint, Qt
 from PySide6.QtGui import QColor, QHelpEvent, QImage
 from PySide6.QtWidgets import QToolTip
 
-from corpus import write_corpus
 from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.knnlm import KnnLmSettings
 from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model
 from knn_explorer.core.records import RetrievalSettings
 from knn_explorer.gui import colours
-from knn_explorer.gui.token_inspector import NeighbourTableModel, TokenInspector, open_document_at
-from knn_explorer.gui.token_strip import COLOUR_QUANTITIES, TokenStrip, colour_for, format_distance, record_gain
+from knn_explorer.gui.token_inspector import (
+    NeighbourTableModel,
+    TokenInspector,
+    open_document_at,
+)
+from knn_explorer.gui.token_strip import (
+    COLOUR_QUANTITIES,
+    TokenStrip,
+    colour_for,
+    format_distance,
+    record_gain,
+)
 
 PROMPT = "The quick brown"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +49,7 @@ def generated(tiny_gpt2_dir, tmp_path_factory):
         build_datastore(catalog, "notes", model, [docs], BuildParameters(context_length=32, stride=16))
         datastore = open_datastore(catalog, "notes", model)
         generator = StepGenerator(model, PROMPT, GenerationSettings(max_new_tokens=12, stop_at_eos=False),
-                                  KnnLM(datastore, KnnLmSettings(k=8)))
+                                  KnnLmMethod(model, KnnLmSettings(k=8), Resources(datastore)))
         records = list(generator)
     assert len(records) == 12 and all(r.neighbours for r in records)
     return docs, records

@@ -1,12 +1,18 @@
 """Memorizing Transformer retrofit: unchanged at init, memory semantics, rotary keys, GQA lookup."""
 import pytest
 import torch
-
-from knn_explorer.core.memorizing import (INITIAL_GATE_BIAS, MemorizingError, MemorizingRetrofit, MemorizingSettings,
-                                          default_layer)
-from knn_explorer.core.memory_store import MemoryStore
-from knn_explorer.core.models import load_model
 from tiny_models import save_tiny_model
+
+from knn_explorer.core.memorizing import (
+    INITIAL_GATE_BIAS,
+    MemorizingError,
+    MemorizingRetrofit,
+    MemorizingSettings,
+    default_layer,
+)
+from knn_explorer.core.memory_store import MemoryStore
+from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
+from knn_explorer.core.models import load_model
 
 ARCHITECTURES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2"]
 
@@ -168,13 +174,13 @@ def test_generation_records_carry_gates_memory_attention_and_hits_from_earlier_t
     model = load_model(str(save_tiny_model(tmp_path / "llama", "llama")), device="cpu")
     prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)  # longer than the window
     window = 32
-    plain = list(StepGenerator(model, prompt, GenerationSettings(method="none", max_new_tokens=12,
+    plain = list(StepGenerator(model, prompt, GenerationSettings(max_new_tokens=12,
                                                                   stop_at_eos=False, context_window=window)))
     retrofit = MemorizingRetrofit(model, MemorizingSettings(k=4))
     try:
-        generator = StepGenerator(model, prompt, GenerationSettings(method="memtrf", max_new_tokens=12,
+        generator = StepGenerator(model, prompt, GenerationSettings(max_new_tokens=12,
                                                                     stop_at_eos=False, context_window=window),
-                                  memorizing=retrofit)
+                                  MemorizingTransformerMethod(model, retrofit=retrofit))
         records = list(generator)
     finally:
         retrofit.remove()

@@ -2,13 +2,15 @@
 import csv
 
 import pytest
-
 from corpus import write_corpus
+
 from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.knnlm import KnnLmSettings
 from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model
 from knn_explorer.core.run_export import read_json, write_csv, write_json
 
@@ -18,7 +20,7 @@ def records(tmp_path, tiny_gpt2_dir):
     model = load_model(str(tiny_gpt2_dir), device="cpu")
     catalog = Catalog()
     build_datastore(catalog, "notes", model, [write_corpus(tmp_path / "docs")], BuildParameters(context_length=32, stride=16))
-    knn = KnnLM(open_datastore(catalog, "notes", model), KnnLmSettings(k=4))
+    knn = KnnLmMethod(model, KnnLmSettings(k=4), Resources(open_datastore(catalog, "notes", model)))
     return list(StepGenerator(model, "The quick", GenerationSettings(max_new_tokens=6, stop_at_eos=False), knn))
 
 

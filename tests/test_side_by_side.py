@@ -16,9 +16,13 @@ from PySide6.QtCore import Qt
 from knn_explorer.core.catalog import Catalog
 from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.knnlm import KnnLmSettings
 from knn_explorer.core.library import build_datastore, open_datastore
 from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
+from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
+from knn_explorer.core.methods.spalm import SpalmMethod
 from knn_explorer.core.models import load_model
 from knn_explorer.core.side_by_side import (
     SideBySideColumn,
@@ -66,17 +70,16 @@ def make_lanes(model, datastore, methods, memory=None, steps=STEPS, steps_of=Non
     steps_of = steps_of or {}
 
     def settings(method):
-        return GenerationSettings(method=method, max_new_tokens=steps_of.get(method, steps), stop_at_eos=False,
+        return GenerationSettings(max_new_tokens=steps_of.get(method, steps), stop_at_eos=False,
                                   context_window=WINDOW)
 
-    lanes = {}
-    for method in methods:
-        lanes[method] = StepGenerator(
-            model, PROMPT, settings(method),
-            knn=KnnLM(datastore, KnnLmSettings(k=8, lambda_=0.5)) if method == "knnlm" else None,
-            spalm=Spalm(model, datastore, SpalmSettings(k=8)) if method == "spalm" else None,
-            memorizing=memory if method == "memtrf" else None)
-    return lanes
+    made = {
+        "none": lambda: None,
+        "knnlm": lambda: KnnLmMethod(model, KnnLmSettings(k=8, lambda_=0.5), Resources(datastore)),
+        "spalm": lambda: SpalmMethod(model, spalm=Spalm(model, datastore, SpalmSettings(k=8))),
+        "memtrf": lambda: MemorizingTransformerMethod(model, retrofit=memory),
+    }
+    return {method: StepGenerator(model, PROMPT, settings(method), made[method]()) for method in methods}
 
 
 def assert_same_column(records, solo):
@@ -126,7 +129,7 @@ def test_lockstep_columns_equal_each_method_generated_alone(setup, solo, order):
 
     memory = open_retrofit(model)
     try:
-        seen = list(run_side_by_side(make_lanes(model, datastore, order, memory), memory))
+        seen = list(run_side_by_side(make_lanes(model, datastore, order, memory)))
         assert memory.enabled  # the other lanes' steps gave the memory back switched on
         # ...and left no trace in it: the retrofit is exactly as the memtrf lane alone leaves it.
         assert retrofit_state(memory) == solo["memory state"]
@@ -289,7 +292,7 @@ def test_stop_cancels_a_long_run_promptly(qtbot, setup):
     model, _datastore = setup
 
     def make_generators(methods, prompt, max_new_tokens, control):
-        settings = GenerationSettings(method="none", max_new_tokens=100_000, stop_at_eos=False)
+        settings = GenerationSettings(max_new_tokens=100_000, stop_at_eos=False)
         return {"none": StepGenerator(model, prompt, settings)}, None
 
     page = page_with(qtbot, make_generators, ["none"])
@@ -322,7 +325,7 @@ def test_ctrl_return_runs(qtbot, setup):
     model, _datastore = setup
 
     def make_generators(methods, prompt, max_new_tokens, control):
-        return {"none": StepGenerator(model, prompt, GenerationSettings(method="none", max_new_tokens=2))}, None
+        return {"none": StepGenerator(model, prompt, GenerationSettings(max_new_tokens=2))}, None
 
     page = page_with(qtbot, make_generators, ["none"], max_tokens=2)
     page.activateWindow()

@@ -4,11 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 from knn_explorer.core.generation import GenerationSettings, StepGenerator
+from knn_explorer.core.methods.spalm import SpalmMethod
 from knn_explorer.core.models import capture_output_input, load_model
 from knn_explorer.core.spalm import INITIAL_GATE_BIAS, Spalm, SpalmSettings
-from tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,8 @@ def test_gate_forced_to_one_is_the_base_model(built):
 def test_generation_records_carry_the_gate_and_weighted_neighbours(built):
     model, datastore, docs = built
     spalm = Spalm(model, datastore, SpalmSettings(k=8))
-    records = list(StepGenerator(model, "The quick brown", GenerationSettings(method="spalm", max_new_tokens=5),
-                                 spalm=spalm))
+    records = list(StepGenerator(model, "The quick brown", GenerationSettings(max_new_tokens=5),
+                                 SpalmMethod(model, spalm=spalm)))
     assert records
     for record in records:
         assert record.method == "spalm" and 0 < record.gate < 1 and record.lambda_ is None
@@ -89,8 +90,8 @@ def test_a_prompt_longer_than_the_window_runs_on_the_short_term_memory(built):
     spalm.forced_gate = 1.0  # isolate the short-term memory: SPALM reduces to the model itself
     prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 12)
     window = 48
-    generator = StepGenerator(model, prompt, GenerationSettings(method="spalm", max_new_tokens=6, stop_at_eos=False,
-                                                                context_window=window), spalm=spalm)
+    generator = StepGenerator(model, prompt, GenerationSettings(max_new_tokens=6, stop_at_eos=False,
+                                                                context_window=window), SpalmMethod(model, spalm=spalm))
     records = list(generator)
     assert len(generator.prompt_ids) > model.max_positions  # longer than the model's own context
     # Each step saw the cached tokens since the last restart (at most the window): the same
@@ -118,8 +119,12 @@ def test_leave_one_out_drops_each_position_itself_and_keeps_k():
 
 def test_gate_training_learns_from_the_datastore_without_seeing_itself_and_saves_an_adapter(built, tmp_path):
     from knn_explorer.core.adapters import AdapterError
-    from knn_explorer.core.spalm_training import (SpalmTrainingSettings, load_spalm_adapter, train_spalm_gate,
-                                                  without_self)
+    from knn_explorer.core.spalm_training import (
+        SpalmTrainingSettings,
+        load_spalm_adapter,
+        train_spalm_gate,
+        without_self,
+    )
 
     model, datastore, _ = built
     spalm = Spalm(model, datastore, SpalmSettings(k=4))

@@ -4,7 +4,9 @@ import math
 import pytest
 
 from knn_explorer.core.evaluation import evaluate
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings
+from knn_explorer.core.knnlm import KnnLmSettings
+from knn_explorer.core.methods import Resources
+from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.sweeps import collect, sweep
 
 
@@ -26,7 +28,7 @@ def test_each_sweep_point_equals_a_full_evaluation_with_those_settings(setup, pa
     collected = collect(model, text, context_length=32, stride=16)
     base = KnnLmSettings(k=8, lambda_=0.5)
     point = sweep(datastore, collected, param, [value], base).results[0]
-    full = evaluate(model, text, KnnLM(datastore, settings), context_length=32, stride=16)
+    full = evaluate(model, text, KnnLmMethod(model, settings, Resources(datastore)), context_length=32, stride=16)
     assert point["ppl"] == pytest.approx(full.ppl, rel=1e-6)
 
 

@@ -1,30 +1,31 @@
-"""The four methods — LM alone, kNN-LM, SPALM, Memorizing Transformer — on the very same targets.
+"""Several methods — the LM alone and any from the registry — on the very same targets.
 
 One set of sliding windows (`core/windows.py`, as `evaluate` and the datastore build use) scores
-every token of the held-out text once. Per window, one forward pass without memory gives the LM's
-log-probabilities and the kNN keys and h_t from which kNN-LM and SPALM combine theirs; for the
-Memorizing Transformer a second pass over the same window runs with its memory holding the text
-*before the window* (what local attention no longer sees). So every method is scored on the same
-tokens with the same local context, and the differences between their numbers are the methods'.
+every token of the held-out text once. Per window, one shared forward pass gives the LM's
+log-probabilities and the kNN keys and h_t from which retrieval methods combine theirs; a method
+that changes the model (the Memorizing Transformer) gets a second pass over the same window, its
+memory holding the text *before the window* (what local attention no longer sees). So every
+method is scored on the same tokens with the same local context, and the differences between
+their numbers are the methods'.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .generation import GenerationSettings, StepGenerator
-from .knnlm import KnnLM
-from .memorizing import MemorizingRetrofit
+from .methods import Method, PassOutputs
+from .methods.lm_alone import LmAlone
 from .models import LoadedModel, capture_output_input
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .records import TokenRecord
-from .spalm import Spalm
 from .windows import Span, sliding_windows
+
 
 def padded_windows(tokens: torch.Tensor, batch: list[Span]) -> tuple[torch.Tensor, torch.Tensor]:
     """The windows' tokens as one right-padded batch, and its attention mask."""
@@ -151,26 +152,29 @@ def encode_documents(tokenizer, text: str | list[str]) -> tuple[list[int], list[
 
 
 @torch.inference_mode()
-def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None, spalm: Spalm | None = None,
-            memorizing: MemorizingRetrofit | None = None, context_length: int = 256, stride: int = 128,
-            batch_size: int = 8, on_progress: ProgressCallback | None = None,
+def compare(model: LoadedModel, text: str | list[str], methods: Sequence[Method] = (), context_length: int = 256,
+            stride: int = 128, batch_size: int = 8, on_progress: ProgressCallback | None = None,
             should_stop: Callable[[], bool] | None = None, keep_keys: bool = False) -> Comparison:
-    """Score the LM and each given method on one text's targets (see the module docstring). `text`
-    may be a list of documents: the memory then holds only the current document's earlier text.
-    `keep_keys` also returns each target's kNN key (what a sweep retrieves with)."""
+    """Score the LM and each of `methods` on one text's targets (see the module docstring). `text`
+    may be a list of documents: a method that remembers earlier text then holds only the current
+    document's. `keep_keys` also returns each target's kNN key (what a sweep retrieves with)."""
     ids, document_starts = encode_documents(model.tokenizer, text)
     if len(ids) < 2:
         raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
+    methods = [m for m in methods if not isinstance(m, LmAlone)]  # the LM alone is always scored
     tokens = torch.tensor(ids, dtype=torch.long)
     length = min(context_length, model.max_positions)
     spans = list(sliding_windows(len(ids), length, stride))
-    if memorizing is not None:
-        batch_size = 1  # the memory layer runs one document at a time
-        memorizing.reset()
+    remembering = [m for m in methods if m.reads_earlier_text]
+    if remembering:
+        batch_size = 1  # the memory reads one window of one document at a time
+    for method in methods:
+        method.start_text()
     meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
-    parts: dict[str, list[torch.Tensor]] = {"none": [], "knnlm": [], "spalm": [], "memtrf": []}
+    lm_parts: list[torch.Tensor] = []
+    parts: dict[str, list[torch.Tensor]] = {m.name: [] for m in methods}
     positions, keys, done, document = [], [], 0, 0
-    was_enabled = memorizing.enabled if memorizing is not None else None
+    wants_hidden = any(m.uses_hidden for m in methods)
     try:
         for start in range(0, len(spans), batch_size):
             if should_stop is not None and should_stop():
@@ -178,49 +182,50 @@ def compare(model: LoadedModel, text: str | list[str], knn: KnnLM | None = None,
             batch = spans[start: start + batch_size]
             input_ids, mask = padded_windows(tokens, batch)
             input_ids, mask = input_ids.to(model.device), mask.to(model.device)
-            if memorizing is not None:  # this pass is the plain model; it also queues the window's keys
-                now = int(np.searchsorted(document_starts, batch[0].first_target, side="right")) - 1
-                if now != document:  # the window's targets are in the next document: a fresh memory
-                    document = now
-                    memorizing.start_document(document_starts[document])
-                memorizing.enabled = False
-                memorizing.set_window(batch[0].begin, batch[0].begin)
-            # h_t only for SPALM: the hook on the output embedding copies every pass's hidden states
-            hidden_capture = capture_output_input(model) if spalm is not None else nullcontext()
-            with model.capture_keys() as captured, hidden_capture as hidden:
+            begin = batch[0].begin
+            now = int(np.searchsorted(document_starts, batch[0].first_target, side="right")) - 1
+            if remembering and now != document:  # the window's targets are in the next document
+                document = now
+                for method in remembering:
+                    method.start_document(document_starts[document])
+            # h_t only when a method asks: the hook on the output embedding copies every pass's states
+            hidden_capture = capture_output_input(model) if wants_hidden else nullcontext([None])
+            with ExitStack() as around:
+                for method in methods:
+                    around.enter_context(method.shared_pass(begin, begin))
+                captured = around.enter_context(model.capture_keys())
+                hidden = around.enter_context(hidden_capture)
                 logits = model.forward(input_ids, mask).logits
-            memory_logits = None
-            if memorizing is not None:  # the same window with the text before it in memory
-                memorizing.enabled = True
-                memorizing.set_window(batch[0].begin, batch[0].begin)
-                memory_logits = model.forward(input_ids, mask).logits
+            own_logits = {}
+            for method in methods:
+                if method.own_pass:  # the same window, with the method's change to the model
+                    with method.method_pass(begin, begin):
+                        own_logits[method.name] = model.forward(input_ids, mask).logits
             for row, s in enumerate(batch):
                 scored = slice(s.first_target - 1 - s.begin, s.end - 1 - s.begin)
                 targets = tokens[s.first_target: s.end]
-                log_p_lm = torch.log_softmax(logits[row, scored].float(), dim=-1).cpu()
-                parts["none"].append(_gather(log_p_lm, targets))
-                if knn is not None:
-                    parts["knnlm"].append(_gather(knn.combine(log_p_lm, captured[-1][row, scored]).log_p_final,
-                                                  targets))
-                if spalm is not None:
-                    step = spalm.combine(hidden[-1][row, scored], captured[-1][row, scored])
-                    parts["spalm"].append(_gather(step.log_p_final, targets))
-                if memory_logits is not None:
-                    log_p = torch.log_softmax(memory_logits[row, scored].float(), dim=-1).cpu()
-                    parts["memtrf"].append(_gather(log_p, targets))
+                outputs = PassOutputs(
+                    log_p_lm=torch.log_softmax(logits[row, scored].float(), dim=-1).cpu(),
+                    keys=captured[-1][row, scored],
+                    hidden=None if hidden[-1] is None else hidden[-1][row, scored],
+                )
+                lm_parts.append(_gather(outputs.log_p_lm, targets))
+                for method in methods:
+                    if method.own_pass:
+                        outputs.own_logits = own_logits[method.name][row, scored]
+                    parts[method.name].append(_gather(method.combine(outputs).log_p_final, targets))
                 positions.append(torch.arange(s.first_target, s.end))
                 if keep_keys:
                     keys.append(captured[-1][row, scored].float().cpu())
                 done += len(targets)
             meter.update(done)
     finally:
-        if memorizing is not None:
-            memorizing.enabled = was_enabled
-            memorizing.reset()
+        for method in remembering:
+            method.start_text()  # what it read of this text is no one else's business
     meter.update(done, force=True)
     return Comparison(
-        token_ids=np.asarray(ids), positions=torch.cat(positions).numpy(), log_p_lm=torch.cat(parts["none"]).numpy(),
-        log_p={m: torch.cat(p).numpy() for m, p in parts.items() if m != "none" and p},
+        token_ids=np.asarray(ids), positions=torch.cat(positions).numpy(), log_p_lm=torch.cat(lm_parts).numpy(),
+        log_p={name: torch.cat(p).numpy() for name, p in parts.items()},
         context_length=length, stride=stride, document_starts=np.asarray(document_starts, dtype=np.int64),
         keys=torch.cat(keys).numpy() if keep_keys else None,
     )
@@ -230,26 +235,26 @@ def _gather(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return log_p.gather(1, targets[:, None])[:, 0].double()
 
 
-def token_record(model: LoadedModel, comparison: Comparison, index: int, method: str, knn: KnnLM | None = None,
-                 spalm: Spalm | None = None, memorizing: MemorizingRetrofit | None = None
+def token_record(model: LoadedModel, comparison: Comparison, index: int, method: Method | None = None
                  ) -> tuple[list[int], TokenRecord]:
     """Target `index` as the token inspector shows a generated token: its context and full record
     (neighbours, distributions, λ or gates), the step forced to the held-out token.
 
-    The context is the window that scored it, so for none/kNN-LM/SPALM the record's probabilities are
-    the comparison's. For the Memorizing Transformer the generator re-reads the text before the window
-    into its memory in non-overlapping chunks (not `compare`'s overlapping windows), and, for a window
-    that starts before half the token's position, its local attention sees the whole text before the
-    token (the generator's restart rule): its numbers can differ slightly from the comparison's."""
+    The context is the window that scored it, so for methods that do not remember earlier text the
+    record's probabilities are the comparison's. A method that does (the Memorizing Transformer)
+    re-reads the text before the window into its memory in non-overlapping chunks (not `compare`'s
+    overlapping windows), and, for a window that starts before half the token's position, its local
+    attention sees the whole text before the token (the generator's restart rule): its numbers can
+    differ slightly from the comparison's."""
     position = int(comparison.positions[index])
     span = comparison.window_of(index)
     ids = [int(t) for t in comparison.token_ids]
-    if method == "memtrf":  # the whole text before it; local attention sees exactly the window's part
+    remembers = method is not None and method.reads_earlier_text
+    if remembers:  # the whole text before it; local attention sees exactly the window's part
         prompt, window = ids[:position], 2 * (position - span.begin)
     else:
         prompt, window = ids[span.begin:position], None
-    settings = GenerationSettings(method=method, max_new_tokens=1, context_window=window)
-    generator = StepGenerator(model, prompt, settings, knn=knn, memorizing=memorizing, spalm=spalm)
-    if memorizing is not None and method == "memtrf":
-        memorizing.start_document(comparison.document_start(position))  # as `compare` did
+    generator = StepGenerator(model, prompt, GenerationSettings(max_new_tokens=1, context_window=window), method)
+    if remembers:
+        method.start_document(comparison.document_start(position))  # as `compare` did
     return prompt, generator.step(forced_token=ids[position])

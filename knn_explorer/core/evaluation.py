@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from .comparison import compare, perplexity
-from .knnlm import KnnLM
 from .memorizing import MemorizingRetrofit
+from .methods import Method
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
-from .spalm import Spalm
 
 
 @dataclass
@@ -52,21 +51,19 @@ def read_heldout(path: Path) -> list[str]:
 def evaluate(
     model: LoadedModel,
     text: str,
-    knn: KnnLM | None = None,
+    method: Method | None = None,
     context_length: int = 256,
     stride: int = 128,
     batch_size: int = 8,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    spalm: Spalm | None = None,
 ) -> EvalResult:
-    """`knn` (kNN-LM) or `spalm` (SPALM) is the method compared with the LM; neither: the LM alone.
-    One method's view of `comparison.compare`."""
-    c = compare(model, text, knn=knn, spalm=spalm, context_length=context_length, stride=stride,
+    """`method` compared with the LM (none: the LM alone). One method's view of `comparison.compare`."""
+    c = compare(model, text, [method] if method is not None else [], context_length=context_length, stride=stride,
                 batch_size=batch_size, on_progress=on_progress, should_stop=should_stop)
-    method = "knnlm" if knn is not None else "spalm" if spalm is not None else "none"
-    log_p = c.log_probs(method)
-    return EvalResult(method=method, tokens=c.tokens, ppl_lm=perplexity(c.log_p_lm), ppl=perplexity(log_p),
+    name = method.name if method is not None else "none"
+    log_p = c.log_probs(name)
+    return EvalResult(method=name, tokens=c.tokens, ppl_lm=perplexity(c.log_p_lm), ppl=perplexity(log_p),
                       log_p_lm=c.log_p_lm, log_p=log_p, target_ids=c.token_ids[c.positions])
 
 

@@ -19,17 +19,20 @@ import numpy as np
 import torch
 
 from .datastore import Datastore
+from .methods.base import MethodSettings, setting
 
 LAMBDA_MODES = ("fixed", "entropy")
 
 
 @dataclass(frozen=True)
-class KnnLmSettings:
-    k: int = 32
-    lambda_: float = 0.25  # the paper's in-domain value; ~0.65 suits domain adaptation
-    temperature: float = 1.0
-    exact_distances: bool = True  # recompute from stored keys (better) or trust the index (faster)
-    lambda_mode: str = "fixed"
+class KnnLmSettings(MethodSettings):
+    k: int = setting(32, help="neighbours retrieved per token")
+    lambda_: float = setting(0.25, flag="lambda", dest="lambda_",  # the paper's in-domain value; ~0.65 out of domain
+                             help="weight of p_kNN in the mix")
+    temperature: float = setting(1.0, help="T in softmax(−d/T) over the neighbours' distances")
+    exact_distances: bool = setting(True, flag="approximate", inverted=True,  # recompute (better) or trust the index
+                                    help="use the index's distances instead of recomputing them from stored keys")
+    lambda_mode: str = setting("fixed", help="fixed λ, or scaled by how much the neighbours agree")
 
     def __post_init__(self):
         if self.k < 1:

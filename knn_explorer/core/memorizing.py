@@ -41,6 +41,7 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .memory_store import MemoryStore
+from .methods.base import MethodSettings, setting
 from .models import LoadedModel
 
 MEMORY_ATTENTION = "knn_memory"
@@ -63,12 +64,12 @@ class MemorizingError(Exception):
 
 
 @dataclass(frozen=True)
-class MemorizingSettings:
-    layer: int | None = None  # None: the layer at ¾ of the depth
-    k: int = 32
-    memory_size: int = 65_536  # tokens
-    mode: str = "gated"
-    hits_shown: int = 4  # per head, in each step's record
+class MemorizingSettings(MethodSettings):
+    layer: int | None = setting(None, flag="memory-layer", help="0-based layer with the memory (default: ¾ depth)")
+    k: int = setting(32, help="memory entries each head retrieves")
+    memory_size: int = setting(65_536, help="tokens the memory holds")
+    mode: str = setting("gated", flag="memory-mode", help="gated (learned per-head gates) or joint (one softmax)")
+    hits_shown: int = setting(4, flag="hits-shown", help="memory entries per head described in each record")
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -4,10 +4,9 @@
 method, then step 1, ...), so a view can fill its columns as rows. `aligned_rows`, `to_csv`,
 `to_json` and `format_table` turn the finished columns into rows, files and a plain-text table.
 
-The Memorizing Transformer's retrofit sits inside the shared model and intercepts every forward
-pass made from its owner thread, the other lanes' passes included. Those run with the memory
-switched off, and whatever the retrofit notes during them is undone (`MemorizingRetrofit.set_aside`),
-so each column equals the same method generated alone.
+A method that lives inside the shared model (the Memorizing Transformer's memory) intercepts every
+forward pass, the other lanes' included. Those run inside its `set_aside()`, which switches it off
+and undoes whatever it noted, so each column equals the same method generated alone.
 
 No torch import at module level: the CLI imports this for `format_table` without loading a model.
 """
@@ -16,19 +15,17 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .methods import METHOD_LABELS
 from .records import TokenRecord
 
 if TYPE_CHECKING:
     from .generation import StepGenerator
-    from .memorizing import MemorizingRetrofit
 
-MAX_METHODS = len(METHOD_LABELS)
+MAX_METHODS = 4  # columns a screen shows side by side
 
 
 @dataclass
@@ -41,64 +38,66 @@ class SideBySideColumn:
 
     @classmethod
     def for_method(cls, method: str, records: list[TokenRecord] | None = None) -> SideBySideColumn:
-        return cls(method, METHOD_LABELS.get(method, method), list(records or []))
+        from .methods import labels
+
+        return cls(method, labels().get(method, method), list(records or []))
 
 
 # ----------------------------------------------------------------------------- running
 
-def check_generators(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None) -> None:
+def check_generators(generators: dict[str, StepGenerator]) -> None:
     """Raise ValueError, with a one-line reason, for a set of lanes that cannot run side by side."""
     if not generators:
         raise ValueError("choose at least one method")
     if len(generators) > MAX_METHODS:
         raise ValueError(f"at most {MAX_METHODS} methods run side by side")
-    for method, generator in generators.items():
-        if method not in METHOD_LABELS:
-            raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHOD_LABELS)}")
-        if generator.settings.method != method:
-            raise ValueError(f"the {method!r} lane was given a {generator.settings.method!r} generator")
-    memtrf = generators.get("memtrf")
-    if memtrf is not None and memory is not None and memtrf.memory is not memory:
-        raise ValueError("the Memorizing Transformer lane must use the retrofit passed as `memory`")
+    from .methods import names
+
+    for name, generator in generators.items():
+        if name not in names():
+            raise ValueError(f"unknown method {name!r}: use one of {', '.join(names())}")
+        if generator.method.name != name:
+            raise ValueError(f"the {name!r} lane was given a {generator.method.name!r} generator")
 
 
-def run_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None,
+def run_side_by_side(generators: dict[str, StepGenerator],
                      should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, TokenRecord]]:
     """Step every lane once per row, in the dict's order, yielding (method, record).
 
     A lane that reached its `max_new_tokens` or end-of-text stops contributing; the run ends when
-    all have, or as soon as `should_stop()` is true (checked before each lane's step). `memory` is
-    the memtrf lane's retrofit (default: that lane's own); every other lane steps with it set aside.
-    The caller owns the retrofit (removing it from the model is the caller's job). Raises
-    ValueError at once (not on the first step) for lanes that cannot run side by side.
+    all have, or as soon as `should_stop()` is true (checked before each lane's step). Each lane
+    steps with every other lane's method set aside (`Method.set_aside`: a memory inside the shared
+    model neither sees nor keeps the other lanes' passes). Raises ValueError at once (not on the
+    first step) for lanes that cannot run side by side.
     """
-    check_generators(generators, memory)
-    if memory is None and "memtrf" in generators:
-        memory = generators["memtrf"].memory
-    return _lockstep(generators, memory, should_stop)
+    check_generators(generators)
+    return _lockstep(generators, should_stop)
 
 
-def _lockstep(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None,
+def _lockstep(generators: dict[str, StepGenerator],
               should_stop: Callable[[], bool] | None) -> Iterator[tuple[str, TokenRecord]]:
-    lanes = {method: iter(generator) for method, generator in generators.items()}
+    lanes = {name: iter(generator) for name, generator in generators.items()}
     while lanes:
-        for method in list(lanes):
+        for name in list(lanes):
             if should_stop is not None and should_stop():
                 return
-            with nullcontext() if method == "memtrf" or memory is None else memory.set_aside():
-                record = next(lanes[method], None)
+            with ExitStack() as others:
+                for other, generator in generators.items():
+                    if other != name:
+                        others.enter_context(generator.method.set_aside())
+                record = next(lanes[name], None)
             if record is None:
-                del lanes[method]
+                del lanes[name]
                 continue
-            yield method, record  # outside the set-aside: a consumer that stops here leaves the retrofit intact
+            yield name, record  # outside the set-aside: a consumer that stops here leaves the methods intact
 
 
-def generate_side_by_side(generators: dict[str, StepGenerator], memory: MemorizingRetrofit | None = None,
+def generate_side_by_side(generators: dict[str, StepGenerator],
                           should_stop: Callable[[], bool] | None = None) -> list[SideBySideColumn]:
     """`run_side_by_side` collected into columns (the CLI's and the tests' way in)."""
-    columns = {method: SideBySideColumn.for_method(method) for method in generators}
-    for method, record in run_side_by_side(generators, memory, should_stop):
-        columns[method].records.append(record)
+    columns = {name: SideBySideColumn.for_method(name) for name in generators}
+    for name, record in run_side_by_side(generators, should_stop):
+        columns[name].records.append(record)
     return list(columns.values())
 
 

@@ -24,6 +24,7 @@ import torch
 
 from .datastore import Datastore
 from .knnlm import KnnLM, KnnLmSettings, Retrieval, knn_distribution
+from .methods.base import MethodSettings, setting
 from .models import LoadedModel
 
 INITIAL_GATE_BIAS = math.log(9.0)  # σ(ln 9) = 0.9
@@ -34,9 +35,10 @@ class SpalmError(Exception):
 
 
 @dataclass(frozen=True)
-class SpalmSettings:
-    k: int = 32
-    exact_distances: bool = True
+class SpalmSettings(MethodSettings):
+    k: int = setting(32, help="retrieved tokens mixed into the hidden state")
+    exact_distances: bool = setting(True, flag="approximate", inverted=True,
+                                    help="rank neighbours by the index's distances")
 
     def __post_init__(self):
         if self.k < 1:
@@ -45,6 +47,9 @@ class SpalmSettings:
     @property
     def distance(self) -> str:
         return "exact" if self.exact_distances else "approximate"
+
+    def describe(self) -> dict:
+        return {"k": self.k, "distance": self.distance}
 
 
 class SpalmGate(torch.nn.Module):

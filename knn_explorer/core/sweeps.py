@@ -29,7 +29,7 @@ from .comparison import compare
 from .datastore import Datastore
 from .index import TorchExactSearch
 from .knnlm import KnnLM, KnnLmSettings
-from .memorizing import MAX_MEMORY, MemorizingRetrofit
+from .memorizing import MAX_MEMORY
 from .models import LoadedModel
 from .progress import Cancelled, ProgressCallback
 from .query_chunks import neighbour_key_bytes, query_chunks
@@ -226,25 +226,27 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
     return result
 
 
-def sweep_memory_size(model: LoadedModel, memorizing: MemorizingRetrofit, text: str | list[str], sizes: list[int],
+def sweep_memory_size(model: LoadedModel, method, text: str | list[str], sizes: list[int],
                       context_length: int = 256, stride: int = 128, on_progress: ProgressCallback | None = None,
                       should_stop: Callable[[], bool] | None = None) -> SweepResult:
-    """Memorizing Transformer perplexity with memories of `sizes` tokens, on `compare`'s windows (the
-    memory holds the text before each window, its most recent `size` tokens). Each size is one pass
-    over the text: the memory's contents depend on its size. The memory is restored afterwards."""
+    """Memorizing Transformer (`method`, whose `retrofit` holds the memory) perplexity with memories
+    of `sizes` tokens, on `compare`'s windows (the memory holds the text before each window, its most
+    recent `size` tokens). Each size is one pass over the text: the memory's contents depend on its
+    size. The memory is restored afterwards."""
     check_sweep_values(None, "memory", sizes)
+    memorizing = method.retrofit
     original = memorizing.settings.memory_size
     result = None
     try:
         for size in sizes:
             memorizing.resize_memory(int(size))
-            c = compare(model, text, memorizing=memorizing, context_length=context_length, stride=stride,
+            c = compare(model, text, [method], context_length=context_length, stride=stride,
                         on_progress=on_progress, should_stop=should_stop)
             if result is None:
                 fixed = {"memory_layer": memorizing.layer, "memory_mode": memorizing.settings.mode,
                          "k": memorizing.settings.k, "context": c.context_length, "stride": c.stride}
                 result = SweepResult("memory", c.tokens, c.ppl("none"), fixed=fixed)
-            result.results.append({"value": int(size), "ppl": c.ppl("memtrf")})
+            result.results.append({"value": int(size), "ppl": c.ppl(method.name)})
     finally:
         memorizing.resize_memory(original)
     return result

@@ -8,7 +8,7 @@ The page never computes a perplexity itself: the core does, in a job.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -24,7 +24,7 @@ from ..core.evaluation import read_heldout
 from ..core.evaluation_store import forget, keep_comparison, load_comparison
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLmSettings
-from ..core.methods import METHOD_LABELS
+from ..core.methods import METHOD_LABELS, Method, UnknownMethod, get
 from ..core.sweeps import DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, sweep, sweep_memory_size
 from . import workers
 from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
@@ -40,12 +40,16 @@ SWEEP_PARAMS = ("lambda", "k", "temperature", "size", "distance", "memory")
 
 @dataclass
 class MethodObjects:
-    """What the main window opens for a run (inside the job's thread)."""
+    """What the main window opens for a run (inside the job's thread): one `Method` per name asked
+    for, and the datastore opened for those that need one. `close()` when the job ends (a method
+    that changes the model, the Memorizing Transformer's memory, gives the model back)."""
 
-    knn: object | None = None  # KnnLM
-    spalm: object | None = None  # Spalm
-    memory: object | None = None  # MemorizingRetrofit, removed by the page when its job ends
+    methods: dict[str, Method] = field(default_factory=dict)
     datastore: object | None = None
+
+    def close(self) -> None:
+        for method in self.methods.values():
+            method.close()
 
 
 class EvaluatePage(QWidget):
@@ -280,7 +284,7 @@ class EvaluatePage(QWidget):
             return self._refuse("Choose a held-out text (a document or a folder)")
         if self.compare_mode.isChecked():
             methods = self.chosen_methods()
-            if ("knnlm" in methods or "spalm" in methods) and not self.datastore_name:
+            if any(get(m).needs_datastore for m in methods) and not self.datastore_name:
                 return self._refuse("kNN-LM and SPALM need a datastore: double-click one in the library")
             return "compare", methods
         param = self.param_combo.currentData()
@@ -318,23 +322,22 @@ class EvaluatePage(QWidget):
             if mode == "compare":
                 objects = open_methods(what)
                 try:
-                    c = compare(model, documents, knn=objects.knn, spalm=objects.spalm, memorizing=objects.memory,
-                                context_length=context, stride=stride, on_progress=control.report,
-                                should_stop=control.should_stop)
+                    c = compare(model, documents, list(objects.methods.values()), context_length=context,
+                                stride=stride, on_progress=control.report, should_stop=control.should_stop)
                 finally:
-                    if objects.memory is not None:
-                        objects.memory.remove()
+                    objects.close()
                 row_id = keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
                                          {**parameters, "methods": what, **knn_settings.describe()})
                 return row_id, c, c.tokens
             param, values = what
             if param == "memory":
-                objects = open_methods(["memtrf"])
+                objects = open_methods(["memtrf"])  # the memory-size sweep is the Memorizing Transformer's
                 try:
-                    result = sweep_memory_size(model, objects.memory, documents, [int(v) for v in values], context,
-                                               stride, on_progress=control.report, should_stop=control.should_stop)
+                    result = sweep_memory_size(model, objects.methods["memtrf"], documents, [int(v) for v in values],
+                                               context, stride, on_progress=control.report,
+                                               should_stop=control.should_stop)
                 finally:
-                    objects.memory.remove()
+                    objects.close()
                 where = None
             else:
                 objects = open_methods(["knnlm"])
@@ -484,8 +487,11 @@ class EvaluatePage(QWidget):
             return None
         if self.model is None or self.model.name != run.row.model_name:
             return self._refuse(f"Load {run.row.model_name} to inspect this run's tokens")
-        if method in ("knnlm", "spalm") and (not self.datastore_name or
-                                              run.row.datastore not in (None, self.datastore_name)):
+        try:
+            needs_datastore = get(method).needs_datastore
+        except UnknownMethod as exc:  # kept by a plug-in that is not installed here
+            return self._refuse(str(exc))
+        if needs_datastore and (not self.datastore_name or run.row.datastore not in (None, self.datastore_name)):
             return self._refuse(f"Inspecting a kNN-LM or SPALM token needs the run's datastore: double-click "
                                 f"'{run.row.datastore}' in the library")
         comparison, model, open_methods = run.comparison, self.model, self.open_methods
@@ -497,16 +503,14 @@ class EvaluatePage(QWidget):
         def body(_control):
             objects = open_methods([method])
             try:
-                prompt_ids, record = token_record(model, comparison, index, method, objects.knn, objects.spalm,
-                                                  objects.memory)
+                prompt_ids, record = token_record(model, comparison, index, objects.methods[method])
             finally:
-                if objects.memory is not None:
-                    objects.memory.remove()
+                objects.close()
             return prompt_ids, record
 
         def show(result) -> None:
             prompt_ids, record = result
-            label = f"held-out token #{index} · {METHOD_LABELS[method]} · run #{run.row.id}"
+            label = f"held-out token #{index} · {METHOD_LABELS.get(method, method)} · run #{run.row.id}"
             self.inspect_requested.emit(Run(label=label, prompt=model.tokenizer.decode(prompt_ids),
                                             prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
 

@@ -6,8 +6,6 @@ wires signals and renders the core's records. It never computes probabilities.
 from __future__ import annotations
 
 import gc
-from dataclasses import replace
-from contextlib import nullcontext
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -19,14 +17,13 @@ from ..core import run_export
 from ..core.catalog import Catalog, CatalogError
 from ..core.generation import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
-from ..core.knnlm import KnnLM, KnnLmSettings
+from ..core.knnlm import KnnLmSettings
 from ..core.library import compatibility, open_datastore
-from ..core.adapters import memorizing_with_gates
 from ..core.memorizing import MemorizingSettings
+from ..core.methods import Method, MethodSettings, Resources, get
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
 from ..core.spalm import SpalmSettings
-from ..core.spalm_training import spalm_with_gate
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
@@ -344,30 +341,48 @@ class MainWindow(QMainWindow):
     # ---- generation ------------------------------------------------------------------------
     @staticmethod
     def _generation_settings(values: dict, method: str, max_new_tokens: int) -> GenerationSettings:
-        """`method`'s settings from the controls' values (its local window: memtrf's, SPALM's short-term)."""
+        """`method`'s settings from the controls' values (its local window: the Memorizing
+        Transformer panel's window, the SPALM panel's short-term memory)."""
         window = {"memtrf": values["memory_window"], "spalm": values["spalm_short_term"]}.get(method)
-        return GenerationSettings(method=method, max_new_tokens=max_new_tokens, greedy=values["greedy"],
-                                  seed=values["seed"], context_window=window)
+        return GenerationSettings(max_new_tokens=max_new_tokens, greedy=values["greedy"], seed=values["seed"],
+                                  context_window=window)
 
     @staticmethod
     def _knn_settings(values: dict) -> KnnLmSettings:
         return KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
                              exact_distances=values["exact"], lambda_mode=values["lambda_mode"])
 
+    @classmethod
+    def _panel_settings(cls, values: dict, method: str) -> tuple[MethodSettings | None, Path | None]:
+        """The settings and adapter file `method`'s panel holds (None, None: a method without a panel
+        runs with its defaults)."""
+        if method == "knnlm":
+            return cls._knn_settings(values), None
+        if method == "spalm":
+            return (SpalmSettings(k=values["spalm_k"], exact_distances=values["spalm_exact"]),
+                    Path(values["spalm_gate"]) if values["spalm_gate"] else None)
+        if method == "memtrf":
+            return (MemorizingSettings(layer=values["memory_layer"], k=values["memory_k"],
+                                       memory_size=values["memory_size"], mode=values["memory_mode"]),
+                    Path(values["adapter"]) if values["adapter"] else None)
+        return None, None
+
     def _method_objects(self, values: dict, methods: list[str], datastore: str | None) -> MethodObjects:
-        """kNN-LM, SPALM and the memory retrofit as the controls set them; call inside a job (opening
-        a datastore reads its keys; the retrofit belongs to the calling thread)."""
+        """One `Method` per name in `methods`, as the controls' panels set them; call inside a job
+        (opening a datastore reads its keys; a memory in the model belongs to the calling thread).
+        The caller closes them (`MethodObjects.close`) when its run ends."""
         objects = MethodObjects()
-        if datastore and ("knnlm" in methods or "spalm" in methods):
+        classes = {name: get(name) for name in methods}
+        if datastore and any(method.needs_datastore for method in classes.values()):
             objects.datastore = self._datastore(datastore)
-        if "knnlm" in methods:
-            objects.knn = KnnLM(objects.datastore, self._knn_settings(values))
-        if "spalm" in methods:
-            objects.spalm = spalm_with_gate(self.model, objects.datastore, SpalmSettings(
-                k=values["spalm_k"], exact_distances=values["spalm_exact"]),
-                Path(values["spalm_gate"]) if values["spalm_gate"] else None)
-        if "memtrf" in methods:
-            objects.memory = self._memorizing(values)
+        try:
+            for name, method in classes.items():
+                settings, adapter = self._panel_settings(values, name)
+                resources = Resources(objects.datastore if method.needs_datastore else None, adapter)
+                objects.methods[name] = method(self.model, settings, resources)
+        except Exception:
+            objects.close()  # those made already give the model back
+            raise
         return objects
 
     def _evaluation_methods(self, methods: list[str]) -> MethodObjects:
@@ -379,10 +394,9 @@ class MainWindow(QMainWindow):
             return False
         if self.generation_job is not None and self.generation_job.is_running():
             return False
-        method = self.controls.method.currentData()
-        if method in ("knnlm", "spalm") and not self.datastore_name:
-            label = "kNN-LM" if method == "knnlm" else "SPALM"
-            self.show_error(f"{label} needs a datastore: double-click one in the library, or build one (Ctrl+B)")
+        method = get(self.controls.method.currentData())
+        if method.needs_datastore and not self.datastore_name:
+            self.show_error(f"{method.label} needs a datastore: double-click one in the library, or build one (Ctrl+B)")
             return False
         return True
 
@@ -402,23 +416,21 @@ class MainWindow(QMainWindow):
         context = run.context_ids(first_step)
 
         def body(control: workers.JobControl):
-            objects = self._method_objects(values, [settings.method], name)
-            knn, memory, spalm = objects.knn, objects.memory, objects.spalm
+            objects = self._method_objects(values, [values["method"]], name)
+            method = objects.methods[values["method"]]
             try:
-                main = StepGenerator(model, context, settings, knn, first_step=first_step, memorizing=memory,
-                                     spalm=spalm)
+                main = StepGenerator(model, context, settings, method, first_step=first_step)
                 lm_alone = None
-                if compare:
-                    lm_alone = StepGenerator(model, context, replace(settings, method="none"), first_step=first_step)
+                if compare:  # the same settings (local window included), the LM alone
+                    lm_alone = StepGenerator(model, context, settings, first_step=first_step)
                 for taken in range(settings.max_new_tokens):
                     control.checkpoint()
                     record = main.step(forced_token if taken == 0 else None)
-                    control.emit((record, self._lm_alone_step(lm_alone, memory)))
+                    control.emit((record, self._lm_alone_step(lm_alone, method)))
                     if record.token_id == model.tokenizer.eos_token_id:
                         break
             finally:
-                if memory is not None:
-                    memory.remove()
+                objects.close()
 
         job = workers.Job(body, start_paused=step_mode, parent=self)
         job.item.connect(lambda item: self._record_arrived(run, item))
@@ -431,18 +443,13 @@ class MainWindow(QMainWindow):
         if step_mode:
             job.step()
 
-    def _memorizing(self, values: dict):
-        """The memory retrofit for one memtrf run (made in the run's thread, removed when it ends)."""
-        settings = MemorizingSettings(layer=values["memory_layer"], k=values["memory_k"],
-                                      memory_size=values["memory_size"], mode=values["memory_mode"])
-        return memorizing_with_gates(self.model, settings, Path(values["adapter"]) if values["adapter"] else None)
-
     @staticmethod
-    def _lm_alone_step(lm_alone: StepGenerator | None, memory):
-        """The comparison lane is the model without its memory, and leaves the memory untouched."""
+    def _lm_alone_step(lm_alone: StepGenerator | None, method: Method):
+        """The comparison lane is the model without the method's change to it (a memory), and leaves
+        the method's state untouched."""
         if lm_alone is None:
             return None
-        with memory.set_aside() if memory is not None else nullcontext():
+        with method.set_aside():
             return lm_alone.step()
 
     def _datastore(self, name: str):
@@ -520,22 +527,21 @@ class MainWindow(QMainWindow):
             self.strip.select(run.records[-1].step if step is None else step)
 
     def _side_by_side_generators(self, methods: list[str], prompt: str, max_new_tokens: int, _control):
-        """One generator per method with the controls' settings (runs inside the page's job)."""
+        """One generator per method with the controls' settings (runs inside the page's job, which
+        closes their methods when the run ends)."""
         if self.model is None:
             raise ValueError("No model is loaded yet")
-        if ("knnlm" in methods or "spalm" in methods) and not self.datastore_name:
+        if any(get(m).needs_datastore for m in methods) and not self.datastore_name:
             raise ValueError("kNN-LM and SPALM need a datastore: double-click one in the library")
         values = self.controls.values()
         objects = self._method_objects(values, methods, self.datastore_name)
         try:
-            generators = {m: StepGenerator(self.model, prompt, self._generation_settings(values, m, max_new_tokens),
-                                           objects.knn, memorizing=objects.memory, spalm=objects.spalm)
-                          for m in methods}
+            return {m: StepGenerator(self.model, prompt, self._generation_settings(values, m, max_new_tokens),
+                                     objects.methods[m])
+                    for m in methods}
         except Exception:
-            if objects.memory is not None:
-                objects.memory.remove()
+            objects.close()  # the page closes the methods of the generators it gets, and only those
             raise
-        return generators, objects.memory
 
     def _side_by_side_record(self, method: str, record) -> None:
         """A clicked cell opens its whole column as a run on the Explore page, at that step."""

@@ -2,10 +2,11 @@
 
 The page knows nothing of catalogs or datastores. The main window gives it `make_generators`,
 which the page calls inside its worker job (so opening a datastore or making a memory retrofit
-never blocks the UI) and which returns one `StepGenerator` per chosen method and the memtrf lane's
-retrofit, if any. The retrofit is made for this run: the page removes it from the model when the
-run ends. Records arrive one by one and are appended to the table (a row is inserted only when
-the first method reaches a new step), so a token costs the same with 5 or 500 rows before it.
+never blocks the UI, and a memory made there belongs to the job's thread) and which returns one
+`StepGenerator` per chosen method. Their methods are made for this run: the page closes them
+(`Method.close`: a memory gives the model its own layer back) when the run ends. Records arrive
+one by one and are appended to the table (a row is inserted only when the first method reaches a
+new step), so a token costs the same with 5 or 500 rows before it.
 """
 from __future__ import annotations
 
@@ -31,10 +32,9 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.generation import StepGenerator
-from ..core.memorizing import MemorizingRetrofit
+from ..core.methods import METHOD_LABELS, get
 from ..core.records import TokenRecord
 from ..core.side_by_side import (
-    METHOD_LABELS,
     SideBySideColumn,
     run_side_by_side,
     to_csv,
@@ -45,8 +45,10 @@ from .settings import settings_file
 from .token_strip import format_prob, record_tooltip, visible_token
 from .workers import Job, JobControl, run_job
 
-MakeGenerators = Callable[[list[str], str, int, JobControl],
-                          tuple[dict[str, StepGenerator], MemorizingRetrofit | None]]
+# (methods, prompt, max_new_tokens, control) -> {method: generator}. Returning (generators, memory),
+# as before methods were objects, still works: `memory` (a MemorizingRetrofit or None) is adopted by
+# the job's thread, and given back to the model by closing the lane whose method holds it.
+MakeGenerators = Callable[[list[str], str, int, JobControl], dict[str, StepGenerator]]
 
 METHOD_TIPS = {
     "none": "The language model's own distribution, no retrieval",
@@ -180,7 +182,7 @@ class SideBySidePage(QWidget):
         options = QHBoxLayout()
         for method, label in METHOD_LABELS.items():
             box = QCheckBox(label)
-            box.setToolTip(METHOD_TIPS[method])
+            box.setToolTip(METHOD_TIPS.get(method) or get(method).summary)
             box.toggled.connect(self._methods_changed)
             self.method_boxes[method] = box
             options.addWidget(box)
@@ -297,7 +299,8 @@ class SideBySidePage(QWidget):
         make = self._make_generators
 
         def body(control: JobControl) -> int:
-            generators, memory = make(list(methods), prompt, max_tokens, control)
+            made = make(list(methods), prompt, max_tokens, control)
+            generators, memory = made if isinstance(made, tuple) else (made, None)
             try:
                 if set(generators) != set(methods):
                     raise ValueError(f"asked for {', '.join(methods)} but got generators for {', '.join(generators)}")
@@ -305,16 +308,16 @@ class SideBySidePage(QWidget):
                     memory.adopt()  # the memory is used by this thread's forward passes only
                 ordered = {m: generators[m] for m in methods}  # the table's column order
                 steps = 0
-                for item in run_side_by_side(ordered, memory, should_stop=control.should_stop):
+                for item in run_side_by_side(ordered, should_stop=control.should_stop):
                     control.emit(item)
                     steps += 1
                 control.checkpoint()  # raises Cancelled if Stop ended the loop
                 return steps
             finally:
-                if memory is not None:
-                    memory.remove()  # made for this run: the model gets its own layer back
+                for generator in generators.values():
+                    generator.method.close()  # made for this run: the model gets its own layers back
 
-        self._say(f"Preparing {', '.join(METHOD_LABELS[m] for m in methods)}…")
+        self._say(f"Preparing {', '.join(METHOD_LABELS.get(m, m) for m in methods)}…")
         # No Qt parent: a page destroyed mid-run must not destroy a running thread (run_job keeps
         # the job alive until its thread ends); the connections are bound methods, cut with the page.
         self.job = run_job(body, item=self._record_arrived, finished=self._finished, failed=self._fail,

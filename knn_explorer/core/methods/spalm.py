@@ -1,0 +1,47 @@
+"""SPALM as a method: retrieved next tokens' embeddings mixed into h_t through a learned gate (the
+mechanism is `core/spalm.py`; the trained gate, `core/spalm_training.py`)."""
+from __future__ import annotations
+
+from ..records import RetrievalSettings
+from ..spalm import Spalm, SpalmSettings, SpalmStep
+from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
+
+
+class SpalmMethod(Method):
+    name = "spalm"
+    label = "SPALM"
+    summary = "a gate mixes the retrieved tokens' embeddings into the hidden state (Yogatama et al. 2021)"
+    Settings = SpalmSettings
+    needs_datastore = True
+    uses_hidden = True
+    record_fields = ("p_knn", "gate", "neighbours", "retrieval")
+
+    def __init__(self, model, settings: SpalmSettings | None = None, resources: Resources = Resources(),
+                 spalm: Spalm | None = None):
+        """`spalm`: an existing SPALM (its datastore and gate) to run; otherwise one is made with the
+        resources' adapter, or the demo model's shipped gate, or the initial gate."""
+        from ..spalm_training import spalm_with_gate
+
+        super().__init__(model, settings if settings is not None or spalm is None else spalm.settings,
+                         resources if spalm is None else Resources(spalm.datastore, resources.adapter))
+        self.spalm = spalm or spalm_with_gate(model, resources.datastore, self.settings, resources.adapter)
+
+    def combine(self, outputs: PassOutputs) -> MethodStep:
+        step = self.spalm.combine(outputs.hidden, outputs.keys)
+        return MethodStep(step.log_p_final, step)
+
+    def describe_step(self, step: MethodStep, row: int, context: RecordContext) -> dict:
+        spalm_step: SpalmStep = step.details  # neighbours weighted by their attention in m_t; T plays no part
+        s, datastore = self.settings, self.spalm.datastore
+        return {
+            "neighbours": context.neighbours(spalm_step.retrieval, spalm_step.attention, datastore,
+                                             knn_weights=spalm_step.retrieval.weights, row=row),
+            "retrieval": RetrievalSettings(s.k, 1.0, s.distance, datastore.name),
+            "p_knn": context.top(spalm_step.p_memory[row]),
+            "gate": float(spalm_step.gates[row]),
+        }
+
+    def describe(self) -> dict:
+        trained = self.spalm.adapter is not None
+        gate = str(self.resources.adapter or "shipped with the demo") if trained else "initial (w = 0, b = ln 9)"
+        return {**super().describe(), "gate": gate}
