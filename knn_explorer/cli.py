@@ -216,6 +216,8 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=_positive, default=1.0, help="kNN softmax temperature T")
     parser.add_argument("--approximate", action="store_true",
                         help="use the index's distances instead of recomputing them from stored keys")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="any setting of the method (repeatable; `knn-explorer methods --json` lists them)")
 
 
 def _memory_flags(parser: argparse.ArgumentParser, window: bool = True) -> None:
@@ -678,8 +680,30 @@ def _make_method(args, model, name: str):
     from .core.methods import Resources, get
 
     method = get(name)
+    settings = _with_overrides(method.Settings.from_options(args), getattr(args, "setting", []))
     datastore = open_datastore(Catalog(), args.datastore, model) if method.needs_datastore else None
-    return method(model, method.Settings.from_options(args), Resources(datastore, getattr(args, "adapter", None)))
+    return method(model, settings, Resources(datastore, getattr(args, "adapter", None)))
+
+
+def _with_overrides(settings, pairs: list[str]):
+    """`settings` with each --setting NAME=VALUE applied (VALUE read as JSON where it parses: 0.5,
+    true, null; else as text), validated by the settings class itself."""
+    from dataclasses import fields, replace
+
+    known = {f.name for f in fields(settings)}
+    changes = {}
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        if not equals or name.strip() not in known:
+            raise UsageError(f"--setting takes NAME=VALUE with NAME one of {', '.join(sorted(known))}, not {pair!r}")
+        try:
+            changes[name.strip()] = json.loads(text)
+        except ValueError:
+            changes[name.strip()] = text
+    try:
+        return replace(settings, **changes)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--setting: {exc}") from None
 
 
 def _knn_settings(args):

@@ -1,0 +1,58 @@
+"""The third-party method in examples/, installed the way a user installs it (pip, into a folder on
+sys.path), reaches the registry, `knn-explorer methods`, `generate --method` and `eval --methods`."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from knn_explorer.cli import main
+from knn_explorer.core.methods import registry
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "knn-vote-method"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site-packages")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
+    sys.path.insert(0, str(site))
+    registry.refresh()
+    yield site
+    sys.path.remove(str(site))
+    sys.modules.pop("knn_vote_method", None)
+    registry.refresh()
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def test_an_installed_plugin_is_listed_and_runs_in_generate_and_eval(installed, small_datastore, capsys,
+                                                                     monkeypatch, tmp_path):
+    model, catalog, datastore, docs = small_datastore
+    monkeypatch.setenv("KNN_EXPLORER_HOME", str(catalog.path.parent))
+    assert "knn-vote" in registry.names() and registry.get("knn-vote").label == "kNN majority vote"
+    listed = json.loads(run(capsys, "methods", "--json"))["methods"]
+    assert {"name": "knn-vote", "needs_datastore": True}.items() <= next(m for m in listed
+                                                                          if m["name"] == "knn-vote").items()
+
+    model_dir = model.spec
+    lines = run(capsys, "generate", "--model", model_dir, "--datastore", "small", "--method", "knn-vote",
+                "--prompt", "The quick brown", "--max-new-tokens", 3, "--k", 4, "--setting", "weight=0.5",
+                "--json").splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 3 and all(r["method"] == "knn-vote" and r["lambda"] == 0.5 for r in records)
+    assert all(len(r["neighbours"]) == 4 and {n["weight"] for n in r["neighbours"]} == {0.25} for r in records)
+
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text("The quick brown fox jumps over the lazy dog. " * 6)
+    table = json.loads(run(capsys, "eval", "--model", model_dir, "--datastore", "small", "--text", held_out,
+                           "--methods", "none,knnlm,knn-vote", "--context", 32, "--stride", 16, "--json"))
+    assert list(table["methods"]) == ["none", "knnlm", "knn-vote"]
+    assert table["methods"]["knn-vote"]["ppl"] != table["methods"]["none"]["ppl"]
