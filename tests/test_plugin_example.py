@@ -1,6 +1,7 @@
 """The third-party method in examples/, installed the way a user installs it (pip, into a folder on
 sys.path), reaches the registry, `knn-explorer methods`, `generate --method` and `eval --methods`."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "knn-vote-method"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    site = tmp_path_factory.mktemp("site-packages")
+    site, source = tmp_path_factory.mktemp("site-packages"), tmp_path_factory.mktemp("example") / "src"
+    shutil.copytree(EXAMPLE, source)  # pip builds in the source folder: keep the checkout clean
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
+                    "--target", str(site), str(source)], check=True, capture_output=True)
     sys.path.insert(0, str(site))
     registry.refresh()
     yield site
