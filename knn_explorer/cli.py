@@ -389,6 +389,7 @@ def _methods_list(args) -> list[str]:
 
 def cmd_eval(args) -> int:
     from .core.evaluation import evaluate
+    from .core.methods.lm_alone import LM_ALONE
 
     if args.methods:
         return _eval_comparison(args)
@@ -403,7 +404,7 @@ def cmd_eval(args) -> int:
     described = method.describe()
     out = {**result.to_json(), **described}
     lines = [f"{result.tokens:,} tokens of {args.text}", f"  LM alone      perplexity {result.ppl_lm:10.3f}"]
-    if result.method != "none":
+    if result.method != LM_ALONE:
         settings = " ".join(f"{key}={value}" for key, value in described.items() if key != "method")
         lines.append(f"  {method.label:<13} perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  {settings}")
     return _finish(args, out, lines, keep=lambda: _record_eval(args, model, out))
@@ -415,6 +416,7 @@ def _eval_comparison(args) -> int:
     from .core.comparison import compare
     from .core.evaluation_store import keep_comparison
     from .core.methods import labels
+    from .core.methods.lm_alone import LM_ALONE
 
     methods = _methods_list(args)
     texts = _read_eval_texts(args.text)
@@ -430,7 +432,7 @@ def _eval_comparison(args) -> int:
     lines = [f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}"]
     for method in result.methods:
         ppl = result.ppl(method)
-        change = "" if method == "none" else f"  ({ppl / result.ppl('none') - 1:+.1%})"
+        change = "" if method == LM_ALONE else f"  ({ppl / result.ppl(LM_ALONE) - 1:+.1%})"
         lines.append(f"  {labels()[method]:<24} perplexity {ppl:10.3f}{change}")
     return _finish(args, out, lines, keep=lambda: keep_comparison(
         Catalog(), result, model.name, args.datastore, {"methods": methods, "text": str(args.text), **settings}))

@@ -20,7 +20,7 @@ import torch
 
 from .generation import GenerationSettings, StepGenerator
 from .methods import Method, PassOutputs
-from .methods.lm_alone import LmAlone
+from .methods.lm_alone import LM_ALONE, LmAlone
 from .models import LoadedModel, capture_output_input
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 from .records import TokenRecord
@@ -61,10 +61,10 @@ class Comparison:
 
     @property
     def methods(self) -> list[str]:
-        return ["none", *self.log_p]
+        return [LM_ALONE, *self.log_p]
 
     def log_probs(self, method: str) -> np.ndarray:
-        return self.log_p_lm if method == "none" else self.log_p[method]
+        return self.log_p_lm if method == LM_ALONE else self.log_p[method]
 
     def ppl(self, method: str) -> float:
         return perplexity(self.log_probs(method))
@@ -75,7 +75,7 @@ class Comparison:
 
     def to_json(self) -> dict:
         """Strict JSON (an infinite perplexity is null)."""
-        ppl_lm = self.ppl("none")
+        ppl_lm = self.ppl(LM_ALONE)
         methods = {}
         for method in self.methods:
             ppl = self.ppl(method)

@@ -17,6 +17,8 @@ import torch
 from .comparison import compare, perplexity
 from .memorizing import MemorizingRetrofit
 from .methods import Method
+from .methods.lm_alone import LM_ALONE
+from .methods.memorizing import MemorizingTransformerMethod
 from .models import LoadedModel
 from .progress import Cancelled, PhaseMeter, ProgressCallback
 
@@ -61,7 +63,7 @@ def evaluate(
     """`method` compared with the LM (none: the LM alone). One method's view of `comparison.compare`."""
     c = compare(model, text, [method] if method is not None else [], context_length=context_length, stride=stride,
                 batch_size=batch_size, on_progress=on_progress, should_stop=should_stop)
-    name = method.name if method is not None else "none"
+    name = method.name if method is not None else LM_ALONE
     log_p = c.log_probs(name)
     return EvalResult(method=name, tokens=c.tokens, ppl_lm=perplexity(c.log_p_lm), ppl=perplexity(log_p),
                       log_p_lm=c.log_p_lm, log_p=log_p, target_ids=c.token_ids[c.positions])
@@ -116,5 +118,5 @@ def evaluate_memorizing(
         retrofit.reset()
     meter.update(done, force=True)
     log_p_lm, log_p = torch.cat(lm_parts).numpy(), torch.cat(memory_parts).numpy()
-    return EvalResult(method="memtrf", tokens=len(log_p), ppl_lm=perplexity(log_p_lm), ppl=perplexity(log_p),
+    return EvalResult(method=MemorizingTransformerMethod.name, tokens=len(log_p), ppl_lm=perplexity(log_p_lm), ppl=perplexity(log_p),
                       log_p_lm=log_p_lm, log_p=log_p, target_ids=torch.cat(targets_all).numpy())

@@ -30,6 +30,7 @@ from .datastore import Datastore
 from .index import TorchExactSearch
 from .knnlm import KnnLM, KnnLmSettings
 from .memorizing import MAX_MEMORY
+from .methods.lm_alone import LM_ALONE
 from .models import LoadedModel
 from .progress import Cancelled, ProgressCallback
 from .query_chunks import neighbour_key_bytes, query_chunks
@@ -245,7 +246,7 @@ def sweep_memory_size(model: LoadedModel, method, text: str | list[str], sizes: 
             if result is None:
                 fixed = {"memory_layer": memorizing.layer, "memory_mode": memorizing.settings.mode,
                          "k": memorizing.settings.k, "context": c.context_length, "stride": c.stride}
-                result = SweepResult("memory", c.tokens, c.ppl("none"), fixed=fixed)
+                result = SweepResult("memory", c.tokens, c.ppl(LM_ALONE), fixed=fixed)
             result.results.append({"value": int(size), "ppl": c.ppl(method.name)})
     finally:
         memorizing.resize_memory(original)

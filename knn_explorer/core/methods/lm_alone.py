@@ -4,8 +4,11 @@ from __future__ import annotations
 from .base import Method, MethodStep, PassOutputs
 
 
+LM_ALONE = "none"  # the reference every comparison, sweep and kept run scores the other methods against
+
+
 class LmAlone(Method):
-    name = "none"
+    name = LM_ALONE
     label = "LM alone"
     summary = "the model's own next-token distribution, no retrieval"
 
