@@ -28,7 +28,8 @@ from knn_explorer.core.datastore_builder import BuildParameters
 from knn_explorer.core.home import datastores_dir
 from knn_explorer.core.library import build_datastore
 from knn_explorer.core.models import load_model
-from knn_explorer.gui.build_dialog import BAR_MAX, CANCELLED_TEXT, BuildDialog, BuildTracker, running_builds
+from knn_explorer.gui.build_dialog import BAR_MAX, CANCELLED_TEXT, BuildDialog
+from knn_explorer.gui.build_tracker import BuildTracker, running_builds
 from knn_explorer.gui.catalog_view import INTERRUPTED, MUTED, STATUS, CatalogView
 
 BUILD_TIMEOUT = 120_000

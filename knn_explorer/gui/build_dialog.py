@@ -1,20 +1,19 @@
 """Build a datastore from files and folders: choose sources and settings, watch progress, read the outcome.
 
-The build itself runs in a `BuildTracker`, a QObject that is *not* owned by the dialog (its parent
-is the dialog's parent — the main window — or nothing, in which case a module-level set keeps it
-alive until the build ends). Closing the dialog therefore never stops a build; the main window
-can keep showing `BuildTracker.progress` in its status bar. Cancelling stops the build, and
-`build_datastore` then discards the partial folder, so nothing is kept.
+The build itself runs in a `BuildTracker` (`build_tracker.py`), which is *not* owned by the dialog:
+closing the dialog never stops a build. Cancelling stops the build, and `build_datastore` then
+discards the partial folder, so nothing is kept.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QFont, QPainter, QPalette
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import (
+    QFont,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -26,7 +25,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QListWidget,
     QListWidgetItem,
     QMessageBox,
     QProgressBar,
@@ -44,10 +42,11 @@ from ..core import build_lock
 from ..core.catalog import Catalog
 from ..core.datastore_builder import BuildParameters, BuildReport
 from ..core.documents import SUPPORTED_SUFFIXES
-from ..core.library import LibraryError, build_datastore, validate_name
+from ..core.library import LibraryError, validate_name
 from ..core.models import LoadedModel
 from ..core.progress import Progress, format_seconds
-from . import workers
+from .build_tracker import BuildTracker, running_builds
+from .source_list import SourceList
 
 INDEX_CHOICES = [  # (label, BuildParameters.index, tooltip)
     ("Auto", "auto", "Pick the index from the datastore size: exact (flat) when small, IVF-PQ when large"),
@@ -65,153 +64,6 @@ CANCELLED_TEXT = "Cancelled — nothing was kept"
 ERROR_STYLE = "color: #c62828;"
 HINT_STYLE = "color: #6b7280;"
 OK_STYLE = "color: #2e7d32;"
-
-_alive: set["BuildTracker"] = set()  # running trackers, kept alive whoever (if anyone) owns them
-
-
-def running_builds() -> dict[str, "BuildTracker"]:
-    """Builds running in this process right now, by datastore name."""
-    return {tracker.name: tracker for tracker in _alive if tracker.is_running()}
-
-
-class BuildTracker(QObject):
-    """One datastore build on a worker thread. Outlives the dialog that started it.
-
-    Signals arrive on the UI thread: `progress(Progress)` while it runs, then exactly one of
-    `finished(BuildReport)`, `failed(str)` (a one-line reason) or `cancelled()`, then `done()`.
-    """
-
-    progress = Signal(object)  # core.progress.Progress
-    finished = Signal(object)  # core.datastore_builder.BuildReport
-    failed = Signal(str)
-    cancelled = Signal()
-    done = Signal()
-
-    def __init__(self, catalog: Catalog, model: LoadedModel, name: str, sources: list[str | Path],
-                 params: BuildParameters = BuildParameters(), parent: QObject | None = None):
-        super().__init__(parent)
-        self.catalog, self.name, self.model = catalog, name, model
-        self.sources = [str(s) for s in sources]
-        self.params = params
-        self.state = "idle"  # idle | running | finished | failed | cancelled
-        self.last_progress: Progress | None = None
-        self.phases: list[str] = []  # in the order they were first reported
-        self.report: BuildReport | None = None
-        self.error: str | None = None
-        self.started_at: float | None = None
-        self.ended_at: float | None = None
-        self.job: workers.Job | None = None
-
-    def start(self) -> "BuildTracker":
-        if self.state == "running":
-            return self
-        catalog, name, model, sources, params = self.catalog, self.name, self.model, self.sources, self.params
-
-        def build(control) -> BuildReport:
-            return build_datastore(catalog, name, model, sources, params,
-                                   on_progress=control.report, should_stop=control.should_stop)
-
-        self.state, self.started_at, self.ended_at = "running", time.monotonic(), None
-        _alive.add(self)
-        self.job = workers.run_job(build, parent=self, progress=self._progress, finished=self._finished,
-                                   failed=self._failed, cancelled=self._cancelled, done=self._done)
-        return self
-
-    def stop(self) -> None:
-        """Ask the build to stop; `cancelled` follows once it has discarded its partial folder."""
-        if self.job is not None:
-            self.job.stop()
-
-    def is_running(self) -> bool:
-        return self.state == "running"
-
-    def stopping(self) -> bool:
-        return self.job is not None and self.job.control.should_stop() and self.is_running()
-
-    def wait(self, ms: int = 30_000) -> bool:
-        """Block until the worker thread ends (for tests and shutdown)."""
-        return self.job.wait(ms) if self.job is not None else True
-
-    @property
-    def elapsed(self) -> float:
-        if self.started_at is None:
-            return 0.0
-        return (self.ended_at or time.monotonic()) - self.started_at
-
-    def _progress(self, progress: Progress) -> None:
-        if self.state != "running":
-            return
-        self.last_progress = progress
-        if progress.phase not in self.phases:
-            self.phases.append(progress.phase)
-        self.progress.emit(progress)
-
-    def _finished(self, report: BuildReport) -> None:
-        self.state, self.report, self.ended_at = "finished", report, time.monotonic()
-        self.finished.emit(report)
-
-    def _failed(self, reason: str) -> None:
-        self.state, self.error, self.ended_at = "failed", reason, time.monotonic()
-        self.failed.emit(reason)
-
-    def _cancelled(self) -> None:
-        self.state, self.ended_at = "cancelled", time.monotonic()
-        self.cancelled.emit()
-
-    def _done(self) -> None:
-        _alive.discard(self)
-        self.done.emit()
-
-
-class SourceList(QListWidget):
-    """The files and folders to build from; accepts files and folders dropped from a file manager."""
-
-    paths_dropped = Signal(list)
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setAcceptDrops(True)
-        self.setDragDropMode(QAbstractItemView.DragDropMode.DropOnly)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.setAlternatingRowColors(True)
-
-    @staticmethod
-    def _local_paths(event) -> list[str]:
-        mime = event.mimeData()
-        if not mime.hasUrls():
-            return []
-        return [url.toLocalFile() for url in mime.urls() if url.isLocalFile() and url.toLocalFile()]
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if self._local_paths(event):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        if self._local_paths(event):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        paths = self._local_paths(event)
-        if paths:
-            event.acceptProposedAction()
-            self.paths_dropped.emit(paths)
-        else:
-            event.ignore()
-
-    def paintEvent(self, event) -> None:
-        super().paintEvent(event)
-        if self.count() == 0:
-            painter = QPainter(self.viewport())
-            painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
-            painter.drawText(self.viewport().rect().adjusted(12, 0, -12, 0),
-                             Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
-                             "Drop files or folders here, or use “Add files…” / “Add folder…”")
-            painter.end()
-
 
 def _title_font(widget: QWidget, scale: float, weight: QFont.Weight = QFont.Weight.DemiBold) -> QFont:
     font = QFont(widget.font())

@@ -36,7 +36,7 @@ from ..core.catalog import BuildRow, Catalog, DatastoreRow
 from ..core.library import Compatibility, compatibility, remove_datastore
 from ..core.models import LoadedModel
 from . import workers
-from .build_dialog import BuildTracker, running_builds
+from .build_tracker import BuildTracker, running_builds
 
 COLUMNS = ["Name", "Model", "Entries", "Size (MB)", "Index", "Created", "Status"]
 NAME, MODEL, ENTRIES, SIZE, INDEX, CREATED, STATUS = range(len(COLUMNS))

@@ -1,0 +1,115 @@
+"""A datastore build running on a worker thread, as a QObject that outlives whoever started it.
+
+Its parent is the main window, or nothing, in which case a module-level set keeps it alive until
+the build ends: closing the build dialog never stops a build, and the Library and the status bar
+can follow any build that runs in this process (`running_builds`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from ..core.catalog import Catalog
+from ..core.datastore_builder import BuildParameters, BuildReport
+from ..core.library import build_datastore
+from ..core.models import LoadedModel
+from ..core.progress import Progress
+from . import workers
+
+_alive: set["BuildTracker"] = set()  # running trackers, kept alive whoever (if anyone) owns them
+
+
+def running_builds() -> dict[str, "BuildTracker"]:
+    """Builds running in this process right now, by datastore name."""
+    return {tracker.name: tracker for tracker in _alive if tracker.is_running()}
+
+
+class BuildTracker(QObject):
+    """One datastore build on a worker thread. Outlives the dialog that started it.
+
+    Signals arrive on the UI thread: `progress(Progress)` while it runs, then exactly one of
+    `finished(BuildReport)`, `failed(str)` (a one-line reason) or `cancelled()`, then `done()`.
+    """
+
+    progress = Signal(object)  # core.progress.Progress
+    finished = Signal(object)  # core.datastore_builder.BuildReport
+    failed = Signal(str)
+    cancelled = Signal()
+    done = Signal()
+
+    def __init__(self, catalog: Catalog, model: LoadedModel, name: str, sources: list[str | Path],
+                 params: BuildParameters = BuildParameters(), parent: QObject | None = None):
+        super().__init__(parent)
+        self.catalog, self.name, self.model = catalog, name, model
+        self.sources = [str(s) for s in sources]
+        self.params = params
+        self.state = "idle"  # idle | running | finished | failed | cancelled
+        self.last_progress: Progress | None = None
+        self.phases: list[str] = []  # in the order they were first reported
+        self.report: BuildReport | None = None
+        self.error: str | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.job: workers.Job | None = None
+
+    def start(self) -> "BuildTracker":
+        if self.state == "running":
+            return self
+        catalog, name, model, sources, params = self.catalog, self.name, self.model, self.sources, self.params
+
+        def build(control) -> BuildReport:
+            return build_datastore(catalog, name, model, sources, params,
+                                   on_progress=control.report, should_stop=control.should_stop)
+
+        self.state, self.started_at, self.ended_at = "running", time.monotonic(), None
+        _alive.add(self)
+        self.job = workers.run_job(build, parent=self, progress=self._progress, finished=self._finished,
+                                   failed=self._failed, cancelled=self._cancelled, done=self._done)
+        return self
+
+    def stop(self) -> None:
+        """Ask the build to stop; `cancelled` follows once it has discarded its partial folder."""
+        if self.job is not None:
+            self.job.stop()
+
+    def is_running(self) -> bool:
+        return self.state == "running"
+
+    def stopping(self) -> bool:
+        return self.job is not None and self.job.control.should_stop() and self.is_running()
+
+    def wait(self, ms: int = 30_000) -> bool:
+        """Block until the worker thread ends (for tests and shutdown)."""
+        return self.job.wait(ms) if self.job is not None else True
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def _progress(self, progress: Progress) -> None:
+        if self.state != "running":
+            return
+        self.last_progress = progress
+        if progress.phase not in self.phases:
+            self.phases.append(progress.phase)
+        self.progress.emit(progress)
+
+    def _finished(self, report: BuildReport) -> None:
+        self.state, self.report, self.ended_at = "finished", report, time.monotonic()
+        self.finished.emit(report)
+
+    def _failed(self, reason: str) -> None:
+        self.state, self.error, self.ended_at = "failed", reason, time.monotonic()
+        self.failed.emit(reason)
+
+    def _cancelled(self) -> None:
+        self.state, self.ended_at = "cancelled", time.monotonic()
+        self.cancelled.emit()
+
+    def _done(self) -> None:
+        _alive.discard(self)
+        self.done.emit()
