@@ -1,4 +1,4 @@
-"""The Evaluate page: perplexity of the four methods on a held-out text, sweeps, and the kept runs.
+"""The Evaluate page: perplexity of the registered methods on a held-out text, sweeps, and the kept runs.
 
 Left: what to run (held-out text, methods or a swept parameter, windows), with progress, ETA and
 cancel. Right: the kept runs (from the catalog; select two to overlay them), the plots, and the
@@ -24,7 +24,7 @@ from ..core.evaluation import read_heldout
 from ..core.evaluation_store import forget, keep_comparison, load_comparison
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLmSettings
-from ..core.methods import METHOD_LABELS, Method, UnknownMethod, get
+from ..core.methods import Method, UnknownMethod, get, labels
 from ..core.sweeps import DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, sweep, sweep_memory_size
 from . import workers
 from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
@@ -92,8 +92,9 @@ class EvaluatePage(QWidget):
         self.method_boxes: dict[str, QCheckBox] = {}
         methods_box = QGroupBox("Methods (same tokens, same windows)")
         methods_layout = QVBoxLayout(methods_box)
-        for method, label in METHOD_LABELS.items():
+        for method, label in labels().items():  # every registered method, a plug-in's too
             box = QCheckBox(label)
+            box.setToolTip(get(method).summary)
             box.setChecked(True)
             box.setEnabled(method != "none")  # the LM alone is every comparison's reference
             self.method_boxes[method] = box
@@ -266,7 +267,7 @@ class EvaluatePage(QWidget):
     def set_context(self, model, datastore_name: str | None) -> None:
         """The main window's loaded model and chosen datastore."""
         self.model, self.datastore_name = model, datastore_name
-        self.datastore_label.setText(f"Datastore: {datastore_name or 'none (kNN-LM and SPALM need one)'}")
+        self.datastore_label.setText(f"Datastore: {datastore_name or f'none ({need_datastore(labels())} one)'}")
         s = self.knn_settings()
         self.knn_label.setText(f"kNN-LM: k {s.k} · λ {s.lambda_:g} · T {s.temperature:g} · {s.distance} distances")
 
@@ -285,7 +286,7 @@ class EvaluatePage(QWidget):
         if self.compare_mode.isChecked():
             methods = self.chosen_methods()
             if any(get(m).needs_datastore for m in methods) and not self.datastore_name:
-                return self._refuse("kNN-LM and SPALM need a datastore: double-click one in the library")
+                return self._refuse(f"{need_datastore(methods)} a datastore: double-click one in the library")
             return "compare", methods
         param = self.param_combo.currentData()
         try:
@@ -322,12 +323,15 @@ class EvaluatePage(QWidget):
             if mode == "compare":
                 objects = open_methods(what)
                 try:
+                    described = {name: method.describe() for name, method in objects.methods.items()}
                     c = compare(model, documents, list(objects.methods.values()), context_length=context,
                                 stride=stride, on_progress=control.report, should_stop=control.should_stop)
                 finally:
                     objects.close()
+                # Each method's own settings are kept with the run; kNN-LM's also flat, as runs always had them.
                 row_id = keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
-                                         {**parameters, "methods": what, **knn_settings.describe()})
+                                         {**parameters, "methods": what, **knn_settings.describe(),
+                                          "settings": described})
                 return row_id, c, c.tokens
             param, values = what
             if param == "memory":
@@ -440,7 +444,7 @@ class EvaluatePage(QWidget):
         self.gain_method.blockSignals(True)
         self.gain_method.clear()
         for m in methods:
-            self.gain_method.addItem(METHOD_LABELS.get(m, m), m)
+            self.gain_method.addItem(labels().get(m, m), m)
         if current in methods:
             self.gain_method.setCurrentIndex(methods.index(current))
         self.gain_method.blockSignals(False)
@@ -492,8 +496,8 @@ class EvaluatePage(QWidget):
         except UnknownMethod as exc:  # kept by a plug-in that is not installed here
             return self._refuse(str(exc))
         if needs_datastore and (not self.datastore_name or run.row.datastore not in (None, self.datastore_name)):
-            return self._refuse(f"Inspecting a kNN-LM or SPALM token needs the run's datastore: double-click "
-                                f"'{run.row.datastore}' in the library")
+            return self._refuse(f"Inspecting a {labels().get(method, method)} token needs the run's datastore: "
+                                f"double-click '{run.row.datastore}' in the library")
         comparison, model, open_methods = run.comparison, self.model, self.open_methods
         now = self.knn_settings().describe()
         changed = [f"{key} {run.row.parameters[key]} → {value}" for key, value in now.items()
@@ -510,7 +514,7 @@ class EvaluatePage(QWidget):
 
         def show(result) -> None:
             prompt_ids, record = result
-            label = f"held-out token #{index} · {METHOD_LABELS.get(method, method)} · run #{run.row.id}"
+            label = f"held-out token #{index} · {labels().get(method, method)} · run #{run.row.id}"
             self.inspect_requested.emit(Run(label=label, prompt=model.tokenizer.decode(prompt_ids),
                                             prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
 
@@ -569,9 +573,15 @@ def _summary(row: EvaluationRow) -> str:
     if row.kind == "sweep":
         points = ", ".join(f"{p['value']:g}: {_ppl(p['ppl'])}" for p in r["results"])
         return f"{row.model_name} · {r['tokens']:,} tokens · LM alone {r['ppl_lm']:.2f}\n{points}"
-    lines = [f"{METHOD_LABELS.get(m, m)}: {_ppl(p)}" for m, p in method_perplexities(row).items()]
+    lines = [f"{labels().get(m, m)}: {_ppl(p)}" for m, p in method_perplexities(row).items()]
     return f"{row.model_name} · {r.get('tokens', 0):,} tokens\n" + "\n".join(lines)
 
 
 def _ppl(value: float | None) -> str:
     return "∞" if value is None else f"{value:.2f}"
+
+
+def need_datastore(methods) -> str:
+    """"kNN-LM and SPALM need": those of `methods` that need a datastore, and the verb."""
+    needing = [get(m).label for m in methods if get(m).needs_datastore]
+    return f"{' and '.join(needing)} {'needs' if len(needing) == 1 else 'need'}" if needing else "some methods need"

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from ..core.catalog import EvaluationRow
 from ..core.comparison import Comparison
-from ..core.methods import METHOD_LABELS
+from ..core.methods import labels
 from . import colours
 from .plot_style import export_png, style_plot
 
@@ -24,7 +24,7 @@ RUN_COLOURS = (colours.ACCENT, colours.CHOSEN)
 PARAM_LABELS = {"lambda": "λ", "k": "k (neighbours)", "temperature": "temperature T",
                 "size": "datastore size (fraction of its entries)", "distance": "distances (0 = index's, 1 = exact)",
                 "memory": "memory size (tokens)"}
-TICK_LABELS = {**METHOD_LABELS, "memtrf": "MemTrf"}  # pyqtgraph drops a tick label wider than its slot
+SHORT_LABELS = {"memtrf": "MemTrf"}  # pyqtgraph drops a tick label wider than its slot
 GAIN_RANGE = 6.0  # nats either side; the rare larger gains go into the end bins
 
 
@@ -47,7 +47,7 @@ def run_label(row: EvaluationRow) -> str:
         return f"#{row.id} sweep {PARAM_LABELS.get(row.results['param'], row.results['param']).split(' (')[0]}" \
                f"{where} · {when}"
     if row.kind == "compare":
-        methods = ", ".join(METHOD_LABELS.get(m, m) for m in row.results["methods"])
+        methods = ", ".join(labels().get(m, m) for m in row.results["methods"])
         return f"#{row.id} {methods}{where} · {when}"
     return f"#{row.id} eval {row.results.get('method', '')}{where} · {when}"
 
@@ -151,7 +151,8 @@ class EvaluationPlots(QWidget):
         item.setLogMode(x=False, y=False)
         plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
         methods = list(dict.fromkeys(m for r in self.runs for m in method_perplexities(r.row)))
-        ticks = [(i, TICK_LABELS.get(m, m)) for i, m in enumerate(methods)]
+        names = labels()  # the registry now: a plug-in registered after import is there too
+        ticks = [(i, SHORT_LABELS.get(m) or names.get(m, m)) for i, m in enumerate(methods)]
         item.getAxis("bottom").setTicks([ticks])
         item.setLabel("bottom", "")
         width = 0.8 / max(1, len(self.runs))
@@ -199,7 +200,7 @@ class EvaluationPlots(QWidget):
             fill = pg.mkColor(RUN_COLOURS[i])
             fill.setAlpha(90)
             plot.plot(edges, counts, stepMode="center", fillLevel=0, brush=fill, pen=pg.mkPen(colour, width=1.5),
-                      name=f"{METHOD_LABELS.get(method, method)} · #{run.row.id}")
+                      name=f"{labels().get(method, method)} · #{run.row.id}")
         zero = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(colours.MUTED, style=Qt.PenStyle.DashLine))
         plot.addItem(zero)
         plot.setTitle(f"Per-token gain ({run.comparison.tokens:,} tokens)", color=colours.TEXT, size="10pt")

@@ -1,17 +1,25 @@
 """Prompt editor, method and retrieval parameters, and the Generate / Step / Pause / Stop buttons.
 
-A method is a panel of its own parameters (kNN-LM: k, λ, λ mode, T, distance mode); SPALM and
-the Memorizing Transformer add their panels to `method_panels` the same way.
+The method list is the registry's (`core.methods`): every registered method, a plug-in's too. Each
+method has a panel of its own parameters in `method_panels`: the hand-made ones named in
+`HAND_MADE_PANELS` (kNN-LM's here, SPALM's and the Memorizing Transformer's in their modules), and
+for every other method a panel generated from its `Settings` (`settings_panel.SettingsPanel`).
+`method_settings(values, name)` turns the controls' remembered values into a method's settings,
+whichever kind of panel it has.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
 
-from ..core.methods import METHOD_LABELS
+from ..core.knnlm import KnnLmSettings
+from ..core.methods import MethodError, MethodSettings, get, labels
 from .memorizing_panel import MemorizingPanel
+from .settings_panel import SettingsPanel, settings_from_values
 from .spalm_panel import SpalmPanel
 
 DEFAULT_PROMPT = "To register a view function for a URL, use the"
@@ -53,6 +61,16 @@ class KnnLmPanel(QWidget):
         return {"k": self.k.value(), "lambda": self.lambda_slider.value() / 100, "temperature": self.temperature.value(),
                 "lambda_mode": self.lambda_mode.currentData(), "exact": self.exact.isChecked()}
 
+    @staticmethod
+    def settings_from(values: dict) -> tuple[KnnLmSettings, Path | None]:
+        """kNN-LM's settings from the controls' values (no adapter file)."""
+        return KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
+                             exact_distances=values["exact"], lambda_mode=values["lambda_mode"]), None
+
+    @staticmethod
+    def context_window(values: dict) -> int | None:
+        return None
+
     def apply(self, values: dict) -> None:
         self.k.setValue(int(values.get("k", self.k.value())))
         self.lambda_slider.setValue(round(float(values.get("lambda", self.lambda_slider.value() / 100)) * 100))
@@ -60,6 +78,41 @@ class KnnLmPanel(QWidget):
         index = self.lambda_mode.findData(values.get("lambda_mode", "fixed"))
         self.lambda_mode.setCurrentIndex(max(0, index))
         self.exact.setChecked(bool(values.get("exact", True)))
+
+
+# The methods whose panel is made by hand, and only they (name -> panel class). Such a class has
+# values()/apply() (flat keys of the controls' values), and static settings_from(values) -> (settings,
+# adapter file or None) and context_window(values) -> the local window (None: the model's maximum).
+# Every other registered method gets a `SettingsPanel` generated from its Settings.
+HAND_MADE_PANELS: dict[str, type[QWidget]] = {"knnlm": KnnLmPanel, "spalm": SpalmPanel, "memtrf": MemorizingPanel}
+DEFAULT_METHOD = "knnlm"  # chosen on a first launch (the app builds the demo datastore for it)
+GENERATED = "method_settings"  # key of the controls' values: {method name: its generated panel's values}
+
+
+def method_settings(values: dict, name: str) -> tuple[MethodSettings, Path | None]:
+    """The settings (and adapter file) of method `name` as the controls' `values` hold them; no
+    widget is read, so a job's thread may call it. A `MethodError` (one line) if they are refused."""
+    panel = HAND_MADE_PANELS.get(name)
+    if panel is not None:
+        return panel.settings_from(values)
+    method = get(name)
+    return settings_from_values(method.Settings, values.get(GENERATED, {}).get(name), method.label), None
+
+
+def context_window(values: dict, name: str) -> int | None:
+    """The local window method `name`'s panel sets (None: the model's maximum)."""
+    panel = HAND_MADE_PANELS.get(name)
+    return panel.context_window(values) if panel is not None else None
+
+
+def summary_note(method) -> str:
+    """The method's one-line summary as a sentence under its generated panel ("kNN-LM …" keeps its case)."""
+    summary = method.summary.strip()
+    if not summary:
+        return ""
+    if summary.split()[0].islower():
+        summary = summary[0].upper() + summary[1:]
+    return summary if summary.endswith(".") else summary + "."
 
 
 class GenerationControls(QWidget):
@@ -81,9 +134,10 @@ class GenerationControls(QWidget):
         settings = QGroupBox("Generation")
         form = QFormLayout(settings)
         self.method = QComboBox()
-        for key, label in METHOD_LABELS.items():
+        for key, label in labels().items():
             self.method.addItem(label, key)
-        self.method.setCurrentIndex(1)
+            self.method.setItemData(self.method.count() - 1, get(key).summary, Qt.ItemDataRole.ToolTipRole)
+        self.method.setCurrentIndex(max(0, self.method.findData(DEFAULT_METHOD)))
         self.method.setToolTip("How the next-token distribution is formed")
         self.compare = QCheckBox("compare with LM alone")
         self.compare.setToolTip("Generate the same prompt with the LM alone in a second strip, step by step")
@@ -106,16 +160,17 @@ class GenerationControls(QWidget):
         form.addRow("decoding", seed_row)
         row.addWidget(settings)
 
-        self.method_box = QGroupBox("kNN-LM")
+        self.method_box = QGroupBox("")
         box_layout = QVBoxLayout(self.method_box)
         self.method_panels = QStackedWidget()
-        self.knnlm = KnnLmPanel()
-        self.method_panels.addWidget(QLabel("The model's own distribution, no retrieval."))
-        self.method_panels.addWidget(self.knnlm)
-        self.spalm = SpalmPanel()
-        self.method_panels.addWidget(self.spalm)
-        self.memorizing = MemorizingPanel()
-        self.method_panels.addWidget(self.memorizing)
+        self.panels: dict[str, QWidget] = {}  # method name -> its panel (hand-made or generated)
+        for name in labels():
+            method = get(name)
+            hand_made = HAND_MADE_PANELS.get(name)
+            panel = hand_made() if hand_made is not None else SettingsPanel(method.Settings, method.label,
+                                                                             summary_note(method))
+            self.panels[name] = panel
+            self.method_panels.addWidget(panel)
         box_layout.addWidget(self.method_panels)
         row.addWidget(self.method_box, 1)
         self.method.currentIndexChanged.connect(self._method_changed)
@@ -144,11 +199,35 @@ class GenerationControls(QWidget):
         self.set_running(False)
         layout.addLayout(buttons)
 
+    # The hand-made panels by the names the app and its tests use.
+    @property
+    def knnlm(self) -> KnnLmPanel:
+        return self.panels["knnlm"]
+
+    @property
+    def spalm(self) -> SpalmPanel:
+        return self.panels["spalm"]
+
+    @property
+    def memorizing(self) -> MemorizingPanel:
+        return self.panels["memtrf"]
+
+    def generated_panels(self) -> dict[str, SettingsPanel]:
+        return {name: panel for name, panel in self.panels.items() if isinstance(panel, SettingsPanel)}
+
     def _method_changed(self) -> None:
         method = self.method.currentData()
-        self.method_panels.setCurrentIndex(list(METHOD_LABELS).index(method))
-        self.method_box.setTitle(METHOD_LABELS[method])
-        self.compare.setEnabled(method != "none")
+        self.method_panels.setCurrentWidget(self.panels[method])
+        self.method_box.setTitle(get(method).label)
+        self.compare.setEnabled(method != "none")  # "none", the LM alone, is what the second strip shows
+
+    def problem(self) -> str | None:
+        """Why the chosen method's settings are refused (one line), or None."""
+        try:
+            method_settings(self.values(), self.method.currentData())
+        except (MethodError, ValueError) as exc:
+            return str(exc)
+        return None
 
     def set_running(self, running: bool, paused: bool = False) -> None:
         self.generate.setEnabled(not running)
@@ -158,13 +237,20 @@ class GenerationControls(QWidget):
         self.step.setEnabled(not running or paused)
 
     def values(self) -> dict:
-        return {"method": self.method.currentData(), "compare": self.compare.isChecked(),
-                "max_new_tokens": self.max_tokens.value(), "greedy": self.greedy.isChecked(), "seed": self.seed.value(),
-                "prompt": self.prompt.toPlainText(), **self.knnlm.values(), **self.spalm.values(),
-                **self.memorizing.values()}
+        """Everything the controls hold, as plain values (remembered in the settings file, kept with runs)."""
+        out = {"method": self.method.currentData(), "compare": self.compare.isChecked(),
+               "max_new_tokens": self.max_tokens.value(), "greedy": self.greedy.isChecked(), "seed": self.seed.value(),
+               "prompt": self.prompt.toPlainText()}
+        for name, panel in self.panels.items():
+            if name in HAND_MADE_PANELS:
+                out.update(panel.values())
+        out[GENERATED] = {name: panel.values() for name, panel in self.generated_panels().items()}
+        return out
 
     def apply(self, values: dict) -> None:
-        index = self.method.findData(values.get("method", "knnlm"))
+        index = self.method.findData(values.get("method", DEFAULT_METHOD))
+        if index < 0:  # a plug-in that is not installed now
+            index = self.method.findData(DEFAULT_METHOD)
         self.method.setCurrentIndex(max(0, index))
         self.compare.setChecked(bool(values.get("compare", False)))
         self.max_tokens.setValue(int(values.get("max_new_tokens", self.max_tokens.value())))
@@ -172,6 +258,9 @@ class GenerationControls(QWidget):
         self.seed.setValue(int(values.get("seed", 0)))
         if values.get("prompt"):
             self.prompt.setPlainText(values["prompt"])
-        self.knnlm.apply(values)
-        self.spalm.apply(values)
-        self.memorizing.apply(values)
+        generated = values.get(GENERATED) if isinstance(values.get(GENERATED), dict) else {}
+        for name, panel in self.panels.items():
+            if name in HAND_MADE_PANELS:
+                panel.apply(values)
+            elif isinstance(generated.get(name), dict):
+                panel.apply(generated[name])

@@ -19,18 +19,16 @@ from ..core.generation import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
 from ..core.knnlm import KnnLmSettings
 from ..core.library import compatibility, open_datastore
-from ..core.memorizing import MemorizingSettings
 from ..core.methods import Method, MethodSettings, Resources, get
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
-from ..core.spalm import SpalmSettings
 from . import workers
 from .build_dialog import BuildDialog, BuildTracker
 from .catalog_view import CatalogView
-from .evaluate_page import EvaluatePage, MethodObjects
+from .evaluate_page import EvaluatePage, MethodObjects, need_datastore
 from .export_report import report_export
 from .gate_training_dialog import GateTrainingDialog
-from .generation_controls import GenerationControls
+from .generation_controls import GenerationControls, KnnLmPanel, context_window, method_settings
 from .model_dialog import LoadModelDialog
 from .runs import Run
 from .settings import AppSettings
@@ -310,11 +308,10 @@ class MainWindow(QMainWindow):
         self.gate_training_dialog = dialog
 
     def _use_adapter(self, method: str, path: str) -> None:
-        panel = self.controls.memorizing if method == "memtrf" else self.controls.spalm
-        panel.adapter.setText(path)
+        """The gate-training dialog trained `method`'s gates: its (hand-made) panel's adapter field takes them."""
+        self.controls.panels[method].adapter.setText(path)
         self.controls.method.setCurrentIndex(self.controls.method.findData(method))
-        label = "Memorizing Transformer" if method == "memtrf" else "SPALM"
-        self.statusBar().showMessage(f"{label} now uses the gates in {Path(path).name}", 10_000)
+        self.statusBar().showMessage(f"{get(method).label} now uses the gates in {Path(path).name}", 10_000)
 
     def _track_build(self, tracker: BuildTracker) -> None:
         self.build_trackers.append(tracker)
@@ -341,34 +338,25 @@ class MainWindow(QMainWindow):
     # ---- generation ------------------------------------------------------------------------
     @staticmethod
     def _generation_settings(values: dict, method: str, max_new_tokens: int) -> GenerationSettings:
-        """`method`'s settings from the controls' values (its local window: the Memorizing
-        Transformer panel's window, the SPALM panel's short-term memory)."""
-        window = {"memtrf": values["memory_window"], "spalm": values["spalm_short_term"]}.get(method)
+        """`method`'s generation settings from the controls' values (its local window, if its panel sets one)."""
         return GenerationSettings(max_new_tokens=max_new_tokens, greedy=values["greedy"], seed=values["seed"],
-                                  context_window=window)
+                                  context_window=context_window(values, method))
 
     @staticmethod
     def _knn_settings(values: dict) -> KnnLmSettings:
-        return KnnLmSettings(k=values["k"], lambda_=values["lambda"], temperature=values["temperature"],
-                             exact_distances=values["exact"], lambda_mode=values["lambda_mode"])
+        """kNN-LM's panel's settings: the Evaluate page's sweeps are kNN-LM's."""
+        return KnnLmPanel.settings_from(values)[0]
 
-    @classmethod
-    def _panel_settings(cls, values: dict, method: str) -> tuple[MethodSettings | None, Path | None]:
-        """The settings and adapter file `method`'s panel holds (None, None: a method without a panel
-        runs with its defaults)."""
-        if method == "knnlm":
-            return cls._knn_settings(values), None
-        if method == "spalm":
-            return (SpalmSettings(k=values["spalm_k"], exact_distances=values["spalm_exact"]),
-                    Path(values["spalm_gate"]) if values["spalm_gate"] else None)
-        if method == "memtrf":
-            return (MemorizingSettings(layer=values["memory_layer"], k=values["memory_k"],
-                                       memory_size=values["memory_size"], mode=values["memory_mode"]),
-                    Path(values["adapter"]) if values["adapter"] else None)
-        return None, None
+    @staticmethod
+    def _panel_settings(values: dict, method: str) -> tuple[MethodSettings, Path | None]:
+        """The settings and adapter file `method`'s panel holds, hand-made or generated (a
+        `MethodError`, one line, if they are refused)."""
+        return method_settings(values, method)
 
     def _method_objects(self, values: dict, methods: list[str], datastore: str | None) -> MethodObjects:
-        """One `Method` per name in `methods`, as the controls' panels set them; call inside a job
+        """One `Method` per name in `methods`, as the controls' panels set them: the one builder
+        behind the Explore page's runs, the Evaluate page's comparisons and held-out tokens, and side
+        by side. A method that `needs_datastore` gets `Resources(datastore)`. Call inside a job
         (opening a datastore reads its keys; a memory in the model belongs to the calling thread).
         The caller closes them (`MethodObjects.close`) when its run ends."""
         objects = MethodObjects()
@@ -397,6 +385,10 @@ class MainWindow(QMainWindow):
         method = get(self.controls.method.currentData())
         if method.needs_datastore and not self.datastore_name:
             self.show_error(f"{method.label} needs a datastore: double-click one in the library, or build one (Ctrl+B)")
+            return False
+        problem = self.controls.problem()
+        if problem is not None:
+            self.show_error(problem)
             return False
         return True
 
@@ -532,7 +524,7 @@ class MainWindow(QMainWindow):
         if self.model is None:
             raise ValueError("No model is loaded yet")
         if any(get(m).needs_datastore for m in methods) and not self.datastore_name:
-            raise ValueError("kNN-LM and SPALM need a datastore: double-click one in the library")
+            raise ValueError(f"{need_datastore(methods)} a datastore: double-click one in the library")
         values = self.controls.values()
         objects = self._method_objects(values, methods, self.datastore_name)
         try:

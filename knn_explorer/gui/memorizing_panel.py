@@ -1,9 +1,11 @@
 """The Memorizing Transformer's parameters: memory layer, size, k, mode, local window, gates."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGridLayout, QLabel, QSpinBox, QWidget
 
-from ..core.memorizing import MAX_MEMORY
+from ..core.memorizing import MAX_MEMORY, MemorizingSettings
 from .path_field import PathField
 
 AUTO_LAYER = -1
@@ -54,6 +56,18 @@ class MemorizingPanel(QWidget):
         return {"memory_layer": None if self.layer.value() == AUTO_LAYER else self.layer.value(),
                 "memory_size": self.size.value(), "memory_k": self.k.value(), "memory_mode": self.mode.currentData(),
                 "memory_window": self.window.value() or None, "adapter": self.adapter.text().strip()}
+
+    @staticmethod
+    def settings_from(values: dict) -> tuple[MemorizingSettings, Path | None]:
+        """The memory's settings and gate file from the controls' values."""
+        return (MemorizingSettings(layer=values["memory_layer"], k=values["memory_k"],
+                                   memory_size=values["memory_size"], mode=values["memory_mode"]),
+                Path(values["adapter"]) if values["adapter"] else None)
+
+    @staticmethod
+    def context_window(values: dict) -> int | None:
+        """The local attention window (None: the model's maximum)."""
+        return values["memory_window"]
 
     def apply(self, values: dict) -> None:
         layer = values.get("memory_layer")

@@ -10,7 +10,7 @@ import math
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ..core.methods import METHOD_LABELS
+from ..core.methods import labels
 from .evaluation_plots import ShownRun, legend_label, method_perplexities
 
 
@@ -18,8 +18,8 @@ def _points(run: ShownRun) -> dict[str, float | None]:
     """Row label → perplexity (None: infinite)."""
     r = run.row.results
     if run.row.kind == "sweep":
-        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, METHOD_LABELS["none"]: r["ppl_lm"]}
-    return {METHOD_LABELS.get(m, m): p for m, p in method_perplexities(run.row).items()}
+        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, labels()["none"]: r["ppl_lm"]}
+    return {labels().get(m, m): p for m, p in method_perplexities(run.row).items()}
 
 
 class ResultsTable(QTableWidget):

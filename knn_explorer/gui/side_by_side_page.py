@@ -32,9 +32,10 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.generation import StepGenerator
-from ..core.methods import METHOD_LABELS, get
+from ..core.methods import UnknownMethod, get, labels
 from ..core.records import TokenRecord
 from ..core.side_by_side import (
+    MAX_METHODS,
     SideBySideColumn,
     run_side_by_side,
     to_csv,
@@ -50,13 +51,16 @@ from .workers import Job, JobControl, run_job
 # the job's thread, and given back to the model by closing the lane whose method holds it.
 MakeGenerators = Callable[[list[str], str, int, JobControl], dict[str, StepGenerator]]
 
-METHOD_TIPS = {
-    "none": "The language model's own distribution, no retrieval",
-    "knnlm": "kNN-LM: λ·p_kNN + (1−λ)·p_LM with neighbours from the datastore",
-    "spalm": "SPALM: a gate mixes the model's hidden state with retrieved token embeddings",
-    "memtrf": "Memorizing Transformer: one attention layer also attends to earlier text kept in memory",
-}
-DEFAULT_METHODS = ("none", "knnlm")
+DEFAULT_METHODS = ("none", "knnlm")  # ticked on a first launch: the LM alone beside kNN-LM
+
+
+def method_tip(method: str) -> str | None:
+    """The registered method's label and one-line summary (None for one that is not installed)."""
+    try:
+        cls = get(method)
+    except UnknownMethod:
+        return None
+    return f"{cls.label}: {cls.summary}" if cls.summary else cls.label
 
 # Roles as plain ints: comparing a view's int role with a PySide enum costs microseconds per call.
 _DISPLAY, _TOOLTIP = int(Qt.DisplayRole.value), int(Qt.ToolTipRole.value)
@@ -126,7 +130,7 @@ class SideBySideTableModel(QAbstractTableModel):
             if role == _DISPLAY:
                 return self._columns[section].label
             if role == _TOOLTIP:
-                return METHOD_TIPS.get(method)
+                return method_tip(method)
             return None
         if orientation == Qt.Vertical and role == _DISPLAY:
             for column in self._columns:  # the step number, from the first column that reached this row
@@ -180,9 +184,9 @@ class SideBySidePage(QWidget):
 
         self.method_boxes: dict[str, QCheckBox] = {}
         options = QHBoxLayout()
-        for method, label in METHOD_LABELS.items():
+        for method, label in labels().items():
             box = QCheckBox(label)
-            box.setToolTip(METHOD_TIPS.get(method) or get(method).summary)
+            box.setToolTip(method_tip(method))
             box.toggled.connect(self._methods_changed)
             self.method_boxes[method] = box
             options.addWidget(box)
@@ -292,6 +296,9 @@ class SideBySidePage(QWidget):
         if not methods:
             self._fail("Choose at least one method")
             return
+        if len(methods) > MAX_METHODS:
+            self._fail(f"Choose at most {MAX_METHODS} methods: their columns share the screen")
+            return
         prompt, max_tokens = self.prompt.toPlainText(), self.max_tokens.value()
         self.prompt_of_run = prompt
         self._max_tokens = max_tokens
@@ -317,7 +324,7 @@ class SideBySidePage(QWidget):
                 for generator in generators.values():
                     generator.method.close()  # made for this run: the model gets its own layers back
 
-        self._say(f"Preparing {', '.join(METHOD_LABELS.get(m, m) for m in methods)}…")
+        self._say(f"Preparing {', '.join(labels().get(m, m) for m in methods)}…")
         # No Qt parent: a page destroyed mid-run must not destroy a running thread (run_job keeps
         # the job alive until its thread ends); the connections are bound methods, cut with the page.
         self.job = run_job(body, item=self._record_arrived, finished=self._finished, failed=self._fail,

@@ -1,8 +1,11 @@
 """SPALM's parameters: k and the distance mode (the gate is learned; distances only rank neighbours)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QWidget
 
+from ..core.spalm import SpalmSettings
 from .path_field import PathField
 
 
@@ -37,6 +40,17 @@ class SpalmPanel(QWidget):
     def values(self) -> dict:
         return {"spalm_k": self.k.value(), "spalm_exact": self.exact.isChecked(),
                 "spalm_gate": self.adapter.text().strip(), "spalm_short_term": self.short_term.value() or None}
+
+    @staticmethod
+    def settings_from(values: dict) -> tuple[SpalmSettings, Path | None]:
+        """SPALM's settings and gate file from the controls' values."""
+        return (SpalmSettings(k=values["spalm_k"], exact_distances=values["spalm_exact"]),
+                Path(values["spalm_gate"]) if values["spalm_gate"] else None)
+
+    @staticmethod
+    def context_window(values: dict) -> int | None:
+        """The short-term memory (None: the model's maximum)."""
+        return values["spalm_short_term"]
 
     def apply(self, values: dict) -> None:
         self.k.setValue(int(values.get("spalm_k", self.k.value())))

@@ -707,7 +707,7 @@ class TokenInspector(QWidget):
               (self.p_final_plot, record.p_final, ""))]
             + [partial(self.history_plot.set_history, history, record.step),
                partial(self.memory_view.set_run, history, record.step)])
-        if record.method == "memtrf":
+        if record.head_gates is not None or record.memory_attention is not None:  # a memory layer's record
             self.lower_tabs.setCurrentWidget(self.memory_view)
         elif record.neighbours:
             self.lower_tabs.setCurrentIndex(0)

@@ -29,11 +29,16 @@ class MethodError(ValueError):
     """A method that cannot run as asked; str() is a one-line reason."""
 
 
-def setting(default, *, flag: str | None = None, dest: str | None = None, inverted: bool = False, help: str = ""):
+def setting(default, *, flag: str | None = None, dest: str | None = None, inverted: bool = False, help: str = "",
+            choices: tuple | list | None = None, minimum: float | None = None, maximum: float | None = None):
     """A settings field with what the CLI (and a generated panel) need to offer it: its flag
     (default: the field's name with dashes), the argparse destination if it differs, and whether
-    the flag says the opposite of the field (`--approximate` for `exact_distances`)."""
-    return field(default=default, metadata={"flag": flag, "dest": dest, "inverted": inverted, "help": help})
+    the flag says the opposite of the field (`--approximate` for `exact_distances`); optionally the
+    values it may take (`choices`) and its bounds (`minimum`, `maximum`), which the app's generated
+    panel offers (validation stays in the dataclass's `__post_init__`)."""
+    return field(default=default, metadata={"flag": flag, "dest": dest, "inverted": inverted, "help": help,
+                                            "choices": tuple(choices) if choices is not None else None,
+                                            "minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
