@@ -58,3 +58,24 @@ def test_an_installed_plugin_is_listed_and_runs_in_generate_and_eval(installed, 
                            "--methods", "none,knnlm,knn-vote", "--context", 32, "--stride", 16, "--json"))
     assert list(table["methods"]) == ["none", "knnlm", "knn-vote"]
     assert table["methods"]["knn-vote"]["ppl"] != table["methods"]["none"]["ppl"]
+
+
+def test_a_plugin_that_fails_to_import_is_left_out_with_a_reason(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "broken_method-0.1.dist-info").mkdir(parents=True)
+    (site / "broken_method-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-method\nVersion: 0.1\n")
+    (site / "broken_method-0.1.dist-info" / "entry_points.txt").write_text(
+        "[knn_explorer.methods]\nbroken = broken_method:Broken\n")
+    (site / "broken_method.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry.refresh()
+    try:
+        assert "broken" in registry.names()
+        with pytest.warns(RuntimeWarning, match="could not be loaded"):
+            loaded = [m.name for m in registry.all_methods()]
+        assert "broken" not in loaded and "knnlm" in loaded
+        with pytest.raises(registry.UnknownMethod, match="needs a library that is not installed"):
+            registry.get("broken")
+    finally:
+        monkeypatch.undo()
+        registry.refresh()

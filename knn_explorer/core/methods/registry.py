@@ -2,6 +2,7 @@
 built-in four the same way as a third party's (see pyproject.toml and examples/)."""
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -29,7 +30,7 @@ def _targets() -> dict[str, str]:
 
 
 def names() -> list[str]:
-    """Every method's name, without importing any of them (the CLI's --help stays light)."""
+    """Every registered method's name, without importing any of them (the CLI's --help stays light)."""
     return list(_targets())
 
 
@@ -40,14 +41,24 @@ def get(name: str):
     if target is None:
         raise UnknownMethod(f"unknown method {name!r}: use one of {', '.join(names())}")
     module, _, attribute = target.partition(":")
-    method = getattr(import_module(module), attribute)
+    try:
+        method = getattr(import_module(module), attribute)
+    except Exception as exc:  # a broken plug-in must not take the app or the CLI down with it
+        raise UnknownMethod(f"method {name!r} ({target}) could not be loaded: {type(exc).__name__}: {exc}") from exc
     if getattr(method, "name", None) != name:
         raise UnknownMethod(f"method {name!r} is registered to {target}, whose name is {getattr(method, 'name', None)!r}")
     return method
 
 
 def all_methods() -> list:
-    return [get(name) for name in names()]
+    """Every method that loads; one that does not is left out with a warning (`get` says why)."""
+    found = []
+    for name in names():
+        try:
+            found.append(get(name))
+        except UnknownMethod as exc:
+            warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+    return found
 
 
 def labels() -> dict[str, str]:
