@@ -63,3 +63,13 @@ def test_knnlm_without_a_datastore_is_refused(tiny_gpt2_dir):
     model = load_model(str(tiny_gpt2_dir), device="cpu")
     with pytest.raises(ValueError, match="datastore"):
         StepGenerator(model, PROMPT, GenerationSettings(), get("knnlm")(model))
+
+
+def test_the_generation_loop_forces_a_first_token_and_honours_stop_at_eos(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
+    eos = model.tokenizer.eos_token_id
+    stopping = StepGenerator(model, PROMPT, GenerationSettings(max_new_tokens=4, stop_at_eos=True))
+    assert [r.token_id for r in stopping.records(first_token=eos)] == [eos]
+    going_on = StepGenerator(model, PROMPT, GenerationSettings(max_new_tokens=4, stop_at_eos=False))
+    records = list(going_on.records(first_token=eos))
+    assert len(records) == 4 and records[0].token_id == eos

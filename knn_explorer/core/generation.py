@@ -73,8 +73,17 @@ class StepGenerator:
         return self.model.tokenizer.decode(self.ids)
 
     def __iter__(self) -> Iterator[TokenRecord]:
+        return self.records()
+
+    def records(self, first_token: int | None = None) -> Iterator[TokenRecord]:
+        """The generation loop every front end uses (CLI, app, side by side): one record per step
+        until `max_new_tokens` or, if `stop_at_eos`, end-of-text. `first_token` forces the first
+        step's token (a branch from an alternative). Each step runs when its record is asked for,
+        so a consumer pauses or stops simply by not asking."""
+        forced = first_token
         while self.steps_taken < self.settings.max_new_tokens:
-            record = self.step()
+            record = self.step(forced)
+            forced = None
             yield record
             if self.settings.stop_at_eos and record.token_id == self.model.tokenizer.eos_token_id:
                 return

@@ -415,12 +415,10 @@ class MainWindow(QMainWindow):
                 lm_alone = None
                 if compare:  # the same settings (local window included), the LM alone
                     lm_alone = StepGenerator(model, context, settings, first_step=first_step)
-                for taken in range(settings.max_new_tokens):
-                    control.checkpoint()
-                    record = main.step(forced_token if taken == 0 else None)
+                control.checkpoint()
+                for record in main.records(forced_token):
                     control.emit((record, self._lm_alone_step(lm_alone, method)))
-                    if record.token_id == model.tokenizer.eos_token_id:
-                        break
+                    control.checkpoint()  # pause or stop before the next step runs
             finally:
                 objects.close()
 
