@@ -1,12 +1,13 @@
 # Two entry points, both self-contained on a fresh machine (see README):
 #   make run   — set up .venv and launch the app on the embedded demo model
 #   make test  — set up .venv and run the whole test suite
+# and, for developers: make test-fast (the suite less the tests marked slow), make lint (ruff).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: run test setup clean
+.PHONY: run test test-fast lint setup clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,12 @@ run: setup
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+test-fast: setup
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV)

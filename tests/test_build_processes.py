@@ -4,7 +4,6 @@ The first build is frozen with SIGSTOP once it holds its datastore's lock and is
 second command meets a build that is really in progress, however fast the machine is.
 """
 import json
-import os
 import signal
 import subprocess
 import sys

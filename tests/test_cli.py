@@ -1,4 +1,6 @@
-"""The CLI as a user runs it: real processes, real files, JSON on stdout, one-line errors on stderr."""
+"""The CLI as a user runs it: real files, JSON on stdout, one-line errors on stderr. Commands run in this
+process (`main(argv)`, as the console script calls it); the tests of the process itself (a reader that
+closes the pipe, no display) start real ones."""
 import json
 import subprocess
 import sys
@@ -6,24 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import assert_one_line_error, cli, cli_process
 from corpus import write_corpus
-
-
-def cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "knn_explorer.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def assert_one_line_error(proc, code, *words):
-    assert proc.returncode == code
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 @pytest.fixture
@@ -109,7 +95,7 @@ def test_gui_without_a_display_is_a_one_line_error(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     if not sys.platform.startswith("linux"):
         pytest.skip("the check is for Linux desktops")
-    assert_one_line_error(cli("gui", check=False), 2, "no display")
+    assert_one_line_error(cli_process("gui", check=False), 2, "no display")
 
 
 def test_output_cut_short_by_the_reader_is_not_an_error(built, tiny_gpt2_dir):

@@ -1,11 +1,11 @@
-"""`--method memtrf` and `train-gates` as a user runs them: real processes, adapters on disk."""
+"""`--method memtrf` and `train-gates` as a user runs them (in this process, see cli_helpers): adapters on disk."""
 import json
 
 import pytest
 from safetensors.torch import load_file
 
+from cli_helpers import assert_one_line_error, cli
 from corpus import write_corpus
-from test_cli import assert_one_line_error, cli
 
 
 @pytest.fixture(scope="module")

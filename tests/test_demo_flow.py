@@ -1,22 +1,19 @@
 """The first thing a user does, end to end, with the embedded demo model and demo documents:
 build the demo datastore, generate with it, and see retrieval lower perplexity on held-out text."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import cli_helpers
 from knn_explorer.core.home import DEMO_DOCS_DIR, DEMO_MODEL_DIR, RESOURCES
 
 HELD_OUT = RESOURCES / "demo" / "heldout" / "tutorial"
 
 
 def cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "knn_explorer.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    """The command's stdout; it must succeed. In this process (see cli_helpers)."""
+    return cli_helpers.cli(*args).stdout
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +37,7 @@ def test_demo_model_is_small_and_complete():
     assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) <= 25 * 2**20
 
 
+@pytest.mark.slow  # the demo datastore: >50k entries, built once for the module
 def test_demo_build_indexes_every_demo_document(in_demo_home):
     summary = in_demo_home
     on_disk = {str(p.resolve()) for p in DEMO_DOCS_DIR.rglob("*.rst")}
@@ -47,6 +45,7 @@ def test_demo_build_indexes_every_demo_document(in_demo_home):
     assert len(summary["documents"]) >= len(on_disk) - 1 and summary["entries"] > 50_000
 
 
+@pytest.mark.slow  # the demo datastore: >50k entries, built once for the module
 def test_generated_tokens_are_explained_by_passages_of_the_demo_documents(in_demo_home):
     out = cli("generate", "--model", "demo", "--datastore", "demo-docs", "--method", "knnlm", "--max-new-tokens", 12,
               "--prompt", "To register a view function for a URL, use the", "--json")
@@ -60,6 +59,7 @@ def test_generated_tokens_are_explained_by_passages_of_the_demo_documents(in_dem
             assert n["context"] in path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # the demo datastore: >50k entries, built once for the module
 def test_retrieval_lowers_held_out_perplexity_and_lambda_zero_changes_nothing(in_demo_home):
     with_knn = json.loads(cli("eval", "--model", "demo", "--datastore", "demo-docs", "--text", HELD_OUT, "--json"))
     without = json.loads(cli("eval", "--model", "demo", "--datastore", "demo-docs", "--text", HELD_OUT,
@@ -69,6 +69,7 @@ def test_retrieval_lowers_held_out_perplexity_and_lambda_zero_changes_nothing(in
     assert abs(without["ppl"] - without["ppl_lm"]) / without["ppl_lm"] < 1e-6
 
 
+@pytest.mark.slow  # the demo datastore: >50k entries, built once for the module
 def test_spalm_on_the_demo_uses_the_gate_shipped_with_it(in_demo_home):
     from safetensors.torch import load_file
 

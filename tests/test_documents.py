@@ -1,6 +1,7 @@
 """Tests for knn_explorer.core.documents, on real files built in tmp_path."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import zipfile
@@ -519,5 +520,5 @@ def test_iter_documents_is_lazy_and_takes_strings(tmp_path):
 
 def test_document_is_frozen(tmp_path):
     doc = read_document(write(tmp_path / "a.txt", "A"))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         doc.text = "changed"  # type: ignore[misc]

@@ -183,6 +183,7 @@ def test_ui_thread_never_blocks_during_a_model_load_a_real_build_and_generation(
         assert gap < MAX_UI_GAP_MS, f"UI blocked for {gap:.0f} ms during {phase}"
 
 
+@pytest.mark.slow  # builds the demo datastore (>50k entries) through the app
 def test_first_launch_builds_and_catalogues_the_demo_datastore(qtbot, data_home):
     window = MainWindow(Catalog(), model_spec="demo")  # empty data home: a first launch
     qtbot.addWidget(window)

@@ -197,7 +197,7 @@ def test_neighbour_table_lists_the_records_neighbours_with_documents_and_distanc
     model = inspector.neighbour_table.model()
     assert model.rowCount() == len(record.neighbours) > 0
     for row, n in enumerate(record.neighbours):
-        def cell(column, role=Qt.DisplayRole):
+        def cell(column, role=Qt.DisplayRole, row=row):
             return model.data(model.index(row, column), role)
         assert cell(NeighbourTableModel.RANK) == str(n.rank)
         assert cell(NeighbourTableModel.DOCUMENT) == Path(n.document).name

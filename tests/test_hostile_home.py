@@ -171,6 +171,7 @@ def _read_only_runner():
 run_read_only = _read_only_runner()
 
 
+@pytest.mark.slow  # four real processes, each loading torch and the model
 @pytest.mark.skipif(run_read_only is None, reason="needs unprivileged user and mount namespaces")
 def test_a_read_only_home_can_be_read_and_a_result_is_printed_before_the_catalog_refuses_it(data_home, model, docs,
                                                                                           tmp_path, tiny_gpt2_dir):
