@@ -347,3 +347,13 @@ def test_every_control_explains_itself(inspector, strip, records):
     assert all(c.toolTip() for c in controls)
     model = inspector.neighbour_table.model()
     assert all(model.headerData(c, Qt.Horizontal, Qt.ToolTipRole) for c in range(model.columnCount()))
+
+
+def test_a_step_that_skipped_retrieval_is_grey_and_says_so(qtbot, records):
+    from knn_explorer.gui.token_strip import record_tooltip, record_weight
+
+    retrieved = records[0]
+    skipped = dataclasses.replace(retrieved, method="adaptive", lambda_=0.0, neighbours=[], retrieval=None, p_knn=None)
+    assert record_weight(skipped) is None and record_weight(retrieved) == retrieved.lambda_
+    assert "skipped (no retrieval)" in record_tooltip(skipped)
+    assert "skipped" not in record_tooltip(dataclasses.replace(retrieved, lambda_=0.0))  # kNN-LM at λ 0 did search

@@ -47,7 +47,10 @@ _LEGENDS = {  # quantity -> (title, min label, max label, colour map, tooltip)
 
 def record_weight(record: TokenRecord) -> float | None:
     """λ (kNN-LM), the gate (SPALM) or the mean memory share over heads (Memorizing Transformer) of
-    a record; None when the step used no retrieval weight."""
+    a record; None when the step used no retrieval weight — or skipped retrieval altogether (adaptive
+    retrieval's λ 0 with nothing retrieved), which the strip then greys like the LM alone."""
+    if skipped_retrieval(record):
+        return None
     if record.lambda_ is not None:
         return record.lambda_
     if record.gate is not None:
@@ -55,6 +58,11 @@ def record_weight(record: TokenRecord) -> float | None:
     if record.memory_attention:
         return sum(record.memory_attention) / len(record.memory_attention)
     return None
+
+
+def skipped_retrieval(record: TokenRecord) -> bool:
+    """A step whose method could have retrieved but chose not to (λ 0, no search)."""
+    return record.lambda_ == 0 and record.retrieval is None and not record.neighbours
 
 
 def record_gain(record: TokenRecord) -> float:
@@ -110,7 +118,8 @@ def record_tooltip(record: TokenRecord) -> str:
         ("step", str(record.step)),
         ("p_LM", format_prob(record.chosen_prob_lm)),
         ("p_final", format_prob(record.chosen_prob_final)),
-        (weight_name, "—" if weight is None else f"{weight:.3g}"),
+        (weight_name, "skipped (no retrieval)" if skipped_retrieval(record) else
+         "—" if weight is None else f"{weight:.3g}"),
         ("gain", f"{format_gain(record_gain(record))} nats"),
     ]
     if record.neighbours:
