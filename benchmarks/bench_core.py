@@ -101,7 +101,7 @@ def status(ok: bool) -> str:
 
 def source_files() -> list[tuple[Path, Path]]:
     """(source root, file) for every document the builder would read in the demo folders."""
-    from knn_explorer.core import documents as docs
+    from knn_explorer.core.datastore import documents as docs
 
     out = []
     for root in CORPUS_SOURCES:
@@ -111,7 +111,7 @@ def source_files() -> list[tuple[Path, Path]]:
 
 
 def count_tokens(tokenizer, path: Path) -> int:
-    from knn_explorer.core import documents as docs
+    from knn_explorer.core.datastore import documents as docs
 
     try:
         text = docs.read_document(path).text
@@ -151,8 +151,8 @@ def bare_encode(model, folder: Path, params, last_logits_only: bool = False) -> 
     import numpy as np
     import torch
 
-    from knn_explorer.core import documents as docs
-    from knn_explorer.core.tokenizing import tokenize_with_offsets
+    from knn_explorer.core.datastore import documents as docs
+    from knn_explorer.core.datastore.tokenizing import tokenize_with_offsets
     from knn_explorer.core.windows import sliding_windows
 
     context_length = min(params.context_length, model.max_positions)
@@ -216,9 +216,9 @@ def bare_encode(model, folder: Path, params, last_logits_only: bool = False) -> 
 
 def timed_build(model, folder: Path, home: Path, index: str, params_kwargs: dict) -> dict:
     """build_datastore in its own data home; wall time of the whole call."""
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.datastore_builder import BuildParameters
-    from knn_explorer.core.library import build_datastore
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.datastore.builder import BuildParameters
+    from knn_explorer.core.datastore.library import build_datastore
 
     os.environ["KNN_EXPLORER_HOME"] = str(home)
     catalog = Catalog()
@@ -257,7 +257,7 @@ def warm_up(model, params) -> None:
 def bench_build_vs_bare(model, corpus: dict, index: str, params_kwargs: dict, trunk: bool, tmp: Path,
                         repeat: int = 1) -> dict:
     """Bare pass and build, alternated `repeat` times; the fastest of each is compared."""
-    from knn_explorer.core.datastore_builder import BuildParameters
+    from knn_explorer.core.datastore.builder import BuildParameters
 
     params = BuildParameters(index=index, **params_kwargs)
     folder = Path(corpus["folder"])
@@ -407,7 +407,7 @@ def bench_memory(args, small: dict, large: dict, tmp: Path) -> dict:
 
 def generate_seconds(model, method, n: int) -> float:
     """`method`: a registered Method instance, or None for the LM alone."""
-    from knn_explorer.core.generation import GenerationSettings, StepGenerator
+    from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
 
     settings = GenerationSettings(max_new_tokens=n, greedy=True, stop_at_eos=False)
     started = time.perf_counter()
@@ -419,10 +419,10 @@ def generate_seconds(model, method, n: int) -> float:
 
 
 def bench_generation(model, args, tmp: Path) -> dict:
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.datastore_builder import BuildParameters
-    from knn_explorer.core.knnlm import KnnLmSettings
-    from knn_explorer.core.library import build_datastore, open_datastore
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.datastore.builder import BuildParameters
+    from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+    from knn_explorer.core.datastore.library import build_datastore, open_datastore
     from knn_explorer.core.methods import Resources
     from knn_explorer.core.methods.knnlm import KnnLmMethod
 

@@ -43,9 +43,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from tiny_models import tiny_tokenizer
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.datastore_builder import BuildParameters
-    from knn_explorer.core.library import build_datastore
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.datastore.builder import BuildParameters
+    from knn_explorer.core.datastore.library import build_datastore
     from knn_explorer.core.models import load_model
     from knn_explorer.core.runtime import configure_threads
 

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from knn_explorer.core.generation import GenerationSettings, StepGenerator  # noqa: E402
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator  # noqa: E402
 from knn_explorer.core.home import DEMO_DOCS_DIR  # noqa: E402
-from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings  # noqa: E402
+from knn_explorer.core.mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings  # noqa: E402
 from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod  # noqa: E402
 from knn_explorer.core.models import load_model  # noqa: E402
 from knn_explorer.core.runtime import configure_threads  # noqa: E402

@@ -72,9 +72,9 @@ def write_single_line(path: Path, size_bytes: int, seed: int = 0) -> None:
 
 
 def child(args) -> None:
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.datastore_builder import BuildParameters, DatastoreBuilder
-    from knn_explorer.core.library import build_datastore
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.datastore.builder import BuildParameters, DatastoreBuilder
+    from knn_explorer.core.datastore.library import build_datastore
     from knn_explorer.core.models import load_model
     from knn_explorer.core.runtime import configure_threads
 

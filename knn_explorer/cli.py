@@ -41,15 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def one_line(exc: BaseException) -> str:
-    from .core.build_lock import DatastoreBusy
-    from .core.catalog import CatalogError
-    from .core.datastore import DatastoreError
-    from .core.library import LibraryError
-    from .core.adapters import AdapterError
-    from .core.memorizing import MemorizingError
+    from .core.datastore.build_lock import DatastoreBusy
+    from .core.datastore.catalog import CatalogError
+    from .core.datastore.folder import DatastoreError
+    from .core.datastore.library import LibraryError
+    from .core.training.adapters import AdapterError
+    from .core.mechanisms.memorizing import MemorizingError
     from .core.models import ModelLoadError
     from .core.progress import Cancelled
-    from .core.spalm import SpalmError
+    from .core.mechanisms.spalm import SpalmError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError, AdapterError,
@@ -247,9 +247,9 @@ def cmd_gui(_args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .core.catalog import Catalog
-    from .core.datastore_builder import BuildParameters
-    from .core.library import build_datastore, check_can_build
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.builder import BuildParameters
+    from .core.datastore.library import build_datastore, check_can_build
 
     check_can_build(Catalog(), args.name, args.docs)  # refused at once, before the model loads
     model = _load_model(args)
@@ -278,9 +278,9 @@ def cmd_build(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .core import build_lock
-    from .core.catalog import Catalog
-    from .core.library import datastore_damage
+    from .core.datastore import build_lock
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.library import datastore_damage
 
     catalog = Catalog()
     datastores = []
@@ -328,7 +328,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .core.generation import GenerationSettings, StepGenerator
+    from .core.generation.step_generator import GenerationSettings, StepGenerator
 
     if args.methods:
         return _generate_side_by_side(args)
@@ -351,8 +351,8 @@ def cmd_generate(args) -> int:
 
 
 def _generate_side_by_side(args) -> int:
-    from .core.generation import GenerationSettings, StepGenerator
-    from .core.side_by_side import format_table, generate_side_by_side, to_json
+    from .core.generation.step_generator import GenerationSettings, StepGenerator
+    from .core.generation.side_by_side import format_table, generate_side_by_side, to_json
 
     names = _methods_list(args)
     model = _load_model(args)
@@ -388,7 +388,7 @@ def _methods_list(args) -> list[str]:
 
 
 def cmd_eval(args) -> int:
-    from .core.evaluation import evaluate
+    from .core.evaluation.perplexity import evaluate
     from .core.methods.lm_alone import LM_ALONE
 
     if args.methods:
@@ -412,9 +412,9 @@ def cmd_eval(args) -> int:
 
 def _eval_comparison(args) -> int:
     """Several methods on the same targets and windows: one table."""
-    from .core.catalog import Catalog
-    from .core.comparison import compare
-    from .core.evaluation_store import keep_comparison
+    from .core.datastore.catalog import Catalog
+    from .core.evaluation.comparison import compare
+    from .core.evaluation.store import keep_comparison
     from .core.methods import labels
     from .core.methods.lm_alone import LM_ALONE
 
@@ -439,7 +439,7 @@ def _eval_comparison(args) -> int:
 
 
 def _eval_memorizing(args, model, method, texts: list[str]) -> int:
-    from .core.evaluation import evaluate_memorizing
+    from .core.evaluation.perplexity import evaluate_memorizing
 
     segment = args.window or 128
     result = evaluate_memorizing(model, method.retrofit, texts, segment_length=segment,
@@ -454,7 +454,7 @@ def _eval_memorizing(args, model, method, texts: list[str]) -> int:
 
 
 def cmd_train_gates(args) -> int:
-    from .core.catalog import Catalog
+    from .core.datastore.catalog import Catalog
 
     if args.out.suffix != ".safetensors":
         raise UsageError("--out must name a .safetensors file")
@@ -480,9 +480,9 @@ def cmd_train_gates(args) -> int:
 
 
 def _train_memorizing(args, show):
-    from .core.documents import Document, iter_documents
-    from .core.gate_training import GateTrainingSettings, train_memorizing_gates
-    from .core.memorizing import MemorizingRetrofit, MemorizingSettings
+    from .core.datastore.documents import Document, iter_documents
+    from .core.training.gate_training import GateTrainingSettings, train_memorizing_gates
+    from .core.mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
 
     if not args.docs:
         raise UsageError("train-gates --method memtrf needs --docs PATH...")
@@ -499,10 +499,10 @@ def _train_memorizing(args, show):
 
 
 def _train_spalm(args, show):
-    from .core.catalog import Catalog
-    from .core.library import open_datastore
-    from .core.spalm import Spalm, SpalmSettings
-    from .core.spalm_training import SpalmTrainingSettings, train_spalm_gate
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.library import open_datastore
+    from .core.mechanisms.spalm import Spalm, SpalmSettings
+    from .core.training.spalm_training import SpalmTrainingSettings, train_spalm_gate
 
     if not args.datastore:
         raise UsageError("train-gates --method spalm needs --datastore NAME (it learns from its documents)")
@@ -515,9 +515,9 @@ def _train_spalm(args, show):
 
 
 def cmd_sweep(args) -> int:
-    from .core.catalog import Catalog
-    from .core.library import open_datastore
-    from .core.sweeps import SweepValueError, check_sweep_values, collect, sweep
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.library import open_datastore
+    from .core.evaluation.sweeps import SweepValueError, check_sweep_values, collect, sweep
 
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
@@ -550,11 +550,11 @@ def cmd_sweep(args) -> int:
 def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
     from dataclasses import replace
 
-    from .core.catalog import Catalog
-    from .core.memorizing import MemorizingSettings
+    from .core.datastore.catalog import Catalog
+    from .core.mechanisms.memorizing import MemorizingSettings
     from .core.methods import Resources
     from .core.methods.memorizing import MemorizingTransformerMethod
-    from .core.sweeps import sweep_memory_size
+    from .core.evaluation.sweeps import sweep_memory_size
 
     if args.datastore:
         raise UsageError("--param memory sweeps the Memorizing Transformer's memory; it takes no --datastore")
@@ -579,7 +579,7 @@ def _finish(args, out: dict, lines: list[str], keep=None) -> int:
     """A command's result: `out` as one JSON object with --json, else the lines for a person. Then
     `keep()` records it in the catalog: a catalog that cannot be written costs the record (a warning
     on stderr), never the result, which is already printed."""
-    from .core.catalog import CatalogError
+    from .core.datastore.catalog import CatalogError
 
     print(json.dumps(out) if args.json else "\n".join(lines), flush=True)
     if keep is not None:
@@ -607,7 +607,7 @@ def _check_writable_file(path: Path) -> None:
 
 
 def _read_eval_texts(path: Path) -> list[str]:
-    from .core.evaluation import read_heldout
+    from .core.evaluation.perplexity import read_heldout
 
     try:
         return read_heldout(path)
@@ -617,15 +617,15 @@ def _read_eval_texts(path: Path) -> list[str]:
 
 def _record_eval(args, model, out: dict) -> None:
     """Keep the evaluation in the catalog, to list and compare later."""
-    from .core.catalog import Catalog
+    from .core.datastore.catalog import Catalog
 
     Catalog().record_evaluation("eval", model.name, getattr(args, "datastore", None),
                                 {"method": out.get("method"), "text": str(args.text)}, out)
 
 
 def cmd_remove(args) -> int:
-    from .core.catalog import Catalog
-    from .core.library import remove_datastore
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.library import remove_datastore
 
     folders = remove_datastore(Catalog(), args.name)
     print(f"removed '{args.name}' ({len(folders)} folder{'s' if len(folders) != 1 else ''} deleted)")
@@ -643,7 +643,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_rebuild_catalog(args) -> int:
-    from .core.catalog_recovery import rebuild_catalog
+    from .core.datastore.catalog_recovery import rebuild_catalog
 
     report = rebuild_catalog()
     lines = [f"rebuilt {report.catalog} from the datastore folders: {len(report.datastores)} datastores, "
@@ -677,8 +677,8 @@ def _method_name(args) -> str:
 
 def _make_method(args, model, name: str):
     """The registered method `name`, its settings from the flags, its datastore opened if it needs one."""
-    from .core.catalog import Catalog
-    from .core.library import open_datastore
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.library import open_datastore
     from .core.methods import Resources, get
 
     method = get(name)
@@ -709,7 +709,7 @@ def _with_overrides(settings, pairs: list[str]):
 
 
 def _knn_settings(args):
-    from .core.knnlm import KnnLmSettings
+    from .core.mechanisms.knnlm import KnnLmSettings
 
     return KnnLmSettings.from_options(args)
 

@@ -34,7 +34,7 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     app = QApplication(sys.argv[:1])
-    from knn_explorer.core.catalog import Catalog
+    from knn_explorer.core.datastore.catalog import Catalog
     from knn_explorer.core.home import DEMO_DOCS_DIR
     from knn_explorer.gui.main_window import MainWindow
 

@@ -31,11 +31,11 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["KNN_EXPLORER_HOME"] = tempfile.mkdtemp(prefix="knn-explorer-adaptive-")
 
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.evaluation import read_heldout
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.evaluation.perplexity import read_heldout
     from knn_explorer.core.home import DEMO_DOCS_DIR, RESOURCES
-    from knn_explorer.core.knnlm import KnnLmSettings
-    from knn_explorer.core.library import build_datastore, open_datastore
+    from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+    from knn_explorer.core.datastore.library import build_datastore, open_datastore
     from knn_explorer.core.methods import Resources
     from knn_explorer.core.methods.adaptive import AdaptiveRetrievalMethod, AdaptiveRetrievalSettings
     from knn_explorer.core.methods.adaptive_predictor import DEMO_ADAPTIVE_PREDICTOR, save_predictor

@@ -17,11 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from knn_explorer.core.adapters import save_memorizing_adapter  # noqa: E402
-from knn_explorer.core.evaluation import evaluate_memorizing  # noqa: E402
-from knn_explorer.core.gate_training import GateTrainingSettings, train_memorizing_gates  # noqa: E402
+from knn_explorer.core.training.adapters import save_memorizing_adapter  # noqa: E402
+from knn_explorer.core.evaluation.perplexity import evaluate_memorizing  # noqa: E402
+from knn_explorer.core.training.gate_training import GateTrainingSettings, train_memorizing_gates  # noqa: E402
 from knn_explorer.core.home import DEMO_DOCS_DIR, DEMO_MEMTRF_ADAPTER, RESOURCES  # noqa: E402
-from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings  # noqa: E402
+from knn_explorer.core.mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings  # noqa: E402
 from knn_explorer.core.models import load_model  # noqa: E402
 from knn_explorer.core.runtime import configure_threads  # noqa: E402
 

@@ -28,17 +28,17 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["KNN_EXPLORER_HOME"] = tempfile.mkdtemp(prefix="knn-explorer-spalm-")
 
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.evaluation import evaluate
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.evaluation.perplexity import evaluate
     from knn_explorer.core.home import DEMO_DOCS_DIR, DEMO_SPALM_GATE, RESOURCES
-    from knn_explorer.core.library import build_datastore, open_datastore
+    from knn_explorer.core.datastore.library import build_datastore, open_datastore
     from knn_explorer.core.models import load_model
     from knn_explorer.core.runtime import configure_threads
     from knn_explorer.core.methods import Resources
     from knn_explorer.core.methods.knnlm import KnnLmMethod
     from knn_explorer.core.methods.spalm import SpalmMethod
-    from knn_explorer.core.spalm import Spalm, SpalmSettings
-    from knn_explorer.core.spalm_training import SpalmTrainingSettings, save_spalm_adapter, train_spalm_gate
+    from knn_explorer.core.mechanisms.spalm import Spalm, SpalmSettings
+    from knn_explorer.core.training.spalm_training import SpalmTrainingSettings, save_spalm_adapter, train_spalm_gate
 
     out = args.out or DEMO_SPALM_GATE
     configure_threads()

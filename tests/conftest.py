@@ -45,9 +45,9 @@ def small_datastore(tmp_path_factory, tiny_gpt2_dir, session_home):
     """One real datastore ("small", windows 32/16) over the test corpus, shared by the tests that only
     read it: (model, catalog, datastore, docs folder)."""
     from corpus import write_corpus
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.datastore_builder import BuildParameters
-    from knn_explorer.core.library import build_datastore, open_datastore
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.datastore.builder import BuildParameters
+    from knn_explorer.core.datastore.library import build_datastore, open_datastore
     from knn_explorer.core.models import load_model
 
     model = load_model(str(tiny_gpt2_dir), device="cpu")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from knn_explorer.core.comparison import compare
-from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLmSettings
+from knn_explorer.core.evaluation.comparison import compare
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
 from knn_explorer.core.methods import PassOutputs, Resources, registry
 from knn_explorer.core.methods.adaptive import AdaptiveRetrievalMethod, AdaptiveRetrievalSettings
 from knn_explorer.core.methods.adaptive_predictor import RetrievalPredictor, load_predictor, save_predictor
@@ -127,7 +127,7 @@ def test_records_show_skipped_tokens_with_lambda_zero_and_no_neighbours(built, t
 def test_training_lowers_the_loss_without_retrieving_what_it_leaves_out_and_round_trips(
         built, tmp_path, other_tiny_gpt2_dir, leave_out):
     import knn_explorer.core.methods.adaptive_training as training
-    from knn_explorer.core.adapters import AdapterError
+    from knn_explorer.core.training.adapters import AdapterError
     from knn_explorer.core.models import load_model
 
     model, _, datastore, _ = built

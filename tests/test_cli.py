@@ -147,7 +147,7 @@ def test_train_spalm_gate_then_generate_with_it(built, tiny_gpt2_dir, tmp_path):
 
 
 def test_sweep_json_has_the_design_shape_and_runs_are_kept_in_the_catalog(built, tiny_gpt2_dir):
-    from knn_explorer.core.catalog import Catalog
+    from knn_explorer.core.datastore.catalog import Catalog
 
     docs, _ = built
     text = next(docs.rglob("*.md"))
@@ -169,7 +169,7 @@ def test_sweep_json_has_the_design_shape_and_runs_are_kept_in_the_catalog(built,
 
 
 def test_eval_methods_compares_four_methods_on_one_text_in_one_table(built, tiny_gpt2_dir):
-    from knn_explorer.core.catalog import Catalog
+    from knn_explorer.core.datastore.catalog import Catalog
 
     docs, _ = built
     text = next(docs.rglob("*.md"))

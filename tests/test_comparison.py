@@ -4,22 +4,22 @@ import math
 import numpy as np
 import pytest
 
-from knn_explorer.core.comparison import compare, most_changed
-from knn_explorer.core.evaluation import evaluate
-from knn_explorer.core.evaluation_store import (
+from knn_explorer.core.evaluation.comparison import compare, most_changed
+from knn_explorer.core.evaluation.perplexity import evaluate
+from knn_explorer.core.evaluation.store import (
     details_folder,
     forget,
     keep_comparison,
     load_comparison,
 )
-from knn_explorer.core.knnlm import KnnLmSettings
-from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+from knn_explorer.core.mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
 from knn_explorer.core.methods import Resources
 from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
 from knn_explorer.core.methods.spalm import SpalmMethod
-from knn_explorer.core.spalm import Spalm, SpalmSettings
-from knn_explorer.core.sweeps import sweep_memory_size
+from knn_explorer.core.mechanisms.spalm import Spalm, SpalmSettings
+from knn_explorer.core.evaluation.sweeps import sweep_memory_size
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_a_kept_comparison_comes_back_with_its_details_and_can_be_forgotten(setu
 
 
 def test_the_memory_holds_one_document_at_a_time(setup):
-    from knn_explorer.core.comparison import encode_documents
+    from knn_explorer.core.evaluation.comparison import encode_documents
 
     model, _catalog, _datastore, text = setup
     first, second = text[:1500], "Zebras quietly juggle marmalade. " * 12
@@ -151,8 +151,8 @@ def test_a_kept_sweep_exports_as_csv_and_strict_json_with_infinity_as_null(setup
     import csv
     import json
 
-    from knn_explorer.core.evaluation_export import write_csv, write_json
-    from knn_explorer.core.sweeps import collect, sweep
+    from knn_explorer.core.evaluation.export import write_csv, write_json
+    from knn_explorer.core.evaluation.sweeps import collect, sweep
 
     model, catalog, datastore, text = setup
     unseen = " Zebras quietly juggle purple quantum marmalade."  # λ = 1 gives these tokens p = 0

@@ -11,12 +11,12 @@ import pytest
 import torch
 from corpus import write_corpus
 
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore import Datastore, DatastoreError
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLmSettings
-from knn_explorer.core.library import (
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.folder import Datastore, DatastoreError
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+from knn_explorer.core.datastore.library import (
     LibraryError,
     build_datastore,
     open_datastore,
@@ -138,11 +138,11 @@ def test_duplicate_names_and_missing_folders_are_refused(tmp_path, model):
 
 KILLED_BUILD = textwrap.dedent("""
     import os, signal, sys
-    from knn_explorer.core.catalog import Catalog
-    from knn_explorer.core.datastore_builder import BuildParameters
-    from knn_explorer.core.library import build_datastore
+    from knn_explorer.core.datastore.catalog import Catalog
+    from knn_explorer.core.datastore.builder import BuildParameters
+    from knn_explorer.core.datastore.library import build_datastore
     from knn_explorer.core.models import load_model
-    import knn_explorer.core.datastore_builder as builder
+    import knn_explorer.core.datastore.builder as builder
 
     builder.CHECKPOINT_SECONDS = 0.0  # checkpoint after every batch, so the kill lands mid-way
     polls = []

@@ -1,4 +1,4 @@
-"""Tests for knn_explorer.core.documents, on real files built in tmp_path."""
+"""Tests for knn_explorer.core.datastore.documents, on real files built in tmp_path."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from knn_explorer.core import documents as D
-from knn_explorer.core.documents import (
+from knn_explorer.core.datastore import documents as D
+from knn_explorer.core.datastore.documents import (
     DEFAULT_MAX_BYTES,
     SUPPORTED_SUFFIXES,
     Document,

@@ -3,7 +3,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_model
 
-from knn_explorer.core.generation import GenerationSettings, StepGenerator
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
 from knn_explorer.core.methods import get
 from knn_explorer.core.models import load_model
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from corpus import write_corpus
 
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore import Datastore
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLmSettings
-from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.folder import Datastore
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+from knn_explorer.core.datastore.library import build_datastore, open_datastore
 from knn_explorer.core.methods import Resources
 from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model

@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
 )
 
 from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters
 from knn_explorer.core.home import datastores_dir
-from knn_explorer.core.library import build_datastore
+from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.core.models import load_model
 from knn_explorer.gui.build_dialog import BAR_MAX, CANCELLED_TEXT, BuildDialog
 from knn_explorer.gui.build_tracker import BuildTracker, running_builds

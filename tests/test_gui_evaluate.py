@@ -8,9 +8,9 @@ import pytest
 from PySide6.QtGui import QImage
 
 from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.library import build_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.gui.main_window import MainWindow
 
 
@@ -169,8 +169,8 @@ def test_the_page_remembers_its_fields(qtbot, window):
 
 
 def test_a_comparison_kept_by_the_cli_lists_in_the_app_and_a_memtrf_token_opens_with_its_memory(qtbot, window):
-    from knn_explorer.core.comparison import compare
-    from knn_explorer.core.evaluation_store import keep_comparison
+    from knn_explorer.core.evaluation.comparison import compare
+    from knn_explorer.core.evaluation.store import keep_comparison
 
     page = window.evaluate_page
     text = open(page.text_field.text(), encoding="utf-8").read()

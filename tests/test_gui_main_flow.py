@@ -8,8 +8,8 @@ import pytest
 from PySide6.QtCore import QTimer
 
 from corpus import write_corpus
-from knn_explorer.core import run_export
-from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.generation import run_export
+from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.home import DEMO_DOCS_DIR
 from knn_explorer.gui.main_window import MainWindow
 

@@ -2,7 +2,7 @@
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
 
-from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.home import DEMO_DOCS_DIR
 from knn_explorer.gui.main_window import MainWindow
 
@@ -59,7 +59,7 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
 
 
 def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to_the_panel(qtbot, tmp_path):
-    from knn_explorer.core.adapters import read_adapter_info
+    from knn_explorer.core.training.adapters import read_adapter_info
     from knn_explorer.gui.gate_bars import gate_label
 
     window = MainWindow(Catalog(), model_spec="demo", build_demo=False)

@@ -15,7 +15,7 @@ import torch
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox
 
 from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
+from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.methods import MethodError, MethodSettings, registry
 from knn_explorer.core.methods.base import setting
 from knn_explorer.gui.generation_controls import GenerationControls

@@ -1,8 +1,8 @@
 """The minimal main window lists what the catalog holds (real widgets, offscreen)."""
 from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.library import build_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.core.models import load_model
 from knn_explorer.gui.main_window import MainWindow
 

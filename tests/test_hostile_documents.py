@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from corpus import PARAGRAPHS
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters, DatastoreBuilder
-from knn_explorer.core.documents import DocumentError, read_document
-from knn_explorer.core.library import build_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters, DatastoreBuilder
+from knn_explorer.core.datastore.documents import DocumentError, read_document
+from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.core.models import load_model
 from knn_explorer.core.progress import Cancelled
 
@@ -193,7 +193,7 @@ def test_docx_compressed_with_lzma_is_refused(tmp_path):
 
 
 def test_pieces_tokenize_like_the_whole_text():
-    from knn_explorer.core.tokenizing import tokenize_pieces
+    from knn_explorer.core.datastore.tokenizing import tokenize_pieces
 
     tokenizer = load_model("demo").tokenizer
     text = "\n\n".join(

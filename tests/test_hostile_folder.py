@@ -14,10 +14,10 @@ import pytest
 
 from corpus import PARAGRAPHS
 from knn_explorer.cli import main
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore import damage, read_manifest
-from knn_explorer.core.documents import path_text
-from knn_explorer.core.library import open_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.folder import damage, read_manifest
+from knn_explorer.core.datastore.documents import path_text
+from knn_explorer.core.datastore.library import open_datastore
 from knn_explorer.core.models import load_model
 
 SENTENCES = [text.splitlines()[0] for text in PARAGRAPHS.values()]

@@ -14,9 +14,9 @@ import pytest
 
 from corpus import write_corpus
 from knn_explorer.cli import main
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.library import build_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.core.models import load_model
 
 
@@ -89,8 +89,8 @@ def test_a_damaged_datastore_is_listed_as_such_and_refused_with_its_reason(capsy
 
 
 def test_a_faiss_index_that_cannot_be_read_is_a_one_line_reason(model, docs):
-    from knn_explorer.core.datastore import DatastoreError
-    from knn_explorer.core.library import open_datastore
+    from knn_explorer.core.datastore.folder import DatastoreError
+    from knn_explorer.core.datastore.library import open_datastore
 
     build("notes", model, docs, index="hnsw")
     index = Path(Catalog().datastore("notes").folder) / "index.faiss"
@@ -254,7 +254,7 @@ def test_names_that_differ_only_by_surrounding_spaces_are_one_datastore(capsys, 
 
 def test_a_k_sweep_beyond_the_datastore_is_refused_before_the_model_pass(capsys, monkeypatch, model, docs, tmp_path,
                                                                          tiny_gpt2_dir):
-    import knn_explorer.core.sweeps as sweeps
+    import knn_explorer.core.evaluation.sweeps as sweeps
 
     build("notes", model, docs)
     held_out = tmp_path / "heldout.txt"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from knn_explorer.core.index import FLAT_MAX_BYTES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
+from knn_explorer.core.datastore.index import FLAT_MAX_BYTES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
 
 
 def clustered_keys(n=20_000, d=32, seed=0):

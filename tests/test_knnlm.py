@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from corpus import write_corpus
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings, adaptive_lambdas, interpolate, knn_distribution
-from knn_explorer.core.library import build_datastore, open_datastore
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.mechanisms.knnlm import KnnLM, KnnLmSettings, adaptive_lambdas, interpolate, knn_distribution
+from knn_explorer.core.datastore.library import build_datastore, open_datastore
 from knn_explorer.core.models import load_model
 
 

@@ -3,14 +3,14 @@ import pytest
 import torch
 from tiny_models import save_tiny_model
 
-from knn_explorer.core.memorizing import (
+from knn_explorer.core.mechanisms.memorizing import (
     INITIAL_GATE_BIAS,
     MemorizingError,
     MemorizingRetrofit,
     MemorizingSettings,
     default_layer,
 )
-from knn_explorer.core.memory_store import MemoryStore
+from knn_explorer.core.mechanisms.memory_store import MemoryStore
 from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
 from knn_explorer.core.models import load_model
 
@@ -168,8 +168,8 @@ def test_unsupported_models_and_layers_are_refused_with_a_reason(tmp_path):
 
 
 def test_generation_records_carry_gates_memory_attention_and_hits_from_earlier_text(tmp_path):
-    from knn_explorer.core.generation import GenerationSettings, StepGenerator
-    from knn_explorer.core.run_export import read_json, write_json
+    from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
+    from knn_explorer.core.generation.run_export import read_json, write_json
 
     model = load_model(str(save_tiny_model(tmp_path / "llama", "llama")), device="cpu")
     prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)  # longer than the window

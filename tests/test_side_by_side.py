@@ -13,18 +13,18 @@ import torch
 from corpus import write_corpus
 from PySide6.QtCore import Qt
 
-from knn_explorer.core.catalog import Catalog
-from knn_explorer.core.datastore_builder import BuildParameters
-from knn_explorer.core.generation import GenerationSettings, StepGenerator
-from knn_explorer.core.knnlm import KnnLmSettings
-from knn_explorer.core.library import build_datastore, open_datastore
-from knn_explorer.core.memorizing import MemorizingRetrofit, MemorizingSettings
+from knn_explorer.core.datastore.catalog import Catalog
+from knn_explorer.core.datastore.builder import BuildParameters
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+from knn_explorer.core.datastore.library import build_datastore, open_datastore
+from knn_explorer.core.mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
 from knn_explorer.core.methods import Resources
 from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
 from knn_explorer.core.methods.spalm import SpalmMethod
 from knn_explorer.core.models import load_model
-from knn_explorer.core.side_by_side import (
+from knn_explorer.core.generation.side_by_side import (
     SideBySideColumn,
     aligned_rows,
     check_generators,
@@ -35,7 +35,7 @@ from knn_explorer.core.side_by_side import (
     to_csv,
     to_json,
 )
-from knn_explorer.core.spalm import Spalm, SpalmSettings
+from knn_explorer.core.mechanisms.spalm import Spalm, SpalmSettings
 from knn_explorer.gui import colours
 from knn_explorer.gui.side_by_side_page import SideBySidePage
 from knn_explorer.gui.token_strip import visible_token

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tiny_models import save_tiny_model
 
-from knn_explorer.core.generation import GenerationSettings, StepGenerator
+from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
 from knn_explorer.core.methods.spalm import SpalmMethod
 from knn_explorer.core.models import capture_output_input, load_model
-from knn_explorer.core.spalm import INITIAL_GATE_BIAS, Spalm, SpalmSettings
+from knn_explorer.core.mechanisms.spalm import INITIAL_GATE_BIAS, Spalm, SpalmSettings
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def test_a_prompt_longer_than_the_window_runs_on_the_short_term_memory(built):
 
 
 def test_leave_one_out_drops_each_position_itself_and_keeps_k():
-    from knn_explorer.core.knnlm import Retrieval
-    from knn_explorer.core.spalm_training import without_self
+    from knn_explorer.core.mechanisms.knnlm import Retrieval
+    from knn_explorer.core.training.spalm_training import without_self
 
     ids = np.array([[7, 3, 9], [4, 5, 6]])
     r = Retrieval(ids=ids, distances=np.array([[0.0, 1.0, 2.0], [0.5, 1.0, 3.0]]),
@@ -118,8 +118,8 @@ def test_leave_one_out_drops_each_position_itself_and_keeps_k():
 
 
 def test_gate_training_learns_from_the_datastore_without_seeing_itself_and_saves_an_adapter(built, tmp_path):
-    from knn_explorer.core.adapters import AdapterError
-    from knn_explorer.core.spalm_training import (
+    from knn_explorer.core.training.adapters import AdapterError
+    from knn_explorer.core.training.spalm_training import (
         SpalmTrainingSettings,
         load_spalm_adapter,
         train_spalm_gate,
@@ -136,7 +136,7 @@ def test_gate_training_learns_from_the_datastore_without_seeing_itself_and_saves
         seen.append((kept.ids, own))
         return kept
 
-    import knn_explorer.core.spalm_training as training
+    import knn_explorer.core.training.spalm_training as training
     training.without_self = spy
     try:
         result = train_spalm_gate(spalm, SpalmTrainingSettings(context_length=16, learning_rate=0.05,

@@ -6,8 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from knn_explorer.core.knnlm import KnnLmSettings
-from knn_explorer.core.sweeps import Collected, sweep
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
+from knn_explorer.core.evaluation.sweeps import Collected, sweep
 
 
 def held_out_like(datastore, queries: int) -> Collected:
@@ -43,7 +43,7 @@ def test_k_beyond_the_datastore_is_refused_not_clamped(small_datastore):
 
 
 def test_the_check_runs_on_values_alone_before_any_model_pass(small_datastore):
-    from knn_explorer.core.sweeps import SweepValueError, check_sweep_values
+    from knn_explorer.core.evaluation.sweeps import SweepValueError, check_sweep_values
 
     _model, _catalog, datastore, _docs = small_datastore
     with pytest.raises(SweepValueError, match="more than the") as refused:
@@ -62,7 +62,7 @@ def test_the_check_runs_on_values_alone_before_any_model_pass(small_datastore):
     ("nprobe", [1]), ("k", []),
 ])
 def test_out_of_range_values_are_refused_with_a_one_line_reason(param, values):
-    from knn_explorer.core.sweeps import SweepValueError, check_sweep_values
+    from knn_explorer.core.evaluation.sweeps import SweepValueError, check_sweep_values
 
     with pytest.raises(SweepValueError) as refused:
         check_sweep_values(None, param, values)
@@ -70,7 +70,7 @@ def test_out_of_range_values_are_refused_with_a_one_line_reason(param, values):
 
 
 def test_a_size_too_small_for_k_is_refused(small_datastore):
-    from knn_explorer.core.sweeps import SweepValueError, check_sweep_values
+    from knn_explorer.core.evaluation.sweeps import SweepValueError, check_sweep_values
 
     _model, _catalog, datastore, _docs = small_datastore
     with pytest.raises(SweepValueError, match="fewer than k = 32"):

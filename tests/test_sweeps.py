@@ -3,11 +3,11 @@ import math
 
 import pytest
 
-from knn_explorer.core.evaluation import evaluate
-from knn_explorer.core.knnlm import KnnLmSettings
+from knn_explorer.core.evaluation.perplexity import evaluate
+from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
 from knn_explorer.core.methods import Resources
 from knn_explorer.core.methods.knnlm import KnnLmMethod
-from knn_explorer.core.sweeps import collect, sweep
+from knn_explorer.core.evaluation.sweeps import collect, sweep
 
 
 @pytest.fixture(scope="module")

@@ -38,11 +38,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import build_lock
-from ..core.catalog import Catalog
-from ..core.datastore_builder import BuildParameters, BuildReport
-from ..core.documents import SUPPORTED_SUFFIXES
-from ..core.library import LibraryError, validate_name
+from ..core.datastore import build_lock
+from ..core.datastore.catalog import Catalog
+from ..core.datastore.builder import BuildParameters, BuildReport
+from ..core.datastore.documents import SUPPORTED_SUFFIXES
+from ..core.datastore.library import LibraryError, validate_name
 from ..core.models import LoadedModel
 from ..core.progress import Progress, format_seconds
 from .build_tracker import BuildTracker, running_builds

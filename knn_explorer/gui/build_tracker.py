@@ -11,9 +11,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from ..core.catalog import Catalog
-from ..core.datastore_builder import BuildParameters, BuildReport
-from ..core.library import build_datastore
+from ..core.datastore.catalog import Catalog
+from ..core.datastore.builder import BuildParameters, BuildReport
+from ..core.datastore.library import build_datastore
 from ..core.models import LoadedModel
 from ..core.progress import Progress
 from . import workers
@@ -34,7 +34,7 @@ class BuildTracker(QObject):
     """
 
     progress = Signal(object)  # core.progress.Progress
-    finished = Signal(object)  # core.datastore_builder.BuildReport
+    finished = Signal(object)  # core.datastore.builder.BuildReport
     failed = Signal(str)
     cancelled = Signal()
     done = Signal()

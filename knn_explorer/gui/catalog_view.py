@@ -31,9 +31,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import build_lock
-from ..core.catalog import BuildRow, Catalog, DatastoreRow
-from ..core.library import Compatibility, compatibility, remove_datastore
+from ..core.datastore import build_lock
+from ..core.datastore.catalog import BuildRow, Catalog, DatastoreRow
+from ..core.datastore.library import Compatibility, compatibility, remove_datastore
 from ..core.models import LoadedModel
 from . import workers
 from .build_tracker import BuildTracker, running_builds

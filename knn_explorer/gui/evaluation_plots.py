@@ -14,8 +14,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
-from ..core.catalog import EvaluationRow
-from ..core.comparison import Comparison
+from ..core.datastore.catalog import EvaluationRow
+from ..core.evaluation.comparison import Comparison
 from ..core.methods import labels
 from . import colours
 from .plot_style import export_png, style_plot

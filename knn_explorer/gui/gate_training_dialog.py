@@ -1,7 +1,7 @@
 """Train gates — the Memorizing Transformer's per-head gates on documents, or SPALM's context gate on
 the datastore in use — watching the loss and the gates move.
 
-The job runs `core.gate_training.train_memorizing_gates` off the UI thread; each update arrives as
+The job runs `core.training.gate_training.train_memorizing_gates` off the UI thread; each update arrives as
 a `TrainingStep` and extends the loss curve and the per-head gate bars in place. Cancel stops at
 the next segment and keeps the last checkpoint. The adapter is written under the data home's
 `adapters/` folder and catalogued against the model; `adapter_ready(method, path)` tells the main window.
@@ -17,17 +17,17 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout)
 
-from ..core.adapters import MEMTRF
-from ..core.catalog import Catalog
-from ..core.documents import Document, iter_documents
-from ..core.gate_training import GateTrainingSettings, train_memorizing_gates
+from ..core.training.adapters import MEMTRF
+from ..core.datastore.catalog import Catalog
+from ..core.datastore.documents import Document, iter_documents
+from ..core.training.gate_training import GateTrainingSettings, train_memorizing_gates
 from ..core.home import data_home
-from ..core.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
-from ..core.library import open_datastore
+from ..core.mechanisms.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
+from ..core.datastore.library import open_datastore
 from ..core.models import LoadedModel
-from ..core.spalm import Spalm
-from ..core.spalm_training import SPALM, SpalmTrainingSettings, train_spalm_gate
-from ..core.update_loop import TrainingStep
+from ..core.mechanisms.spalm import Spalm
+from ..core.training.spalm_training import SPALM, SpalmTrainingSettings, train_spalm_gate
+from ..core.training.update_loop import TrainingStep
 from . import colours, workers
 from .gate_bars import GateBars
 from .memorizing_panel import AUTO_LAYER

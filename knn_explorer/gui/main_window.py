@@ -13,12 +13,12 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
-from ..core import run_export
-from ..core.catalog import Catalog, CatalogError
-from ..core.generation import GenerationSettings, StepGenerator, warm_up
+from ..core.generation import run_export
+from ..core.datastore.catalog import Catalog, CatalogError
+from ..core.generation.step_generator import GenerationSettings, StepGenerator, warm_up
 from ..core.home import DEMO_DOCS_DIR
-from ..core.knnlm import KnnLmSettings
-from ..core.library import compatibility, open_datastore
+from ..core.mechanisms.knnlm import KnnLmSettings
+from ..core.datastore.library import compatibility, open_datastore
 from ..core.methods import Method, MethodSettings, Resources, get
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads

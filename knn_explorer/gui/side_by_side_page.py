@@ -31,10 +31,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.generation import StepGenerator
+from ..core.generation.step_generator import StepGenerator
 from ..core.methods import UnknownMethod, get, labels
 from ..core.records import TokenRecord
-from ..core.side_by_side import (
+from ..core.generation.side_by_side import (
     MAX_METHODS,
     SideBySideColumn,
     run_side_by_side,

@@ -282,7 +282,7 @@ _open_dialogs: set[QDialog] = set()
 
 def _document_text(path: str) -> str:
     """The text the datastore indexed (extracted from PDF/DOCX/HTML, newlines normalised)."""
-    from ..core.documents import DocumentError, read_document
+    from ..core.datastore.documents import DocumentError, read_document
 
     try:
         return read_document(Path(path)).text

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from knn_explorer.core.knnlm import KnnLM, KnnLmSettings, interpolate, knn_distribution
+from knn_explorer.core.mechanisms.knnlm import KnnLM, KnnLmSettings, interpolate, knn_distribution
 from knn_explorer.core.methods import Method, MethodSettings, MethodStep, Resources
 from knn_explorer.core.methods.base import setting
 from knn_explorer.core.records import RetrievalSettings

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..knnlm import KnnLM, KnnLmSettings, Retrieval, interpolate, knn_distribution
+from ..mechanisms.knnlm import KnnLM, KnnLmSettings, Retrieval, interpolate, knn_distribution
 from ..records import RetrievalSettings
 from .adaptive_predictor import DEMO_ADAPTIVE_PREDICTOR, predictor_for
 from .base import Method, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, setting

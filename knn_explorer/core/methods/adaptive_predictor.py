@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..adapters import AdapterError, read_adapter_info
+from ..training.adapters import AdapterError, read_adapter_info
 from ..home import RESOURCES
 
 ADAPTIVE = "adaptive"  # the adapter kind in the file's metadata

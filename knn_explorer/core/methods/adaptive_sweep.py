@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..comparison import compare
-from ..generation import GenerationSettings, StepGenerator
-from ..knnlm import KnnLM
+from ..evaluation.comparison import compare
+from ..generation.step_generator import GenerationSettings, StepGenerator
+from ..mechanisms.knnlm import KnnLM
 from ..models import LoadedModel
 from ..progress import Cancelled, ProgressCallback
-from ..query_chunks import neighbour_key_bytes, query_chunks
-from ..sweeps import mixed_log_probs, target_knn_probs
+from ..datastore.query_chunks import neighbour_key_bytes, query_chunks
+from ..evaluation.sweeps import mixed_log_probs, target_knn_probs
 from .adaptive import AdaptiveRetrievalMethod
 from .adaptive_predictor import RetrievalPredictor
 from .base import Method, MethodStep, PassOutputs

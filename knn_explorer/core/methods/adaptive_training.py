@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..comparison import padded_windows
-from ..datastore import Datastore, DocumentEntry
-from ..knnlm import KnnLM, KnnLmSettings, Retrieval, neighbour_weights
+from ..evaluation.comparison import padded_windows
+from ..datastore.folder import Datastore, DocumentEntry
+from ..mechanisms.knnlm import KnnLM, KnnLmSettings, Retrieval, neighbour_weights
 from ..models import LoadedModel
 from ..progress import Cancelled, PhaseMeter, ProgressCallback
-from ..spalm_training import without_self
+from ..training.spalm_training import without_self
 from ..windows import Span, sliding_windows
 from .adaptive_predictor import RetrievalPredictor, save_predictor
 
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     args = parser.parse_args(argv)
-    from ..catalog import Catalog
-    from ..library import open_datastore
+    from ..datastore.catalog import Catalog
+    from ..datastore.library import open_datastore
     from ..models import load_model
     from ..runtime import configure_threads
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 if TYPE_CHECKING:  # nothing heavy at import: the CLI reads the registry's names for --help
     import torch
 
-    from ..datastore import Datastore
+    from ..datastore.folder import Datastore
     from ..models import LoadedModel
 
 

@@ -2,7 +2,7 @@
 is `core/knnlm.py`)."""
 from __future__ import annotations
 
-from ..knnlm import KnnLM, KnnLmSettings, KnnStep
+from ..mechanisms.knnlm import KnnLM, KnnLmSettings, KnnStep
 from ..records import RetrievalSettings
 from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..memorizing import MemorizingRetrofit, MemorizingSettings
+from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
 from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
 
 
@@ -27,7 +27,7 @@ class MemorizingTransformerMethod(Method):
                  retrofit: MemorizingRetrofit | None = None):
         """`retrofit`: a memory already in the model to run; otherwise one is made (with the
         resources' adapter, or the demo model's shipped gates)."""
-        from ..adapters import memorizing_with_gates
+        from ..training.adapters import memorizing_with_gates
 
         super().__init__(model, settings if settings is not None or retrofit is None else retrofit.settings, resources)
         self.retrofit = retrofit or memorizing_with_gates(model, self.settings, resources.adapter)

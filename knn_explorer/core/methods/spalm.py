@@ -3,7 +3,7 @@ mechanism is `core/spalm.py`; the trained gate, `core/spalm_training.py`)."""
 from __future__ import annotations
 
 from ..records import RetrievalSettings
-from ..spalm import Spalm, SpalmSettings, SpalmStep
+from ..mechanisms.spalm import Spalm, SpalmSettings, SpalmStep
 from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
 
 
@@ -20,7 +20,7 @@ class SpalmMethod(Method):
                  spalm: Spalm | None = None):
         """`spalm`: an existing SPALM (its datastore and gate) to run; otherwise one is made with the
         resources' adapter, or the demo model's shipped gate, or the initial gate."""
-        from ..spalm_training import spalm_with_gate
+        from ..training.spalm_training import spalm_with_gate
 
         super().__init__(model, settings if settings is not None or spalm is None else spalm.settings,
                          resources if spalm is None else Resources(spalm.datastore, resources.adapter))

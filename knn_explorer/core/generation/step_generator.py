@@ -17,12 +17,12 @@ from typing import Iterator
 
 import torch
 
-from .datastore import Datastore
-from .knnlm import Retrieval
-from .methods import Method, MethodStep, PassOutputs
-from .methods.lm_alone import LmAlone
-from .models import LoadedModel, capture_output_input
-from .records import MemoryHit, Neighbour, TokenProb, TokenRecord
+from ..datastore.folder import Datastore
+from ..mechanisms.knnlm import Retrieval
+from ..methods import Method, MethodStep, PassOutputs
+from ..methods.lm_alone import LmAlone
+from ..models import LoadedModel, capture_output_input
+from ..records import MemoryHit, Neighbour, TokenProb, TokenRecord
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, EvaluationRow
+from ..datastore.catalog import Catalog, EvaluationRow
 from .comparison import Comparison
 
 

@@ -10,8 +10,8 @@ import csv
 import json
 from pathlib import Path
 
-from .atomic_file import write_atomically
-from .records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
+from ..atomic_file import write_atomically
+from ..records import MemoryHit, Neighbour, RetrievalSettings, TokenProb, TokenRecord
 
 FORMAT = "knn-explorer-run/1"
 CSV_COLUMNS = ["step", "token_id", "token", "method", "chosen_prob_lm", "chosen_prob_final", "gain", "lambda",

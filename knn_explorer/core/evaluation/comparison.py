@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .generation import GenerationSettings, StepGenerator
-from .methods import Method, PassOutputs
-from .methods.lm_alone import LM_ALONE, LmAlone
-from .models import LoadedModel, capture_output_input
-from .progress import Cancelled, PhaseMeter, ProgressCallback
-from .records import TokenRecord
-from .windows import Span, sliding_windows
+from ..generation.step_generator import GenerationSettings, StepGenerator
+from ..methods import Method, PassOutputs
+from ..methods.lm_alone import LM_ALONE, LmAlone
+from ..models import LoadedModel, capture_output_input
+from ..progress import Cancelled, PhaseMeter, ProgressCallback
+from ..records import TokenRecord
+from ..windows import Span, sliding_windows
 
 
 def padded_windows(tokens: torch.Tensor, batch: list[Span]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .records import TokenRecord
+from ..records import TokenRecord
 
 if TYPE_CHECKING:
-    from .generation import StepGenerator
+    from .step_generator import StepGenerator
 
 MAX_METHODS = 4  # columns a screen shows side by side
 
@@ -38,7 +38,7 @@ class SideBySideColumn:
 
     @classmethod
     def for_method(cls, method: str, records: list[TokenRecord] | None = None) -> SideBySideColumn:
-        from .methods import labels
+        from ..methods import labels
 
         return cls(method, labels().get(method, method), list(records or []))
 
@@ -51,7 +51,7 @@ def check_generators(generators: dict[str, StepGenerator]) -> None:
         raise ValueError("choose at least one method")
     if len(generators) > MAX_METHODS:
         raise ValueError(f"at most {MAX_METHODS} methods run side by side")
-    from .methods import names
+    from ..methods import names
 
     for name, generator in generators.items():
         if name not in names():

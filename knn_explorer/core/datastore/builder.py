@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from . import documents as docs
-from .datastore import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_documents, read_manifest,
-                        write_json_atomic)
+from .folder import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_documents, read_manifest,
+                     write_json_atomic)
 from .index import build_index, choose_index
-from .models import LoadedModel
-from .progress import Cancelled, PhaseMeter, ProgressCallback
+from ..models import LoadedModel
+from ..progress import Cancelled, PhaseMeter, ProgressCallback
 from .tokenizing import tokenize_pieces
-from .windows import sliding_windows
+from ..windows import sliding_windows
 
 CHECKPOINT_SECONDS = 2.0
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .catalog import Catalog
-from .datastore import COMPLETE, DatastoreError, damage, read_documents, read_manifest
-from .home import data_home
+from .folder import COMPLETE, DatastoreError, damage, read_documents, read_manifest
+from ..home import data_home
 
 
 @dataclass

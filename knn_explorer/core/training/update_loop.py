@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .progress import PhaseMeter, ProgressCallback
+from ..progress import PhaseMeter, ProgressCallback
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from .home import data_home
+from ..home import data_home
 
 ACTION_WORDS = {"build": "being built", "remove": "being removed"}
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .datastore import Datastore
-from .methods.base import MethodSettings, setting
+from ..datastore.folder import Datastore
+from ..methods.base import MethodSettings, setting
 
 LAMBDA_MODES = ("fixed", "entropy")
 

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from .comparison import compare
-from .datastore import Datastore
-from .index import TorchExactSearch
-from .knnlm import KnnLM, KnnLmSettings
-from .memorizing import MAX_MEMORY
-from .methods.lm_alone import LM_ALONE
-from .models import LoadedModel
-from .progress import Cancelled, ProgressCallback
-from .query_chunks import neighbour_key_bytes, query_chunks
+from ..datastore.folder import Datastore
+from ..datastore.index import TorchExactSearch
+from ..mechanisms.knnlm import KnnLM, KnnLmSettings
+from ..mechanisms.memorizing import MAX_MEMORY
+from ..methods.lm_alone import LM_ALONE
+from ..models import LoadedModel
+from ..progress import Cancelled, ProgressCallback
+from ..datastore.query_chunks import neighbour_key_bytes, query_chunks
 
 PARAMS = ("lambda", "k", "temperature", "size", "distance")  # kNN-LM's; "memory" is the Memorizing Transformer's
 DEFAULT_VALUES = {  # what the app proposes: the kNN-LM paper's ranges, on a scale that shows the curve's shape

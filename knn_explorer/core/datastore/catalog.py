@@ -15,7 +15,7 @@ from urllib.parse import quote
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from .home import data_home
+from ..home import data_home
 
 REBUILD_HINT = "run `knn-explorer rebuild-catalog` to rebuild it from the datastore folders"
 

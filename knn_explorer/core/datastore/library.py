@@ -15,11 +15,11 @@ from typing import Callable
 
 from .build_lock import DatastoreBusy, datastore_lock, holder
 from .catalog import Catalog, DatastoreRow
-from .datastore import COMPLETE, Datastore, DatastoreError, check_compatible, damage, read_manifest
-from .datastore_builder import BuildParameters, BuildReport, DatastoreBuilder
-from .home import datastores_dir
-from .models import LoadedModel
-from .progress import Cancelled, ProgressCallback
+from .folder import COMPLETE, Datastore, DatastoreError, check_compatible, damage, read_manifest
+from .builder import BuildParameters, BuildReport, DatastoreBuilder
+from ..home import datastores_dir
+from ..models import LoadedModel
+from ..progress import Cancelled, ProgressCallback
 
 
 class LibraryError(Exception):

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from .comparison import compare, perplexity
-from .memorizing import MemorizingRetrofit
-from .methods import Method
-from .methods.lm_alone import LM_ALONE
-from .methods.memorizing import MemorizingTransformerMethod
-from .models import LoadedModel
-from .progress import Cancelled, PhaseMeter, ProgressCallback
+from ..mechanisms.memorizing import MemorizingRetrofit
+from ..methods import Method
+from ..methods.lm_alone import LM_ALONE
+from ..methods.memorizing import MemorizingTransformerMethod
+from ..models import LoadedModel
+from ..progress import Cancelled, PhaseMeter, ProgressCallback
 
 
 @dataclass
@@ -40,7 +40,7 @@ class EvalResult:
 
 def read_heldout(path: Path) -> list[str]:
     """The texts of a held-out document or folder; a ValueError says why there are none."""
-    from .documents import Document, iter_documents, path_text
+    from ..datastore.documents import Document, iter_documents, path_text
 
     read = list(iter_documents([Path(path)]))
     texts = [d.text for d in read if isinstance(d, Document)]

@@ -41,8 +41,8 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .memory_store import MemoryStore
-from .methods.base import MethodSettings, setting
-from .models import LoadedModel
+from ..methods.base import MethodSettings, setting
+from ..models import LoadedModel
 
 MEMORY_ATTENTION = "knn_memory"
 INITIAL_GATE_BIAS = -16.0  # σ(-16) ≈ 1.1e-7: the untrained retrofit is the base model

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .adapters import AdapterError, read_adapter_info
-from .knnlm import Retrieval, neighbour_weights
-from .models import capture_output_input
-from .progress import Cancelled, ProgressCallback
-from .spalm import Spalm
+from ..mechanisms.knnlm import Retrieval, neighbour_weights
+from ..models import capture_output_input
+from ..progress import Cancelled, ProgressCallback
+from ..mechanisms.spalm import Spalm
 from .update_loop import GateTrainingResult, TrainingStep, UpdateLoop, frozen
 
 SPALM = "spalm"
@@ -127,8 +127,8 @@ def train_spalm_gate(
 def spalm_with_gate(model, datastore, settings, adapter: Path | None = None) -> Spalm:
     """SPALM with a trained gate: `adapter` if given, the demo model's shipped gate for the demo
     model, otherwise the initial gate (g = 0.9)."""
-    from .home import DEMO_SPALM_GATE
-    from .models import DEMO_SPEC
+    from ..home import DEMO_SPALM_GATE
+    from ..models import DEMO_SPEC
 
     spalm = Spalm(model, datastore, settings)
     if adapter is None and model.spec == DEMO_SPEC and DEMO_SPALM_GATE.exists():

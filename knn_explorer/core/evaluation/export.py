@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic_file import write_atomically
-from .catalog import EvaluationRow
+from ..atomic_file import write_atomically
+from ..datastore.catalog import EvaluationRow
 from .comparison import Comparison
 
 

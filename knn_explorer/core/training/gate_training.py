@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from .adapters import save_memorizing_adapter
-from .memorizing import MemorizingRetrofit
-from .models import LoadedModel
-from .progress import Cancelled, ProgressCallback
+from ..mechanisms.memorizing import MemorizingRetrofit
+from ..models import LoadedModel
+from ..progress import Cancelled, ProgressCallback
 from .update_loop import GateTrainingResult, TrainingStep, UpdateLoop, frozen
 
 

@@ -13,9 +13,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .home import DEMO_MEMTRF_ADAPTER
-from .memorizing import MemorizingRetrofit, MemorizingSettings
-from .models import DEMO_SPEC, LoadedModel
+from ..home import DEMO_MEMTRF_ADAPTER
+from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
+from ..models import DEMO_SPEC, LoadedModel
 
 MEMTRF = "memtrf"
 

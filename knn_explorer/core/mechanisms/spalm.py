@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .datastore import Datastore
+from ..datastore.folder import Datastore
 from .knnlm import KnnLM, KnnLmSettings, Retrieval, knn_distribution
-from .methods.base import MethodSettings, setting
-from .models import LoadedModel
+from ..methods.base import MethodSettings, setting
+from ..models import LoadedModel
 
 INITIAL_GATE_BIAS = math.log(9.0)  # σ(ln 9) = 0.9
 

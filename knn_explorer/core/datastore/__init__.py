@@ -1,0 +1,1 @@
+"""Datastores: reading documents, building and reading the folder format, the FAISS index, the catalog."""

@@ -1,0 +1,1 @@
+"""Token-by-token generation: the step generator, side by side, run export."""

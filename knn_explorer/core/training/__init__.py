@@ -1,0 +1,1 @@
+"""Training the small learned parts (gates) and keeping them as adapter files."""
