@@ -20,11 +20,9 @@ from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model
 from knn_explorer.core.records import RetrievalSettings
 from knn_explorer.gui import colours
-from knn_explorer.gui.token_inspector import (
-    NeighbourTableModel,
-    TokenInspector,
-    open_document_at,
-)
+from knn_explorer.gui.document_viewer import open_document_at
+from knn_explorer.gui.neighbour_table import NeighbourTableModel
+from knn_explorer.gui.token_inspector import TokenInspector
 from knn_explorer.gui.token_strip import (
     COLOUR_QUANTITIES,
     TokenStrip,

@@ -33,7 +33,8 @@ from .model_dialog import LoadModelDialog
 from .runs import Run
 from .settings import AppSettings
 from .side_by_side_page import SideBySidePage
-from .token_inspector import TokenInspector, open_document_at
+from .document_viewer import open_document_at
+from .token_inspector import TokenInspector
 from .token_strip import TokenStrip
 
 DEMO_DATASTORE = "demo-docs"
