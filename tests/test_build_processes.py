@@ -109,7 +109,7 @@ def test_a_second_build_of_a_running_name_is_refused_and_a_killed_build_resumes(
 def test_the_app_refuses_a_name_that_the_cli_is_building(qtbot, data_home, tiny_gpt2_dir, big_docs):
     from knn_explorer.core.datastore.catalog import Catalog
     from knn_explorer.core.models import load_model
-    from knn_explorer.gui.build_dialog import BuildDialog
+    from knn_explorer.gui.dialogs.build import BuildDialog
 
     build = start_build("shared", tiny_gpt2_dir, big_docs)
     try:

@@ -28,9 +28,9 @@ from knn_explorer.core.datastore.builder import BuildParameters
 from knn_explorer.core.home import datastores_dir
 from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.core.models import load_model
-from knn_explorer.gui.build_dialog import BAR_MAX, CANCELLED_TEXT, BuildDialog
+from knn_explorer.gui.dialogs.build import BAR_MAX, CANCELLED_TEXT, BuildDialog
 from knn_explorer.gui.build_tracker import BuildTracker, running_builds
-from knn_explorer.gui.catalog_view import INTERRUPTED, MUTED, STATUS, CatalogView
+from knn_explorer.gui.pages.library import INTERRUPTED, MUTED, STATUS, CatalogView
 
 BUILD_TIMEOUT = 120_000
 PARAMS = BuildParameters(context_length=32, stride=16)

@@ -156,7 +156,7 @@ def test_ctrl_return_runs_the_visible_page_only(qtbot, window):
 
 
 def test_the_page_remembers_its_fields(qtbot, window):
-    from knn_explorer.gui.evaluate_page import EvaluatePage
+    from knn_explorer.gui.pages.evaluate import EvaluatePage
 
     page = window.evaluate_page
     page.method_boxes["spalm"].setChecked(False)

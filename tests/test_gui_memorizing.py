@@ -60,7 +60,7 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
 
 def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to_the_panel(qtbot, tmp_path):
     from knn_explorer.core.training.adapters import read_adapter_info
-    from knn_explorer.gui.gate_bars import gate_label
+    from knn_explorer.gui.widgets.gate_bars import gate_label
 
     window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
     qtbot.addWidget(window)

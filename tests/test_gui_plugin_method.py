@@ -18,9 +18,9 @@ from corpus import write_corpus
 from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.methods import MethodError, MethodSettings, registry
 from knn_explorer.core.methods.base import setting
-from knn_explorer.gui.generation_controls import GenerationControls
+from knn_explorer.gui.widgets.generation_controls import GenerationControls
 from knn_explorer.gui.main_window import MainWindow
-from knn_explorer.gui.settings_panel import SettingsPanel
+from knn_explorer.gui.widgets.settings_panel import SettingsPanel
 
 TOY_METHOD = '''
 """Sharpen: p_final = softmax(log p_LM / tau), a plug-in for the tests."""

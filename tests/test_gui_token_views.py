@@ -20,10 +20,10 @@ from knn_explorer.core.methods.knnlm import KnnLmMethod
 from knn_explorer.core.models import load_model
 from knn_explorer.core.records import RetrievalSettings
 from knn_explorer.gui import colours
-from knn_explorer.gui.document_viewer import open_document_at
-from knn_explorer.gui.neighbour_table import NeighbourTableModel
-from knn_explorer.gui.token_inspector import TokenInspector
-from knn_explorer.gui.token_strip import (
+from knn_explorer.gui.widgets.document_viewer import open_document_at
+from knn_explorer.gui.widgets.neighbour_table import NeighbourTableModel
+from knn_explorer.gui.widgets.token_inspector import TokenInspector
+from knn_explorer.gui.widgets.token_strip import (
     COLOUR_QUANTITIES,
     TokenStrip,
     colour_for,
@@ -348,7 +348,7 @@ def test_every_control_explains_itself(inspector, strip, records):
 
 
 def test_a_step_that_skipped_retrieval_is_grey_and_says_so(qtbot, records):
-    from knn_explorer.gui.token_strip import record_tooltip, record_weight
+    from knn_explorer.gui.widgets.token_strip import record_tooltip, record_weight
 
     retrieved = records[0]
     skipped = dataclasses.replace(retrieved, method="adaptive", lambda_=0.0, neighbours=[], retrieval=None, p_knn=None)

@@ -141,7 +141,7 @@ def test_a_damaged_catalog_is_named_and_rebuilt_from_the_datastore_folders(capsy
 
 
 def test_the_app_offers_to_rebuild_a_damaged_catalog(qtbot, data_home, model, docs):
-    from knn_explorer.gui.catalog_repair import open_catalog
+    from knn_explorer.gui.dialogs.catalog_repair import open_catalog
 
     build("notes", model, docs)
     _random_bytes(data_home / "catalog.sqlite")

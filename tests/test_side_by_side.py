@@ -37,8 +37,8 @@ from knn_explorer.core.generation.side_by_side import (
 )
 from knn_explorer.core.mechanisms.spalm import Spalm, SpalmSettings
 from knn_explorer.gui import colours
-from knn_explorer.gui.side_by_side_page import SideBySidePage
-from knn_explorer.gui.token_strip import visible_token
+from knn_explorer.gui.pages.side_by_side import SideBySidePage
+from knn_explorer.gui.widgets.token_strip import visible_token
 
 # Longer than the window below, so the memtrf lane's memory holds the start of the prompt from step 0.
 PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 3)

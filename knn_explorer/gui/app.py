@@ -32,7 +32,7 @@ def run(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("kNN Explorer")
     app.setOrganizationName("knn-explorer")
-    from .catalog_repair import open_catalog  # before the splash, which would hide its questions
+    from .dialogs.catalog_repair import open_catalog  # before the splash, which would hide its questions
 
     catalog = open_catalog()
     if catalog is None:

@@ -23,19 +23,19 @@ from ..core.methods import Method, MethodSettings, Resources, get
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
 from . import workers
-from .build_dialog import BuildDialog, BuildTracker
-from .catalog_view import CatalogView
-from .evaluate_page import EvaluatePage, MethodObjects, need_datastore
+from .dialogs.build import BuildDialog, BuildTracker
+from .pages.library import CatalogView
+from .pages.evaluate import EvaluatePage, MethodObjects, need_datastore
 from .export_report import report_export
-from .gate_training_dialog import GateTrainingDialog
-from .generation_controls import GenerationControls, KnnLmPanel, context_window, method_settings
-from .model_dialog import LoadModelDialog
+from .dialogs.gate_training import GateTrainingDialog
+from .widgets.generation_controls import GenerationControls, KnnLmPanel, context_window, method_settings
+from .dialogs.model import LoadModelDialog
 from .runs import Run
 from .settings import AppSettings
-from .side_by_side_page import SideBySidePage
-from .document_viewer import open_document_at
-from .token_inspector import TokenInspector
-from .token_strip import TokenStrip
+from .pages.side_by_side import SideBySidePage
+from .widgets.document_viewer import open_document_at
+from .widgets.token_inspector import TokenInspector
+from .widgets.token_strip import TokenStrip
 
 DEMO_DATASTORE = "demo-docs"
 

@@ -31,20 +31,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.generation.step_generator import StepGenerator
-from ..core.methods import UnknownMethod, get, labels
-from ..core.records import TokenRecord
-from ..core.generation.side_by_side import (
+from ...core.generation.step_generator import StepGenerator
+from ...core.methods import UnknownMethod, get, labels
+from ...core.records import TokenRecord
+from ...core.generation.side_by_side import (
     MAX_METHODS,
     SideBySideColumn,
     run_side_by_side,
     to_csv,
     to_json,
 )
-from . import colours
-from .settings import settings_file
-from .token_strip import format_prob, record_tooltip, visible_token
-from .workers import Job, JobControl, run_job
+from .. import colours
+from ..settings import settings_file
+from ..widgets.token_strip import format_prob, record_tooltip, visible_token
+from ..workers import Job, JobControl, run_job
 
 # (methods, prompt, max_new_tokens, control) -> {method: generator}. Returning (generators, memory),
 # as before methods were objects, still works: `memory` (a MemorizingRetrofit or None) is adopted by

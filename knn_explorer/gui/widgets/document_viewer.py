@@ -8,14 +8,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QTextEdit, QVBoxLayout, QWidget
 
-from . import colours
+from .. import colours
 
 _open_dialogs: set[QDialog] = set()  # viewers stay alive while open (they have no parent)
 
 
 def _document_text(path: str) -> str:
     """The text the datastore indexed (extracted from PDF/DOCX/HTML, newlines normalised)."""
-    from ..core.datastore.documents import DocumentError, read_document
+    from ...core.datastore.documents import DocumentError, read_document
 
     try:
         return read_document(Path(path)).text

@@ -26,7 +26,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QLabel, QLineEdit,
                                QSpinBox, QWidget)
 
-from ..core.methods import MethodError, MethodSettings
+from ...core.methods import MethodError, MethodSettings
 
 AUTO_TEXT = "auto"
 INT_LIMIT = 2**31 - 1  # QSpinBox holds a C int

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGridLayout, QLabel, QSpinBox, QWidget
 
-from ..core.mechanisms.memorizing import MAX_MEMORY, MemorizingSettings
+from ...core.mechanisms.memorizing import MAX_MEMORY, MemorizingSettings
 from .path_field import PathField
 
 AUTO_LAYER = -1

@@ -16,10 +16,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-from ..core.records import MemoryHit, TokenRecord
-from . import colours
+from ...core.records import MemoryHit, TokenRecord
+from .. import colours
 from .gate_bars import GateBars
-from .plot_style import style_plot
+from ..plot_style import style_plot
 from .token_strip import visible_token
 
 

@@ -5,8 +5,8 @@ from typing import Callable
 
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-from ..core.datastore.catalog import Catalog, CatalogDamaged, CatalogError
-from ..core.datastore.catalog_recovery import rebuild_catalog
+from ...core.datastore.catalog import Catalog, CatalogDamaged, CatalogError
+from ...core.datastore.catalog_recovery import rebuild_catalog
 
 
 def ask_to_rebuild(reason: str, parent: QWidget | None = None) -> bool:

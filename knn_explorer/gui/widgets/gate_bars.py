@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 
-from . import colours
-from .plot_style import style_plot
+from .. import colours
+from ..plot_style import style_plot
 
 
 def gate_label(value: float) -> str:

@@ -25,13 +25,13 @@ import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSplitter, QTabWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-from ..core.records import TokenProb, TokenRecord
-from . import colours
+from ...core.records import TokenProb, TokenRecord
+from .. import colours
 from .alternatives_list import AlternativesList
 from .distribution_plots import DistributionPlot, HistoryPlot
 from .memory_view import MemoryView
 from .neighbour_table import NeighbourTable
-from .plot_style import export_png
+from ..plot_style import export_png
 from .token_strip import format_gain, format_prob, record_gain, visible_token
 
 

@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
     QTableView,
 )
 
-from ..core.records import Neighbour
-from . import colours
+from ...core.records import Neighbour
+from .. import colours
 from .token_strip import format_distance, visible_token
 
 

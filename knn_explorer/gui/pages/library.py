@@ -31,12 +31,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.datastore import build_lock
-from ..core.datastore.catalog import BuildRow, Catalog, DatastoreRow
-from ..core.datastore.library import Compatibility, compatibility, remove_datastore
-from ..core.models import LoadedModel
-from . import workers
-from .build_tracker import BuildTracker, running_builds
+from ...core.datastore import build_lock
+from ...core.datastore.catalog import BuildRow, Catalog, DatastoreRow
+from ...core.datastore.library import Compatibility, compatibility, remove_datastore
+from ...core.models import LoadedModel
+from .. import workers
+from ..build_tracker import BuildTracker, running_builds
 
 COLUMNS = ["Name", "Model", "Entries", "Size (MB)", "Index", "Created", "Status"]
 NAME, MODEL, ENTRIES, SIZE, INDEX, CREATED, STATUS = range(len(COLUMNS))

@@ -17,23 +17,23 @@ from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComb
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
                                QPushButton, QRadioButton, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
-from ..core.evaluation import export as evaluation_export
-from ..core.datastore.catalog import Catalog, EvaluationRow
-from ..core.evaluation.comparison import Comparison, compare, most_changed, token_record
-from ..core.evaluation.perplexity import read_heldout
-from ..core.evaluation.store import forget, keep_comparison, load_comparison
-from ..core.home import DEMO_DOCS_DIR
-from ..core.mechanisms.knnlm import KnnLmSettings
-from ..core.methods import Method, UnknownMethod, get, labels
-from ..core.evaluation.sweeps import DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, sweep, sweep_memory_size
-from . import workers
-from .evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
-from .export_report import report_export
-from .path_field import PathField
-from .results_table import ResultsTable
-from .runs import Run
-from .settings import settings_file
-from .token_changes import TokenChangesTable
+from ...core.evaluation import export as evaluation_export
+from ...core.datastore.catalog import Catalog, EvaluationRow
+from ...core.evaluation.comparison import Comparison, compare, most_changed, token_record
+from ...core.evaluation.perplexity import read_heldout
+from ...core.evaluation.store import forget, keep_comparison, load_comparison
+from ...core.home import DEMO_DOCS_DIR
+from ...core.mechanisms.knnlm import KnnLmSettings
+from ...core.methods import Method, UnknownMethod, get, labels
+from ...core.evaluation.sweeps import DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, sweep, sweep_memory_size
+from .. import workers
+from ..widgets.evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
+from ..export_report import report_export
+from ..widgets.path_field import PathField
+from ..widgets.results_table import ResultsTable
+from ..runs import Run
+from ..settings import settings_file
+from ..widgets.token_changes import TokenChangesTable
 
 SWEEP_PARAMS = ("lambda", "k", "temperature", "size", "distance", "memory")
 

@@ -17,22 +17,22 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout)
 
-from ..core.training.adapters import MEMTRF
-from ..core.datastore.catalog import Catalog
-from ..core.datastore.documents import Document, iter_documents
-from ..core.training.gate_training import GateTrainingSettings, train_memorizing_gates
-from ..core.home import data_home
-from ..core.mechanisms.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
-from ..core.datastore.library import open_datastore
-from ..core.models import LoadedModel
-from ..core.mechanisms.spalm import Spalm
-from ..core.training.spalm_training import SPALM, SpalmTrainingSettings, train_spalm_gate
-from ..core.training.update_loop import TrainingStep
-from . import colours, workers
-from .gate_bars import GateBars
-from .memorizing_panel import AUTO_LAYER
-from .path_field import PathField
-from .plot_style import style_plot
+from ...core.training.adapters import MEMTRF
+from ...core.datastore.catalog import Catalog
+from ...core.datastore.documents import Document, iter_documents
+from ...core.training.gate_training import GateTrainingSettings, train_memorizing_gates
+from ...core.home import data_home
+from ...core.mechanisms.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
+from ...core.datastore.library import open_datastore
+from ...core.models import LoadedModel
+from ...core.mechanisms.spalm import Spalm
+from ...core.training.spalm_training import SPALM, SpalmTrainingSettings, train_spalm_gate
+from ...core.training.update_loop import TrainingStep
+from .. import colours, workers
+from ..widgets.gate_bars import GateBars
+from ..widgets.memorizing_panel import AUTO_LAYER
+from ..widgets.path_field import PathField
+from ..plot_style import style_plot
 
 TREND = 10  # updates in the loss curve's moving mean
 

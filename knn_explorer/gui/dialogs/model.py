@@ -8,8 +8,8 @@ import torch
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLineEdit,
                                QListWidget, QRadioButton, QVBoxLayout)
 
-from ..core.models import DEMO_SPEC
-from .path_field import PathField
+from ...core.models import DEMO_SPEC
+from ..widgets.path_field import PathField
 
 
 @dataclass(frozen=True)

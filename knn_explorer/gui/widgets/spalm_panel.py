@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QWidget
 
-from ..core.mechanisms.spalm import SpalmSettings
+from ...core.mechanisms.spalm import SpalmSettings
 from .path_field import PathField
 
 

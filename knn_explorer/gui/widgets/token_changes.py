@@ -7,8 +7,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ..core.evaluation.comparison import TokenChange
-from . import colours
+from ...core.evaluation.comparison import TokenChange
+from .. import colours
 from .token_strip import format_prob, visible_token
 
 CONTEXT_TOKENS = 10  # shown before the token

@@ -10,7 +10,7 @@ import math
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ..core.methods import labels
+from ...core.methods import labels
 from .evaluation_plots import ShownRun, legend_label, method_perplexities
 
 

@@ -9,8 +9,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QGraphicsItem
 
-from ..core.records import TokenProb, TokenRecord
-from . import colours
+from ...core.records import TokenProb, TokenRecord
+from .. import colours
 from .token_strip import format_prob, record_gain, record_weight, visible_token
 
 TICK_CHARS = 8  # token labels under the bars are elided to this many characters

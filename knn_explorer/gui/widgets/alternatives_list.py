@@ -5,8 +5,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
 
-from ..core.records import TokenRecord
-from . import colours
+from ...core.records import TokenRecord
+from .. import colours
 from .token_strip import format_prob, visible_token
 
 

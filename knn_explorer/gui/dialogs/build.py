@@ -38,15 +38,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.datastore import build_lock
-from ..core.datastore.catalog import Catalog
-from ..core.datastore.builder import BuildParameters, BuildReport
-from ..core.datastore.documents import SUPPORTED_SUFFIXES
-from ..core.datastore.library import LibraryError, validate_name
-from ..core.models import LoadedModel
-from ..core.progress import Progress, format_seconds
-from .build_tracker import BuildTracker, running_builds
-from .source_list import SourceList
+from ...core.datastore import build_lock
+from ...core.datastore.catalog import Catalog
+from ...core.datastore.builder import BuildParameters, BuildReport
+from ...core.datastore.documents import SUPPORTED_SUFFIXES
+from ...core.datastore.library import LibraryError, validate_name
+from ...core.models import LoadedModel
+from ...core.progress import Progress, format_seconds
+from ..build_tracker import BuildTracker, running_builds
+from ..widgets.source_list import SourceList
 
 INDEX_CHOICES = [  # (label, BuildParameters.index, tooltip)
     ("Auto", "auto", "Pick the index from the datastore size: exact (flat) when small, IVF-PQ when large"),

@@ -16,8 +16,8 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
 
-from ..core.mechanisms.knnlm import KnnLmSettings
-from ..core.methods import MethodError, MethodSettings, get, labels
+from ...core.mechanisms.knnlm import KnnLmSettings
+from ...core.methods import MethodError, MethodSettings, get, labels
 from .memorizing_panel import MemorizingPanel
 from .settings_panel import SettingsPanel, settings_from_values
 from .spalm_panel import SpalmPanel

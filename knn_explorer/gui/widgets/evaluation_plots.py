@@ -14,11 +14,11 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
-from ..core.datastore.catalog import EvaluationRow
-from ..core.evaluation.comparison import Comparison
-from ..core.methods import labels
-from . import colours
-from .plot_style import export_png, style_plot
+from ...core.datastore.catalog import EvaluationRow
+from ...core.evaluation.comparison import Comparison
+from ...core.methods import labels
+from .. import colours
+from ..plot_style import export_png, style_plot
 
 RUN_COLOURS = (colours.ACCENT, colours.CHOSEN)
 PARAM_LABELS = {"lambda": "λ", "k": "k (neighbours)", "temperature": "temperature T",

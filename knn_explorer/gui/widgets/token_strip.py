@@ -22,8 +22,8 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPainterPath, Q
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QToolTip,
                                QVBoxLayout, QWidget)
 
-from ..core.records import TokenRecord
-from . import colours
+from ...core.records import TokenRecord
+from .. import colours
 
 COLOUR_QUANTITIES: dict[str, str] = {  # name -> label for a combo box
     "gain": "Gain",

@@ -1,0 +1,1 @@
+"""Dialogs: building a datastore, loading a model, training gates, repairing the catalog."""

@@ -1,0 +1,1 @@
+"""Widgets the pages share: the token strip and inspector, plots, tables, method panels."""
