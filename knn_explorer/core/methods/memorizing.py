@@ -48,23 +48,18 @@ class MemorizingTransformerMethod(Method):
         return self.retrofit.set_aside()
 
     # ---- one step ----------------------------------------------------------------------------
-    @contextmanager
     def shared_pass(self, window_start: int, input_start: int):
         """The plain layer; the pass's keys queue for the memory."""
-        memory = self.retrofit
-        was = memory.enabled
-        memory.enabled = False
-        memory.set_window(window_start, input_start)
-        try:
-            yield
-        finally:
-            memory.enabled = was
+        return self._pass(False, window_start, input_start)
+
+    def method_pass(self, window_start: int, input_start: int):
+        return self._pass(True, window_start, input_start)
 
     @contextmanager
-    def method_pass(self, window_start: int, input_start: int):
+    def _pass(self, memory_on: bool, window_start: int, input_start: int):
         memory = self.retrofit
         was = memory.enabled
-        memory.enabled = True
+        memory.enabled = memory_on
         memory.set_window(window_start, input_start)
         try:
             yield
