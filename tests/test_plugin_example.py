@@ -79,3 +79,16 @@ def test_a_plugin_that_fails_to_import_is_left_out_with_a_reason(tmp_path, monke
     finally:
         monkeypatch.undo()
         registry.refresh()
+
+
+def test_the_installed_plugin_is_in_the_apps_method_list_with_a_generated_panel(installed, qtbot):
+    from knn_explorer.gui.widgets.generation_controls import GenerationControls
+    from knn_explorer.gui.widgets.settings_panel import SettingsPanel
+
+    controls = GenerationControls()
+    qtbot.addWidget(controls)
+    index = controls.method.findData("knn-vote")
+    assert index >= 0 and controls.method.itemText(index) == "kNN majority vote"
+    controls.method.setCurrentIndex(index)
+    panel = controls.method_panels.currentWidget()
+    assert isinstance(panel, SettingsPanel) and panel.settings().weight == 0.25
