@@ -22,6 +22,7 @@ from ..core.datastore.library import compatibility, open_datastore
 from ..core.methods import Method, MethodSettings, Resources, get
 from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
+from ..core.methods.lm_alone import LM_ALONE
 from . import workers
 from .dialogs.build import BuildDialog, BuildTracker
 from .pages.library import CatalogView
@@ -404,7 +405,7 @@ class MainWindow(QMainWindow):
             run = Run(label=f"run {len(self.runs) + 1}: {values['method']}", prompt=prompt, prompt_ids=prompt_ids,
                       settings=values)
         self._add_run(run)
-        model, name, compare = self.model, self.datastore_name, values["compare"] and values["method"] != "none"
+        model, name, compare = self.model, self.datastore_name, values["compare"] and values["method"] != LM_ALONE
         first_step = len(run.records)
         context = run.context_ids(first_step)
 

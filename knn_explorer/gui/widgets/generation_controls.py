@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from ...core.mechanisms.knnlm import KnnLmSettings
 from ...core.methods import MethodError, MethodSettings, get, labels
+from ...core.methods.lm_alone import LM_ALONE
 from .memorizing_panel import MemorizingPanel
 from .settings_panel import SettingsPanel, settings_from_values
 from .spalm_panel import SpalmPanel
@@ -219,7 +220,7 @@ class GenerationControls(QWidget):
         method = self.method.currentData()
         self.method_panels.setCurrentWidget(self.panels[method])
         self.method_box.setTitle(get(method).label)
-        self.compare.setEnabled(method != "none")  # "none", the LM alone, is what the second strip shows
+        self.compare.setEnabled(method != LM_ALONE)  # the LM alone is what the second strip shows
 
     def problem(self) -> str | None:
         """Why the chosen method's settings are refused (one line), or None."""

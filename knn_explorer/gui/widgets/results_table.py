@@ -11,6 +11,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ...core.methods import labels
+from ...core.methods.lm_alone import LM_ALONE
 from .evaluation_plots import ShownRun, legend_label, method_perplexities
 
 
@@ -18,7 +19,7 @@ def _points(run: ShownRun) -> dict[str, float | None]:
     """Row label → perplexity (None: infinite)."""
     r = run.row.results
     if run.row.kind == "sweep":
-        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, labels()["none"]: r["ppl_lm"]}
+        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, labels()[LM_ALONE]: r["ppl_lm"]}
     return {labels().get(m, m): p for m, p in method_perplexities(run.row).items()}
 
 
