@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model", required=True)
     sweep.add_argument("--text", required=True, type=Path, help="held-out text: a document or a folder of them")
     sweep.add_argument("--datastore", help="the kNN-LM datastore (every parameter but memory)")
-    sweep.add_argument("--param", required=True, choices=["lambda", "k", "temperature", "size", "distance", "memory"])
+    sweep.add_argument("--param", required=True,
+                       help="lambda, k, temperature, size, distance, memory, or a method's own sweep as "
+                            "METHOD.SETTING (e.g. adaptive.retrieve_fraction; `knn-explorer methods --json`)")
     sweep.add_argument("--values", required=True, help="comma-separated, e.g. 0,0.1,0.25,0.5 (size: fractions; "
                                                         "distance: 1 exact, 0 the index's; memory: tokens)")
     sweep.add_argument("--k", type=_at_least(1), default=32)
@@ -517,10 +519,12 @@ def _train_spalm(args, show):
 def cmd_sweep(args) -> int:
     from .core.datastore.catalog import Catalog
     from .core.datastore.library import open_datastore
-    from .core.evaluation.sweeps import SweepValueError, check_sweep_values, collect, sweep
+    from .core.evaluation.sweeps import SweepValueError, check_sweep_values, collect, method_sweep, sweep
 
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
+        if method_sweep(args.param) is not None:
+            return _sweep_method(args, values, _read_eval_texts(args.text))
         check_sweep_values(None, args.param, values)  # ranges now; the datastore's size once it is open
     except ValueError as exc:
         reason = str(exc) if isinstance(exc, SweepValueError) else f"--values must be numbers separated by commas, " \
@@ -547,6 +551,31 @@ def cmd_sweep(args) -> int:
         "sweep", model.name, args.datastore, {"param": args.param, "values": values, "text": str(args.text)}, out))
 
 
+def _sweep_method(args, values: list[float], texts: list[str]) -> int:
+    """--param METHOD.SETTING: the method sweeps itself (`Method.sweep`), its other settings from the flags."""
+    from .core.datastore.catalog import Catalog
+    from .core.evaluation.sweeps import method_sweep
+    from .core.methods import MethodError, UnknownMethod, get
+
+    name, setting = method_sweep(args.param)
+    try:
+        get(name).check_sweep(setting, values)
+    except (UnknownMethod, MethodError) as exc:
+        raise UsageError(str(exc)) from None
+    _method_name(argparse.Namespace(**{**vars(args), "method": name}))  # a datastore where it needs one
+    model = _load_model(args)
+    method = _make_method(args, model, name)
+    try:
+        result = method.sweep(texts, setting, values, context_length=args.context, stride=args.stride,
+                              on_progress=_progress_printer())
+    finally:
+        method.close()
+    out = {**result.to_json(), "model": model.name, "text": str(args.text)}
+    datastore = args.datastore if get(name).needs_datastore else None
+    return _print_sweep(args, result, out, keep=lambda: Catalog().record_evaluation(
+        "sweep", model.name, datastore, {"param": args.param, "values": values, "text": str(args.text)}, out))
+
+
 def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
     from dataclasses import replace
 
@@ -571,7 +600,10 @@ def _sweep_memory(args, values: list[float], texts: list[str]) -> int:
 def _print_sweep(args, result, out: dict, keep) -> int:
     lines = [f"{result.tokens:,} tokens of {args.text}; LM alone perplexity {result.ppl_lm:.3f}"]
     lines += [f"  {args.param} = {point['value']:<8g} perplexity {point['ppl']:10.3f}  "
-              f"({point['ppl'] / result.ppl_lm - 1:+.1%})" for point in result.results]
+              f"({point['ppl'] / result.ppl_lm - 1:+.1%})"
+              + (f"  {point['tokens_per_s']:,.0f} tokens/s" if point.get("tokens_per_s") else "")
+              for point in result.results]
+    lines += [f"  {name}: perplexity {ppl:.3f}" for name, ppl in result.references.items()]
     return _finish(args, out, lines, keep)
 
 
@@ -636,7 +668,8 @@ def cmd_methods(args) -> int:
     from .core.methods import all_methods
 
     found = [{"name": m.name, "label": m.label, "needs_datastore": m.needs_datastore, "summary": m.summary,
-              "settings": m.Settings().describe()} for m in all_methods()]
+              "settings": m.Settings().describe(),
+              "sweeps": {setting: sweepable.label for setting, sweepable in m.sweeps.items()}} for m in all_methods()]
     return _finish(args, {"methods": found}, [
         f"{m['name']:<10} {m['label']:<24} {'needs a datastore' if m['needs_datastore'] else '':<18} {m['summary']}"
         for m in found])

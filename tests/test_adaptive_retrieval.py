@@ -217,3 +217,54 @@ def test_the_cli_runs_it_through_generate_and_eval(built, tmp_path, monkeypatch,
                  "--prompt", "x", "--json"])  # no predictor for this model: one line saying how to make one
     err = capsys.readouterr().err
     assert code != 0 and "λ predictor" in err and len(err.strip().splitlines()) == 1
+
+
+def test_its_own_sweep_hook_is_the_fraction_sweep_with_kNN_LM_beside_and_tokens_per_second(built, tmp_path):
+    from knn_explorer.core.methods import Method, MethodError, get
+    from knn_explorer.core.methods.adaptive_sweep import sweep_retrieved_fraction
+
+    model, _, datastore, _ = built
+    method = adaptive(model, datastore, predictor_file(tmp_path / "r.safetensors", model, datastore), 0.5)
+    assert get("knnlm").sweeps == {} and Method.sweeps == {}  # the default: no sweeps of its own
+    assert list(AdaptiveRetrievalMethod.sweeps) == ["retrieve_fraction"]
+    assert AdaptiveRetrievalMethod.sweeps["retrieve_fraction"].values == (0.25, 0.5, 0.75, 1.0)
+    for param, values in (("k", [1.0]), ("retrieve_fraction", [0.5, 1.5]), ("retrieve_fraction", [])):
+        with pytest.raises(MethodError):
+            AdaptiveRetrievalMethod.check_sweep(param, values)
+    with pytest.raises(MethodError):
+        KnnLmMethod(model, KnnLmSettings(k=8), Resources(datastore)).sweep([TEXT], "lambda", [0.5])
+
+    result = method.sweep([TEXT], "retrieve_fraction", [0.25, 0.5, 1.0], context_length=32, stride=16)
+    plain = sweep_retrieved_fraction(model, method, [TEXT], (0.25, 0.5, 1.0), context_length=32, stride=16)
+    full = compare(model, [TEXT], [adaptive(model, datastore, method.predictor_path, 1.0)], context_length=32,
+                   stride=16)
+    assert result.param == "adaptive.retrieve_fraction" and result.tokens == plain.tokens
+    assert [p["value"] for p in result.results] == [0.25, 0.5, 1.0]
+    assert [p["ppl"] for p in result.results] == [p["ppl"] for p in plain.points]
+    assert result.results[-1]["ppl"] == pytest.approx(full.ppl("adaptive"), rel=1e-9)
+    assert list(result.references.values()) == [pytest.approx(plain.ppl_knnlm)]
+    assert all(p["tokens_per_s"] > 0 for p in result.results) and result.fixed["tokens_per_s_lm"] > 0
+    assert result.results[-1]["retrieved_in_generation"] == 1.0
+    assert "retrieve_fraction" not in result.fixed and method.settings.retrieve_fraction == 0.5  # left as it was
+    out = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert out["references"] and out["results"][0]["tokens_per_s"] > 0
+
+
+def test_the_cli_sweeps_it_as_method_dot_setting(built, tmp_path, monkeypatch, capsys):
+    from knn_explorer.cli import main
+
+    model, catalog, datastore, _ = built
+    monkeypatch.setenv("KNN_EXPLORER_HOME", str(catalog.path.parent))
+    adapter = predictor_file(tmp_path / "r.safetensors", model, datastore)
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(TEXT)
+    code = main(["sweep", "--model", model.spec, "--datastore", "small", "--text", str(held_out), "--adapter",
+                 str(adapter), "--param", "adaptive.retrieve_fraction", "--values", "0.5,1", "--k", "8",
+                 "--context", "32", "--stride", "16", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["param"] == "adaptive.retrieve_fraction" and [p["value"] for p in out["results"]] == [0.5, 1]
+    assert out["references"] and out["results"][1]["tokens_per_s"] > 0 and out["k"] == 8
+    code = main(["sweep", "--model", model.spec, "--datastore", "small", "--text", str(held_out),
+                 "--param", "adaptive.k", "--values", "1"])
+    err = capsys.readouterr().err
+    assert code != 0 and "no sweep of 'k'" in err and len(err.strip().splitlines()) == 1

@@ -231,3 +231,49 @@ def test_side_by_side_in_the_main_window_opens_a_clicked_cell_in_the_inspector(q
     with qtbot.waitSignal(side.error, timeout=30_000) as failed:
         side.run()
     assert "datastore" in failed.args[0]
+
+
+def test_a_methods_own_sweep_fraction_retrieved_with_knnlm_beside_and_tokens_per_second(qtbot, window):
+    from dataclasses import replace
+
+    from knn_explorer.core.evaluation.comparison import compare
+    from knn_explorer.core.evaluation.perplexity import read_heldout
+    from knn_explorer.core.methods import Resources, get
+    from knn_explorer.gui.widgets.generation_controls import method_settings
+
+    page = window.evaluate_page
+    page.sweep_mode.setChecked(True)
+    index = page.param_combo.findData("adaptive.retrieve_fraction")  # offered because the method declares it
+    assert index >= 0 and page.param_combo.itemText(index) == "Adaptive retrieval: fraction retrieved"
+    page.param_combo.setCurrentIndex(index)
+    assert page.values_edit.text() == "0.25, 0.5, 0.75, 1"
+    page.values_edit.setText("0.25, 2")
+    assert page.run() is None and "fraction" in page.status.text()  # the method's settings refuse 2
+    page.values_edit.setText("0.25, 0.5, 0.75, 1")
+    run_and_wait(qtbot, page)
+    (kept,) = window.catalog.evaluations("sweep")
+    r = kept.results
+    assert r["param"] == "adaptive.retrieve_fraction" and kept.datastore == "notes"
+    assert [p["value"] for p in r["results"]] == [0.25, 0.5, 0.75, 1.0]
+    assert all(p["tokens_per_s"] > 0 for p in r["results"]) and r["tokens_per_s_lm"] > 0
+    assert "generation tokens/s: LM alone" in page.status.text() and "Kept as run" in page.status.text()
+
+    settings, _adapter = method_settings(window.controls.values(), "adaptive")
+    method = get("adaptive")(window.model, replace(settings, retrieve_fraction=1.0),
+                             Resources(window._datastore("notes")))
+    every = compare(window.model, read_heldout(page.text_field.text()), [method], context_length=32, stride=16)
+    assert r["results"][-1]["ppl"] == pytest.approx(every.ppl("adaptive"), rel=1e-6)
+    assert r["ppl_lm"] == pytest.approx(every.ppl("none"), rel=1e-9)
+
+    item = page.plots.perplexity_plot.getPlotItem()
+    (curve,) = item.listDataItems()
+    assert list(curve.getData()[0]) == [0.25, 0.5, 0.75, 1.0]
+    lines = sorted(i.value() for i in item.items if type(i).__name__ == "InfiniteLine")
+    (knnlm,) = r["references"].values()
+    assert lines == pytest.approx(sorted([r["ppl_lm"], knnlm]))  # dashed: the LM alone; dotted: kNN-LM
+    table = page.results_table
+    rows = [table.verticalHeaderItem(i).text() for i in range(table.rowCount())]
+    assert rows[:5] == ["0.25", "0.5", "0.75", "1", "LM alone"] and rows[5].startswith("kNN-LM")
+    assert "tok/s" in table.item(0, 0).text()
+    page.resize(1366, 768)
+    page.grab().save("/tmp/fraction.png")

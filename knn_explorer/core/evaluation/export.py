@@ -30,7 +30,7 @@ def write_json(row: EvaluationRow, path: Path) -> Path:
 
 def write_csv(row: EvaluationRow, path: Path, comparison: Comparison | None = None,
               decode: Callable[[int], str] | None = None) -> Path:
-    """A sweep: value, ppl (and entries); a comparison: per target token, or per method if its
+    """A sweep: value, ppl (and what else its points carry); a comparison: per target token, or per method if its
     per-token details are gone."""
     return write_atomically(path, lambda partial: _write_csv(row, partial, comparison, decode))
 
@@ -41,7 +41,8 @@ def _write_csv(row: EvaluationRow, path: Path, comparison: Comparison | None,
         writer = csv.writer(f)
         results = row.results
         if row.kind == "sweep":
-            extra = ["entries"] if any("entries" in p for p in results["results"]) else []
+            # whatever else its points carry: a size sweep's entries, a method's own sweep's tokens/s, ...
+            extra = list(dict.fromkeys(k for p in results["results"] for k in p if k not in ("value", "ppl")))
             writer.writerow(["param", "value", "ppl", "ppl_lm", *extra])
             for point in results["results"]:
                 writer.writerow([results["param"], point["value"], point["ppl"], results["ppl_lm"],

@@ -62,11 +62,22 @@ class SweepResult:
     ppl_lm: float
     results: list[dict] = field(default_factory=list)  # {"value": v, "ppl": p}
     fixed: dict = field(default_factory=dict)  # the other parameters, as used
+    references: dict = field(default_factory=dict)  # label → perplexity drawn beside the LM alone's (a method's sweep)
 
     def to_json(self) -> dict:
         """Strict JSON: an infinite perplexity (λ = 1 and a target no neighbour proposes) is null."""
         results = [{**r, "ppl": r["ppl"] if math.isfinite(r["ppl"]) else None} for r in self.results]
-        return {"param": self.param, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "results": results, **self.fixed}
+        out = {"param": self.param, "tokens": self.tokens, "ppl_lm": self.ppl_lm, "results": results, **self.fixed}
+        if self.references:
+            out["references"] = {k: v if math.isfinite(v) else None for k, v in self.references.items()}
+        return out
+
+
+def method_sweep(param: str) -> tuple[str, str] | None:
+    """("adaptive", "retrieve_fraction") for a method's own sweep "adaptive.retrieve_fraction"; None
+    for the sweeps of this module ("lambda", "memory", ...)."""
+    method, dot, setting = param.partition(".")
+    return (method, setting) if dot and method and setting else None
 
 
 def collect(model: LoadedModel, text: str, context_length: int = 256, stride: int = 128, batch_size: int = 8,

@@ -4,11 +4,11 @@
 """
 from __future__ import annotations
 
-from .base import Method, MethodError, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources
+from .base import Method, MethodError, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, Sweepable
 from .registry import UnknownMethod, all_methods, get, labels, names
 
 __all__ = ["Method", "MethodError", "MethodSettings", "MethodStep", "PassOutputs", "RecordContext", "Resources",
-           "UnknownMethod", "all_methods", "get", "labels", "names"]
+           "Sweepable", "UnknownMethod", "all_methods", "get", "labels", "names"]
 
 
 def __getattr__(attribute: str):

@@ -27,7 +27,7 @@ import torch
 from ..mechanisms.knnlm import KnnLM, KnnLmSettings, Retrieval, interpolate, knn_distribution
 from ..records import RetrievalSettings
 from .adaptive_predictor import DEMO_ADAPTIVE_PREDICTOR, predictor_for
-from .base import Method, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, setting
+from .base import Method, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, Sweepable, setting
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class AdaptiveRetrievalMethod(Method):
     Settings = AdaptiveRetrievalSettings
     needs_datastore = True
     record_fields = ("p_knn", "lambda_", "neighbours", "retrieval")
+    sweeps = {"retrieve_fraction": Sweepable("fraction retrieved", (0.25, 0.5, 0.75, 1.0))}
 
     def __init__(self, model, settings: AdaptiveRetrievalSettings | None = None, resources: Resources = Resources()):
         """The λ predictor is the resources' adapter, or the demo model's shipped one."""
@@ -125,3 +126,11 @@ class AdaptiveRetrievalMethod(Method):
         shipped = self.predictor_path == DEMO_ADAPTIVE_PREDICTOR
         return {**super().describe(), "lambda_threshold": threshold,
                 "predictor": "shipped with the demo" if shipped else str(self.predictor_path)}
+
+    def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
+        """The fraction sweep (`adaptive_sweep.fraction_sweep_result`): perplexity against the share
+        of tokens retrieving, kNN-LM as a reference, and generation tokens/s at each point."""
+        from .adaptive_sweep import fraction_sweep_result  # it imports this module
+
+        self.check_sweep(param, values)
+        return fraction_sweep_result(self, texts, values, context_length, stride, on_progress, should_stop)

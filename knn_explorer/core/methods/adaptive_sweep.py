@@ -13,13 +13,14 @@ the right tokens?) and the chosen tokens with kNN-LM's fixed λ (is its λ̂ bet
 The references are the LM alone and kNN-LM with every token retrieving at a fixed λ.
 
 `generation_speed` generates with each method from the same prompts and reports tokens/s.
+`fraction_sweep_result` is both as the method's own sweep (`Method.sweep`), for the app and the CLI.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,10 +31,11 @@ from ..mechanisms.knnlm import KnnLM
 from ..models import LoadedModel
 from ..progress import Cancelled, ProgressCallback
 from ..datastore.query_chunks import neighbour_key_bytes, query_chunks
-from ..evaluation.sweeps import mixed_log_probs, target_knn_probs
+from ..evaluation.sweeps import SweepResult, mixed_log_probs, target_knn_probs
 from .adaptive import AdaptiveRetrievalMethod
 from .adaptive_predictor import RetrievalPredictor
 from .base import Method, MethodStep, PassOutputs
+from .lm_alone import LmAlone
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -139,3 +141,40 @@ def generation_speed(model: LoadedModel, methods: Sequence[Method], prompts: Seq
             row.update(retrieve_fraction=method.settings.retrieve_fraction, retrieved=method.retrieved_share)
         out.append(row)
     return out
+
+
+SPEED_PROMPT_TOKENS = 32  # the prompt: the held-out text's first tokens
+SPEED_TOKENS = 64  # generated (greedy) per point
+
+
+def fraction_sweep_result(method: AdaptiveRetrievalMethod, texts: str | list[str], fractions: Sequence[float],
+                          context_length: int = 256, stride: int = 128,
+                          on_progress: ProgressCallback | None = None,
+                          should_stop: Callable[[], bool] | None = None) -> SweepResult:
+    """`sweep_retrieved_fraction` as a `SweepResult` (param "adaptive.retrieve_fraction"; kNN-LM with
+    every token retrieving as a reference), each point also timed: greedy generation of
+    `SPEED_TOKENS` from the text's first tokens with `retrieve_fraction` at that value (the
+    predictor's threshold, as the method runs), and the LM alone's tokens/s in `fixed`."""
+    model = method.model
+    swept = sweep_retrieved_fraction(model, method, texts, fractions, context_length=context_length, stride=stride,
+                                     on_progress=on_progress, should_stop=should_stop)
+    first = texts if isinstance(texts, str) else texts[0]
+    prompt = model.tokenizer.decode(model.tokenizer(first, add_special_tokens=False)["input_ids"][:SPEED_PROMPT_TOKENS])
+    timed = [LmAlone(model)] + [type(method)(model, replace(method.settings, retrieve_fraction=float(f)),
+                                                   method.resources) for f in fractions]
+    speeds = []
+    for one in timed:  # one at a time, so cancelling waits for one generation at most
+        if should_stop is not None and should_stop():
+            raise Cancelled("sweep cancelled")
+        speeds += generation_speed(model, [one], [prompt], tokens=SPEED_TOKENS)
+    fixed = {key: value for key, value in swept.settings.items() if key not in ("retrieve_fraction", "lambda_threshold")}
+    fixed.update(knn_lambda=swept.knn_lambda, speed_tokens=SPEED_TOKENS, tokens_per_s_lm=speeds[0]["tokens_per_s"])
+    result = SweepResult(f"{method.name}.retrieve_fraction", swept.tokens, swept.ppl_lm, fixed=fixed,
+                         references={f"kNN-LM, every token (λ {swept.knn_lambda:g})": swept.ppl_knnlm})
+    for point, speed in zip(swept.points, speeds[1:]):
+        threshold = point["threshold"]
+        result.results.append({"value": point["fraction"], "ppl": point["ppl"], "ppl_random": point["ppl_random"],
+                               "ppl_fixed_lambda": point["ppl_fixed_lambda"],
+                               "threshold": threshold if math.isfinite(threshold) else None,
+                               "tokens_per_s": speed["tokens_per_s"], "retrieved_in_generation": speed["retrieved"]})
+    return result

@@ -14,7 +14,7 @@ A new method is one module with a `Method` subclass, registered under the entry-
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # nothing heavy at import: the CLI reads the registry's names
     import torch
 
     from ..datastore.folder import Datastore
+    from ..evaluation.sweeps import SweepResult
     from ..models import LoadedModel
+    from ..progress import ProgressCallback
 
 
 class MethodError(ValueError):
@@ -91,6 +93,14 @@ class MethodStep:
     details: Any = None
 
 
+@dataclass(frozen=True)
+class Sweepable:
+    """A setting a method sweeps itself (`Method.sweep`): what a person reads, and the values proposed."""
+
+    label: str
+    values: tuple[float, ...]
+
+
 class RecordContext:
     """What a method may use to describe one step in its record (given by the generator)."""
 
@@ -111,6 +121,7 @@ class Method:
     own_pass: ClassVar[bool] = False  # run a second forward pass with the method's change to the model
     reads_earlier_text: ClassVar[bool] = False  # remembers text before the window (one document at a time)
     record_fields: ClassVar[tuple[str, ...]] = ()  # TokenRecord fields it fills (the rest stay null)
+    sweeps: ClassVar[dict[str, Sweepable]] = {}  # settings fields `sweep` runs over held-out text (default: none)
 
     def __init__(self, model: "LoadedModel", settings: MethodSettings | None = None,
                  resources: Resources = Resources()):
@@ -162,3 +173,27 @@ class Method:
         if self.resources.datastore is not None:
             out["datastore"] = self.resources.datastore.name
         return out
+
+    # ---- its own sweeps (optional) -----------------------------------------------------------
+    @classmethod
+    def check_sweep(cls, param: str, values: list[float]) -> None:
+        """Refuse, in one line (`MethodError`), a sweep of `param` this method does not offer or
+        values its `Settings` refuse: before anyone runs the model."""
+        if param not in cls.sweeps:
+            offered = ", ".join(cls.sweeps) or "none"
+            raise MethodError(f"{cls.label} has no sweep of {param!r} (it offers: {offered})")
+        if not values:
+            raise MethodError("give at least one value to sweep")
+        for value in values:
+            try:
+                replace(cls.Settings(), **{param: value})
+            except (TypeError, ValueError) as exc:
+                raise MethodError(f"{cls.label}, {cls.sweeps[param].label} {value:g}: {exc}") from None
+
+    def sweep(self, texts: list[str], param: str, values: list[float], context_length: int = 256,
+              stride: int = 128, on_progress: "ProgressCallback | None" = None,
+              should_stop: Callable[[], bool] | None = None) -> "SweepResult":
+        """Held-out perplexity at each value of `param` (one of `sweeps`), the other settings as they
+        are: a `SweepResult` whose `param` is "<name>.<param>", with optional `references` (a
+        label → perplexity to draw beside the LM alone's). Only methods with `sweeps` implement it."""
+        raise MethodError(f"{self.label} has no sweep of {param!r}")

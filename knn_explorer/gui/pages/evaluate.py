@@ -24,10 +24,11 @@ from ...core.evaluation.perplexity import read_heldout
 from ...core.evaluation.store import forget, keep_comparison, load_comparison
 from ...core.home import DEMO_DOCS_DIR
 from ...core.mechanisms.knnlm import KnnLmSettings
-from ...core.methods import Method, UnknownMethod, get, labels
-from ...core.evaluation.sweeps import DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, sweep, sweep_memory_size
+from ...core.methods import Method, MethodError, UnknownMethod, get, labels
+from ...core.evaluation.sweeps import (DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, method_sweep, sweep,
+                                       sweep_memory_size)
 from .. import workers
-from ..widgets.evaluation_plots import PARAM_LABELS, EvaluationPlots, ShownRun, method_perplexities, run_label
+from ..widgets.evaluation_plots import EvaluationPlots, param_label, ShownRun, method_perplexities, run_label
 from ..export_report import report_export
 from ..widgets.path_field import PathField
 from ..widgets.results_table import ResultsTable
@@ -102,9 +103,12 @@ class EvaluatePage(QWidget):
 
         self.param_combo = QComboBox()
         for param in SWEEP_PARAMS:
-            self.param_combo.addItem(PARAM_LABELS[param], param)
+            self.param_combo.addItem(param_label(param), param)
+        for method in labels():  # and every registered method's own sweeps ("<name>.<setting>")
+            for setting in get(method).sweeps:
+                self.param_combo.addItem(param_label(f"{method}.{setting}"), f"{method}.{setting}")
         self.param_combo.setToolTip("kNN-LM's λ, k, T, datastore size or distances; the Memorizing "
-                                    "Transformer's memory size")
+                                    "Transformer's memory size; and the settings a method sweeps itself")
         self.values_edit = QLineEdit()
         self.values_edit.setToolTip("Values to try, separated by commas")
         self.param_combo.currentIndexChanged.connect(self._param_changed)
@@ -239,7 +243,7 @@ class EvaluatePage(QWidget):
     def _restore(self) -> None:
         self.text_field.setText(str(self._settings.value("evaluate/text", str(DEMO_DOCS_DIR.parent / "heldout"))))
         param = str(self._settings.value("evaluate/param", "lambda"))
-        self.param_combo.setCurrentIndex(max(0, SWEEP_PARAMS.index(param) if param in SWEEP_PARAMS else 0))
+        self.param_combo.setCurrentIndex(max(0, self.param_combo.findData(param)))
         self._param_changed()
         self.context_spin.setValue(int(self._settings.value("evaluate/context", 256)))
         self.stride_spin.setValue(int(self._settings.value("evaluate/stride", 128)))
@@ -261,7 +265,9 @@ class EvaluatePage(QWidget):
         self.sweep_box.setVisible(not comparing)
 
     def _param_changed(self) -> None:
-        values = DEFAULT_VALUES[self.param_combo.currentData()]
+        param = self.param_combo.currentData()
+        own = method_sweep(param)
+        values = get(own[0]).sweeps[own[1]].values if own else DEFAULT_VALUES[param]
         self.values_edit.setText(", ".join(f"{v:g}" for v in values))
 
     def set_context(self, model, datastore_name: str | None) -> None:
@@ -293,6 +299,16 @@ class EvaluatePage(QWidget):
             values = [float(v) for v in self.values_edit.text().replace(";", ",").split(",") if v.strip()]
         except ValueError:
             return self._refuse(f"Sweep values must be numbers separated by commas, not {self.values_edit.text()!r}")
+        own = method_sweep(param)
+        if own is not None:  # a method's own sweep: its settings judge the values
+            try:
+                method = get(own[0])
+                method.check_sweep(own[1], values)
+            except (UnknownMethod, MethodError) as exc:
+                return self._refuse(str(exc))
+            if method.needs_datastore and not self.datastore_name:
+                return self._refuse(f"{method.label} needs a datastore: double-click one in the library")
+            return "sweep", (param, values)
         try:
             check_sweep_values(None, param, values)  # the datastore's size is checked in the job, once open
         except SweepValueError as exc:
@@ -332,9 +348,18 @@ class EvaluatePage(QWidget):
                 row_id = keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
                                          {**parameters, "methods": what, **knn_settings.describe(),
                                           "settings": described})
-                return row_id, c, c.tokens
+                return row_id, c, c.tokens, ""
             param, values = what
-            if param == "memory":
+            own = method_sweep(param)
+            if own is not None:  # the method sweeps itself, built as the panels set it
+                objects = open_methods([own[0]])
+                try:
+                    result = objects.methods[own[0]].sweep(documents, own[1], values, context, stride,
+                                                           on_progress=control.report, should_stop=control.should_stop)
+                finally:
+                    objects.close()
+                where = datastore if objects.datastore else None
+            elif param == "memory":
                 objects = open_methods(["memtrf"])  # the memory-size sweep is the Memorizing Transformer's
                 try:
                     result = sweep_memory_size(model, objects.methods["memtrf"], documents, [int(v) for v in values],
@@ -354,7 +379,7 @@ class EvaluatePage(QWidget):
             out = {**result.to_json(), "model": model.name, "text": str(path)}
             row_id = self.catalog.record_evaluation("sweep", model.name, where,
                                                     {**parameters, "param": param, "values": values}, out)
-            return row_id, None, result.tokens
+            return row_id, None, result.tokens, _speeds(result.to_json())
 
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
@@ -384,11 +409,11 @@ class EvaluatePage(QWidget):
         self.progress.setFormat(progress.describe())
 
     def _finished(self, result) -> None:
-        row_id, comparison, tokens = result
+        row_id, comparison, tokens, speeds = result
         if comparison is not None:
             self._comparisons[row_id] = comparison
         self.refresh_runs(select=[row_id])
-        self.status.setText(f"Kept as run #{row_id} · {tokens:,} tokens")
+        self.status.setText(f"Kept as run #{row_id} · {tokens:,} tokens{speeds}")
 
     def _failed(self, reason: str) -> None:
         self.status.setText(reason)
@@ -572,9 +597,19 @@ def _summary(row: EvaluationRow) -> str:
     r = row.results
     if row.kind == "sweep":
         points = ", ".join(f"{p['value']:g}: {_ppl(p['ppl'])}" for p in r["results"])
-        return f"{row.model_name} · {r['tokens']:,} tokens · LM alone {r['ppl_lm']:.2f}\n{points}"
+        references = "".join(f" · {name} {_ppl(ppl)}" for name, ppl in r.get("references", {}).items())
+        return f"{row.model_name} · {r['tokens']:,} tokens · LM alone {r['ppl_lm']:.2f}{references}\n{points}{_speeds(r)}"
     lines = [f"{labels().get(m, m)}: {_ppl(p)}" for m, p in method_perplexities(row).items()]
     return f"{row.model_name} · {r.get('tokens', 0):,} tokens\n" + "\n".join(lines)
+
+
+def _speeds(results: dict) -> str:
+    """" · generation tokens/s: LM alone 900, 0.25: 700, …" where a sweep timed its points; "" if not."""
+    timed = [f"{p['value']:g}: {p['tokens_per_s']:,.0f}" for p in results.get("results", []) if p.get("tokens_per_s")]
+    if not timed:
+        return ""
+    lm = f"LM alone {results['tokens_per_s_lm']:,.0f}, " if results.get("tokens_per_s_lm") else ""
+    return f" · generation tokens/s: {lm}{', '.join(timed)}"
 
 
 def _ppl(value: float | None) -> str:

@@ -1,7 +1,8 @@
 """The Evaluate page's two plots: perplexity (vs the swept value, or per method) and the per-token gain.
 
 Each draws one kept run, or two overlaid (the first in the accent colour, the second in orange),
-always with the LM-alone perplexity as a dashed line for reference.
+always with the LM-alone perplexity as a dashed line for reference; a method's own sweep may carry
+more references (its `references`), drawn dotted.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from ...core.datastore.catalog import EvaluationRow
 from ...core.evaluation.comparison import Comparison
-from ...core.methods import labels
+from ...core.evaluation.sweeps import method_sweep
+from ...core.methods import UnknownMethod, get, labels
 from .. import colours
 from ..plot_style import export_png, style_plot
 
@@ -26,6 +28,20 @@ PARAM_LABELS = {"lambda": "λ", "k": "k (neighbours)", "temperature": "temperatu
                 "memory": "memory size (tokens)"}
 SHORT_LABELS = {"memtrf": "MemTrf"}  # pyqtgraph drops a tick label wider than its slot
 GAIN_RANGE = 6.0  # nats either side; the rare larger gains go into the end bins
+
+
+def param_label(param: str) -> str:
+    """What a person reads for a swept parameter: kNN-LM's and the memory's from `PARAM_LABELS`, a
+    method's own ("adaptive.retrieve_fraction") as "<its label>: <the sweep's label>"."""
+    found = method_sweep(param)
+    if found is None:
+        return PARAM_LABELS.get(param, param)
+    try:
+        method = get(found[0])
+    except UnknownMethod:  # kept by a plug-in that is not installed here
+        return param
+    sweepable = method.sweeps.get(found[1])
+    return f"{method.label}: {sweepable.label}" if sweepable is not None else param
 
 
 @dataclass
@@ -44,7 +60,7 @@ def run_label(row: EvaluationRow) -> str:
     when = row.created.strftime("%Y-%m-%d %H:%M")
     where = f" · {row.datastore}" if row.datastore else ""
     if row.kind == "sweep":
-        return f"#{row.id} sweep {PARAM_LABELS.get(row.results['param'], row.results['param']).split(' (')[0]}" \
+        return f"#{row.id} sweep {param_label(row.results['param']).split(' (')[0]}" \
                f"{where} · {when}"
     if row.kind == "compare":
         methods = ", ".join(labels().get(m, m) for m in row.results["methods"])
@@ -116,12 +132,12 @@ class EvaluationPlots(QWidget):
         plot.enableAutoRange()
         if sweeps:
             param = sweeps[0].row.results["param"]
-            item.setLabel("bottom", PARAM_LABELS.get(param, param))
+            item.setLabel("bottom", param_label(param))
             xs = np.concatenate([_finite_points(r.row)[0] for r in sweeps])
             log_x = param == "k" and len(xs) > 0 and bool((xs > 0).all())  # k spans 1 … 1024
             item.setLogMode(x=log_x, y=False)
             item.getAxis("bottom").setTicks(None)
-            plot.setTitle(f"Perplexity vs {PARAM_LABELS.get(param, param).split(' (')[0]}", color=colours.TEXT,
+            plot.setTitle(f"Perplexity vs {param_label(param).split(' (')[0]}", color=colours.TEXT,
                           size="10pt")
             lm_lines: list[float] = []
             lowest, highest = math.inf, 0.0
@@ -136,6 +152,10 @@ class EvaluationPlots(QWidget):
                 if not any(math.isclose(ppl_lm, seen, rel_tol=1e-9) for seen in lm_lines):  # same text: one line
                     self._lm_line(ppl_lm, colour, f"LM alone {ppl_lm:.2f}")
                     lm_lines.append(ppl_lm)
+                for name, ppl in run.row.results.get("references", {}).items():
+                    if ppl is not None and not any(math.isclose(ppl, seen, rel_tol=1e-9) for seen in lm_lines):
+                        self._reference_line(ppl, colour, f"{name} {ppl:.2f}")
+                        lm_lines.append(ppl)
                 if len(y):
                     best = int(np.argmin(y))
                     # the best point, labelled above it (first run) or below it (second), so both read
@@ -146,7 +166,7 @@ class EvaluationPlots(QWidget):
             if lm_lines and math.isfinite(lowest):
                 # λ near 1 sends perplexity far up; keep the interesting part (up to twice the LM's) in view
                 top = min(highest, 2.0 * max(lm_lines))
-                plot.setYRange(lowest * 0.85, max(top, max(lm_lines)) * 1.08, padding=0)
+                plot.setYRange(min(lowest, min(lm_lines)) * 0.85, max(top, max(lm_lines)) * 1.08, padding=0)
             return
         item.setLogMode(x=False, y=False)
         plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
@@ -216,6 +236,12 @@ class EvaluationPlots(QWidget):
         line = pg.InfiniteLine(ppl_lm, angle=0, pen=pg.mkPen(colour, width=1.2, style=Qt.PenStyle.DashLine),
                                label=label, labelOpts={"position": 0.02, "color": colour, "anchors": [(0, 1), (0, 1)]})
         line.setToolTip(f"LM alone: {ppl_lm:.3f}")
+        self.perplexity_plot.addItem(line)
+
+    def _reference_line(self, ppl: float, colour: str, label: str) -> None:
+        line = pg.InfiniteLine(ppl, angle=0, pen=pg.mkPen(colour, width=1.2, style=Qt.PenStyle.DotLine),
+                               label=label, labelOpts={"position": 0.3, "color": colour, "anchors": [(0, 1), (0, 1)]})
+        line.setToolTip(f"{label.rsplit(' ', 1)[0]}: {ppl:.3f}")
         self.perplexity_plot.addItem(line)
 
     # ---- export ----------------------------------------------------------------------------

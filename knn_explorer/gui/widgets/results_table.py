@@ -1,4 +1,6 @@
 """The selected kept runs' numbers: a sweep's perplexity per value, or a comparison's per method.
+A sweep's references (the LM alone, and those a method's own sweep carries) are rows of their own;
+a point that was timed shows its generation tokens/s beside its perplexity.
 
 For people who would rather read than look: the same numbers as the plots, one column per run,
 the best of each column in bold.
@@ -19,8 +21,20 @@ def _points(run: ShownRun) -> dict[str, float | None]:
     """Row label → perplexity (None: infinite)."""
     r = run.row.results
     if run.row.kind == "sweep":
-        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, labels()[LM_ALONE]: r["ppl_lm"]}
+        return {**{f"{p['value']:g}": p["ppl"] for p in r["results"]}, labels()[LM_ALONE]: r["ppl_lm"],
+                **r.get("references", {})}
     return {labels().get(m, m): p for m, p in method_perplexities(run.row).items()}
+
+
+def _notes(run: ShownRun) -> dict[str, str]:
+    """Row label → what follows the perplexity: generation tokens/s where the sweep timed it."""
+    r = run.row.results
+    if run.row.kind != "sweep":
+        return {}
+    notes = {f"{p['value']:g}": f"  · {p['tokens_per_s']:,.0f} tok/s" for p in r["results"] if p.get("tokens_per_s")}
+    if notes and r.get("tokens_per_s_lm"):
+        notes[labels()[LM_ALONE]] = f"  · {r['tokens_per_s_lm']:,.0f} tok/s"
+    return notes
 
 
 class ResultsTable(QTableWidget):
@@ -34,6 +48,7 @@ class ResultsTable(QTableWidget):
 
     def show_runs(self, runs: list[ShownRun]) -> None:
         columns = [(legend_label(run.row), _points(run), run.row.results.get("ppl_lm")) for run in runs]
+        notes = [_notes(run) for run in runs]
         rows = list(dict.fromkeys(label for _name, points, _lm_ppl in columns for label in points))
         self.clear()
         self.setColumnCount(len(columns))
@@ -47,7 +62,7 @@ class ResultsTable(QTableWidget):
             best = min(finite) if finite else None
             for row, label in enumerate(rows):
                 ppl = points.get(label, math.nan)
-                item = QTableWidgetItem(_format(ppl, lm_ppl))
+                item = QTableWidgetItem(_format(ppl, lm_ppl) + notes[column].get(label, ""))
                 if ppl is not None and ppl == best:
                     item.setFont(bold)
                 self.setItem(row, column, item)
