@@ -141,20 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common_model_flags(sweep)
     _json_flag(sweep)
 
-    train = sub.add_parser("train-gates", help="train the Memorizing Transformer's per-head gates on documents, "
-                                               "or SPALM's gate on a datastore's documents")
-    train.add_argument("--method", default="memtrf", choices=["memtrf", "spalm"])
+    train = sub.add_parser("train-gates", help="train a method's adapter (the Memorizing Transformer's per-head "
+                                               "gates on documents, SPALM's gate on a datastore's documents, a "
+                                               "plug-in's)")
+    train.add_argument("--method", choices=method_names(),
+                       help="a trainable method (`knn-explorer methods`); default: the first that learns from "
+                            "what is given, --docs or --datastore")
     train.add_argument("--model", required=True)
-    train.add_argument("--docs", nargs="+", metavar="PATH", help="memtrf: files and/or folders to learn from")
-    train.add_argument("--datastore", help="spalm: the datastore whose documents (and memory) it learns from")
+    train.add_argument("--docs", nargs="+", metavar="PATH", help="files and/or folders to learn from (a method that "
+                                                                 "learns from documents)")
+    train.add_argument("--datastore", help="the datastore whose documents (and memory) it learns from (a method "
+                                           "that learns from a datastore)")
     train.add_argument("--out", required=True, type=Path, help="adapter file to write (.safetensors)")
     train.add_argument("--name", help="catalogue the adapter under this name (default: the file's name)")
     train.add_argument("--memory-layer", type=int, help="0-based layer with the memory (default: at 3/4 depth)")
     train.add_argument("--memory-size", type=_at_least(1), default=65_536)
     train.add_argument("--k", type=_at_least(1), default=32)
-    train.add_argument("--segment", type=_at_least(2), default=128, help="tokens per segment (memtrf) or window (spalm)")
+    train.add_argument("--segment", type=_at_least(2), default=128, help="tokens per segment or window")
     train.add_argument("--epochs", type=_at_least(1), default=1)
-    train.add_argument("--lr", type=_positive, help="Adam learning rate (default 0.05 for memtrf, 0.01 for spalm)")
+    train.add_argument("--lr", type=_positive, help="Adam learning rate (default: the method's, e.g. 0.05 for the "
+                                                    "Memorizing Transformer, 0.01 for SPALM)")
     train.add_argument("--segments-per-step", type=_at_least(1), default=8, help="segments whose gradients make one update")
     _common_model_flags(train)
     _json_flag(train)
@@ -469,51 +475,61 @@ def cmd_train_gates(args) -> int:
             sys.stderr.write(f"step {step.step:5d}  loss {step.loss:.3f}  gates {gates}\n")
 
     _check_writable_file(args.out)
-    train = _train_spalm if args.method == "spalm" else _train_memorizing
-    model, summary, details, source = train(args, show)
+    method = _trainable_method(args)
+    trainer = method.trainer
+    texts: list[str] = []
+    if trainer.learns_from == "datastore":
+        if not args.datastore:
+            raise UsageError(f"train-gates --method {method.name} needs --datastore NAME (it learns from its documents)")
+    else:
+        from .core.datastore.documents import Document, iter_documents
+
+        if not args.docs:
+            raise UsageError(f"train-gates --method {method.name} needs --docs PATH...")
+        texts = [d.text for d in iter_documents([Path(p) for p in args.docs]) if isinstance(d, Document)]
+        if not texts:
+            raise UsageError(f"no readable documents in {' '.join(args.docs)}")
+    from .core.methods import Resources, TrainingSettings
+
+    values = {"layer": args.memory_layer, "memory_size": args.memory_size, "k": args.k}
+    settings = method.Settings(**{f: values[f] for f in trainer.settings if values.get(f) is not None})
+    model = _load_model(args)
+    datastore = None
+    if trainer.learns_from == "datastore":
+        from .core.datastore.library import open_datastore
+
+        datastore = open_datastore(Catalog(), args.datastore, model)
+    training = TrainingSettings(epochs=args.epochs, segment=args.segment, learning_rate=args.lr,
+                                segments_per_step=args.segments_per_step)
+    trained = method.train(model, settings, Resources(datastore), texts, training, checkpoint=args.out, on_step=show)
+    summary, details = trained.summary, trained.details
     name = args.name or args.out.stem
     return _finish(args, {"adapter": str(args.out), "name": name, **details, **summary}, [
-        f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {source}; "
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f} s on {trained.source}; "
         f"loss {summary['loss_first']:.3f} → {summary['loss_last']:.3f}",
         "gates: " + " ".join(f"{g:.3f}" for g in summary["gates"]),
         f"wrote {args.out} (catalogued as '{name}')"],
-        keep=lambda: Catalog().register_adapter(name, args.method, args.out.resolve(), model.name,
+        keep=lambda: Catalog().register_adapter(name, method.name, args.out.resolve(), model.name,
                                                 model.model_fingerprint, {**details, **summary}))
 
 
-def _train_memorizing(args, show):
-    from .core.datastore.documents import Document, iter_documents
-    from .core.training.gate_training import GateTrainingSettings, train_memorizing_gates
-    from .core.mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
+def _trainable_method(args):
+    """The method `train-gates` trains: --method if it is trainable; otherwise the first trainable method
+    that learns from what was given (--docs: documents, --datastore: a datastore)."""
+    from .core.methods import get, registry
 
-    if not args.docs:
-        raise UsageError("train-gates --method memtrf needs --docs PATH...")
-    texts = [d.text for d in iter_documents([Path(p) for p in args.docs]) if isinstance(d, Document)]
-    if not texts:
-        raise UsageError(f"no readable documents in {' '.join(args.docs)}")
-    model = _load_model(args)
-    memory = MemorizingRetrofit(model, MemorizingSettings(layer=args.memory_layer, k=args.k,
-                                                          memory_size=args.memory_size))
-    settings = GateTrainingSettings(epochs=args.epochs, segment_length=args.segment,
-                                    learning_rate=args.lr or 0.05, segments_per_step=args.segments_per_step)
-    result = train_memorizing_gates(model, memory, texts, settings, checkpoint=args.out, on_step=show)
-    return model, result.summary(), {"layer": memory.layer}, f"{len(texts)} documents"
-
-
-def _train_spalm(args, show):
-    from .core.datastore.catalog import Catalog
-    from .core.datastore.library import open_datastore
-    from .core.mechanisms.spalm import Spalm, SpalmSettings
-    from .core.training.spalm_training import SpalmTrainingSettings, train_spalm_gate
-
-    if not args.datastore:
-        raise UsageError("train-gates --method spalm needs --datastore NAME (it learns from its documents)")
-    model = _load_model(args)
-    spalm = Spalm(model, open_datastore(Catalog(), args.datastore, model), SpalmSettings(k=args.k))
-    settings = SpalmTrainingSettings(epochs=args.epochs, context_length=args.segment, learning_rate=args.lr or 0.01,
-                                     windows_per_step=args.segments_per_step)
-    result = train_spalm_gate(spalm, settings, checkpoint=args.out, on_step=show)
-    return model, result.summary(), {"datastore": args.datastore}, f"the documents of '{args.datastore}'"
+    if args.method is not None:
+        method = get(args.method)
+        if method.trainer is None:
+            offered = ", ".join(m.name for m in registry.trainable()) or "none"
+            raise UsageError(f"{method.label} ({args.method}) has nothing to train: use one of {offered}")
+        return method
+    learns_from = "documents" if args.docs else "datastore" if args.datastore else None
+    for method in registry.trainable():
+        if method.trainer.learns_from == learns_from:
+            return method
+    raise UsageError("train-gates needs --docs PATH... or --datastore NAME, and --method for a method that "
+                     "learns from them")
 
 
 def cmd_sweep(args) -> int:

@@ -310,8 +310,10 @@ class MainWindow(QMainWindow):
         self.gate_training_dialog = dialog
 
     def _use_adapter(self, method: str, path: str) -> None:
-        """The gate-training dialog trained `method`'s gates: its (hand-made) panel's adapter field takes them."""
-        self.controls.panels[method].adapter.setText(path)
+        """The gate-training dialog trained `method`'s gates: its panel's adapter field (if it has one) takes them."""
+        field = getattr(self.controls.panels.get(method), "adapter", None)
+        if field is not None:
+            field.setText(path)
         self.controls.method.setCurrentIndex(self.controls.method.findData(method))
         self.statusBar().showMessage(f"{get(method).label} now uses the gates in {Path(path).name}", 10_000)
 

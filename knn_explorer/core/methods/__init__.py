@@ -4,11 +4,12 @@
 """
 from __future__ import annotations
 
-from .base import Method, MethodError, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, Sweepable
+from .base import (Method, MethodError, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, Sweepable,
+                   Trained, Trainer, TrainingSettings)
 from .registry import UnknownMethod, all_methods, get, labels, names
 
 __all__ = ["Method", "MethodError", "MethodSettings", "MethodStep", "PassOutputs", "RecordContext", "Resources",
-           "Sweepable", "UnknownMethod", "all_methods", "get", "labels", "names"]
+           "Sweepable", "Trained", "Trainer", "TrainingSettings", "UnknownMethod", "all_methods", "get", "labels", "names"]
 
 
 def __getattr__(attribute: str):

@@ -101,6 +101,39 @@ class Sweepable:
     values: tuple[float, ...]
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """What a trainable method (`Method.train`) learns, and what the CLI and the app offer for it."""
+
+    label: str  # what is trained, as a person reads it after the method's label ("per-head gates")
+    learns_from: str  # "documents" (files the person names) or "datastore" (the datastore's own documents)
+    learning_rate: float  # the default Adam learning rate
+    default_name: str  # the adapter's default name in the catalog
+    settings: tuple[str, ...] = ()  # fields of the method's `Settings` the training uses (e.g. "layer", "k")
+    segment_help: str = "Tokens per training window"
+    gates_title: str = "Gates"  # what the app's gate plot shows (rich text)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How to train, whatever the method: None takes the method's own default."""
+
+    epochs: int = 1
+    segment: int = 128  # tokens per segment / window
+    learning_rate: float | None = None
+    segments_per_step: int | None = None  # segments (windows) whose gradients make one update
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What `Method.train` gives back: the training's summary (steps, seconds, loss_first, loss_last,
+    gates), what the adapter was trained with (kept in the catalog), and what it learned from, in words."""
+
+    summary: dict
+    details: dict
+    source: str
+
+
 class RecordContext:
     """What a method may use to describe one step in its record (given by the generator)."""
 
@@ -122,6 +155,7 @@ class Method:
     reads_earlier_text: ClassVar[bool] = False  # remembers text before the window (one document at a time)
     record_fields: ClassVar[tuple[str, ...]] = ()  # TokenRecord fields it fills (the rest stay null)
     sweeps: ClassVar[dict[str, Sweepable]] = {}  # settings fields `sweep` runs over held-out text (default: none)
+    trainer: ClassVar[Trainer | None] = None  # set by a method whose adapter `train` learns (default: none)
 
     def __init__(self, model: "LoadedModel", settings: MethodSettings | None = None,
                  resources: Resources = Resources()):
@@ -197,3 +231,15 @@ class Method:
         are: a `SweepResult` whose `param` is "<name>.<param>", with optional `references` (a
         label → perplexity to draw beside the LM alone's). Only methods with `sweeps` implement it."""
         raise MethodError(f"{self.label} has no sweep of {param!r}")
+
+    # ---- training its adapter (optional) -----------------------------------------------------
+    @classmethod
+    def train(cls, model: "LoadedModel", settings: MethodSettings, resources: Resources, sources: list[str],
+              training: TrainingSettings, checkpoint: Path, on_step: Callable | None = None,
+              on_progress: "ProgressCallback | None" = None,
+              should_stop: Callable[[], bool] | None = None) -> Trained:
+        """Train the method's adapter and write it to `checkpoint` (.safetensors), calling `on_step`
+        with each update's `TrainingStep`. `sources` are the documents' texts when the `trainer`
+        learns from documents; the datastore (`resources.datastore`) when it learns from a datastore.
+        Only methods with a `trainer` implement it."""
+        raise MethodError(f"{cls.label} has nothing to train")

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
-from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
+from .base import Method, MethodStep, PassOutputs, RecordContext, Resources, Trained, Trainer, TrainingSettings
 
 
 class MemorizingTransformerMethod(Method):
@@ -22,6 +22,9 @@ class MemorizingTransformerMethod(Method):
     own_pass = True
     reads_earlier_text = True
     record_fields = ("head_gates", "memory_attention", "memory_hits")
+    trainer = Trainer("per-head gates", learns_from="documents", learning_rate=0.05, default_name="memtrf-gates",
+                      settings=("layer", "memory_size", "k"), gates_title="Gates g<sub>h</sub>",
+                      segment_help="Tokens local attention sees per segment; earlier segments are the memory")
 
     def __init__(self, model, settings: MemorizingSettings | None = None, resources: Resources = Resources(),
                  retrofit: MemorizingRetrofit | None = None):
@@ -103,3 +106,21 @@ class MemorizingTransformerMethod(Method):
         return {"method": self.name, "memory_layer": memory.layer, "memory_mode": memory.settings.mode,
                 "memory_size": memory.settings.memory_size, "k": memory.settings.k,
                 "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None}
+
+    @classmethod
+    def train(cls, model, settings, resources, sources, training: TrainingSettings, checkpoint, on_step=None,
+              on_progress=None, should_stop=None) -> Trained:
+        """The memory layer's per-head gates, learned on the documents (`core/training/gate_training.py`)."""
+        from ..training.gate_training import GateTrainingSettings, train_memorizing_gates
+
+        options = {"segments_per_step": training.segments_per_step} if training.segments_per_step else {}
+        gate_settings = GateTrainingSettings(epochs=training.epochs, segment_length=training.segment,
+                                             learning_rate=training.learning_rate or cls.trainer.learning_rate,
+                                             **options)
+        retrofit = MemorizingRetrofit(model, settings)
+        try:
+            result = train_memorizing_gates(model, retrofit, list(sources), gate_settings, checkpoint=checkpoint,
+                                            on_step=on_step, on_progress=on_progress, should_stop=should_stop)
+            return Trained(result.summary(), {"layer": retrofit.layer}, f"{len(sources)} documents")
+        finally:
+            retrofit.remove()

@@ -61,6 +61,11 @@ def all_methods() -> list:
     return found
 
 
+def trainable() -> list:
+    """Every method that loads and has an adapter to train (`Method.trainer`), in the registry's order."""
+    return [method for method in all_methods() if getattr(method, "trainer", None) is not None]
+
+
 def labels() -> dict[str, str]:
     return {method.name: method.label for method in all_methods()}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..records import RetrievalSettings
 from ..mechanisms.spalm import Spalm, SpalmSettings, SpalmStep
-from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
+from .base import Method, MethodStep, PassOutputs, RecordContext, Resources, Trained, Trainer, TrainingSettings
 
 
 class SpalmMethod(Method):
@@ -15,6 +15,8 @@ class SpalmMethod(Method):
     needs_datastore = True
     uses_hidden = True
     record_fields = ("p_knn", "gate", "neighbours", "retrieval")
+    trainer = Trainer("context gate", learns_from="datastore", learning_rate=0.01, default_name="spalm-gate",
+                      settings=("k",), gates_title="Mean gate g")
 
     def __init__(self, model, settings: SpalmSettings | None = None, resources: Resources = Resources(),
                  spalm: Spalm | None = None):
@@ -45,3 +47,19 @@ class SpalmMethod(Method):
         trained = self.spalm.adapter is not None
         gate = str(self.resources.adapter or "shipped with the demo") if trained else "initial (w = 0, b = ln 9)"
         return {**super().describe(), "gate": gate}
+
+    @classmethod
+    def train(cls, model, settings, resources, sources, training: TrainingSettings, checkpoint, on_step=None,
+              on_progress=None, should_stop=None) -> Trained:
+        """The context gate, learned on the datastore's own documents with each position's own entry
+        left out of its neighbours (`core/training/spalm_training.py`)."""
+        from ..training.spalm_training import SpalmTrainingSettings, train_spalm_gate
+
+        options = {"windows_per_step": training.segments_per_step} if training.segments_per_step else {}
+        gate_settings = SpalmTrainingSettings(epochs=training.epochs, context_length=training.segment,
+                                              learning_rate=training.learning_rate or cls.trainer.learning_rate,
+                                              **options)
+        datastore = resources.datastore
+        result = train_spalm_gate(Spalm(model, datastore, settings), gate_settings, checkpoint=checkpoint,
+                                  on_step=on_step, on_progress=on_progress, should_stop=should_stop)
+        return Trained(result.summary(), {"datastore": datastore.name}, f"the documents of '{datastore.name}'")

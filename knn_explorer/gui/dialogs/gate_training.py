@@ -1,8 +1,9 @@
-"""Train gates — the Memorizing Transformer's per-head gates on documents, or SPALM's context gate on
-the datastore in use — watching the loss and the gates move.
+"""Train gates — any trainable method's adapter (`Method.trainer`, `Method.train`): the Memorizing
+Transformer's per-head gates on documents, SPALM's context gate on the datastore in use, a plug-in's —
+watching the loss and the gates move.
 
-The job runs `core.training.gate_training.train_memorizing_gates` off the UI thread; each update arrives as
-a `TrainingStep` and extends the loss curve and the per-head gate bars in place. Cancel stops at
+The job runs the method's `train` off the UI thread; each update arrives as a `TrainingStep` and
+extends the loss curve and the gate bars in place. Cancel stops at
 the next segment and keeps the last checkpoint. The adapter is written under the data home's
 `adapters/` folder and catalogued against the model; `adapter_ready(method, path)` tells the main window.
 """
@@ -17,16 +18,13 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout)
 
-from ...core.training.adapters import MEMTRF
 from ...core.datastore.catalog import Catalog
 from ...core.datastore.documents import Document, iter_documents
-from ...core.training.gate_training import GateTrainingSettings, train_memorizing_gates
 from ...core.home import data_home
-from ...core.mechanisms.memorizing import MAX_MEMORY, MemorizingRetrofit, MemorizingSettings
+from ...core.mechanisms.memorizing import MAX_MEMORY
 from ...core.datastore.library import open_datastore
+from ...core.methods import Resources, TrainingSettings, registry
 from ...core.models import LoadedModel
-from ...core.mechanisms.spalm import Spalm
-from ...core.training.spalm_training import SPALM, SpalmTrainingSettings, train_spalm_gate
 from ...core.training.update_loop import TrainingStep
 from .. import colours, workers
 from ..widgets.gate_bars import GateBars
@@ -44,7 +42,7 @@ def _plot(title: str, left: str, bottom: str) -> pg.PlotWidget:
 
 
 class GateTrainingDialog(QDialog):
-    adapter_ready = Signal(str, str)  # method (memtrf | spalm), adapter path
+    adapter_ready = Signal(str, str)  # the trained method's name, adapter path
 
     def __init__(self, catalog: Catalog, model: LoadedModel, folder: Path | None = None,
                  datastore: str | None = None, parent=None):
@@ -58,7 +56,7 @@ class GateTrainingDialog(QDialog):
         self.docs = PathField("The documents' folder", "a folder of documents",
                               "Documents to learn from; each is read segment by segment with its own memory")
         self.docs.setText(str(folder) if folder else "")
-        self.name = QLineEdit("memtrf-gates")
+        self.name = QLineEdit()
         self.name.setToolTip("The adapter's name in the catalog (letters, digits, - and _)")
         self.layer = QSpinBox(minimum=AUTO_LAYER, maximum=255, value=AUTO_LAYER)
         self.layer.setSpecialValueText("auto (¾ of the depth)")
@@ -72,14 +70,18 @@ class GateTrainingDialog(QDialog):
         self.lr = QDoubleSpinBox(minimum=0.0001, maximum=10.0, value=0.05, decimals=4, singleStep=0.01)
         self.lr.setToolTip("Adam learning rate of the gate biases")
         self.method = QComboBox()
-        self.method.addItem("Memorizing Transformer: per-head gates", "memtrf")
-        self.method.addItem("SPALM: context gate", "spalm")
+        # those that learn from documents first: they can always run (one that learns from a datastore needs one in use)
+        self.methods = {method.name: method for method in sorted(registry.trainable(),
+                                                                 key=lambda m: m.trainer.learns_from == "datastore")}
+        for index, method in enumerate(self.methods.values()):
+            self.method.addItem(f"{method.label}: {method.trainer.label}", method.name)
+            if datastore is None and method.trainer.learns_from == "datastore":  # it learns from one, as memory
+                self.method.model().item(index).setEnabled(False)
+                self.method.setItemData(index, "Use a datastore first (double-click one in the library)",
+                                        Qt.ToolTipRole)
         self.method.setToolTip("Which gates to train")
-        if datastore is None:  # SPALM learns from a datastore's documents, with it as memory
-            self.method.model().item(1).setEnabled(False)
-            self.method.setItemData(1, "Use a datastore first (double-click one in the library)", Qt.ToolTipRole)
         self.datastore_label = QLabel(datastore or "—")
-        self.datastore_label.setToolTip("SPALM learns from this datastore's documents, leaving each position's own "
+        self.datastore_label.setToolTip("Learned from this datastore's documents, leaving each position's own "
                                         "entry out of its neighbours")
         form = QFormLayout()
         form.addRow("train", self.method)
@@ -129,17 +131,25 @@ class GateTrainingDialog(QDialog):
         layout.addLayout(buttons)
         self.resize(820, 620)
 
+    def _chosen(self):
+        """The method chosen, or None (no trainable method is installed)."""
+        return self.methods.get(self.method.currentData())
+
     def _method_changed(self) -> None:
-        spalm = self.method.currentData() == "spalm"
-        for widget in (self.docs, self.layer, self.memory):
-            self.form.setRowVisible(widget, not spalm)
-        self.form.setRowVisible(self.datastore_label, spalm)
-        if self.name.text() in ("memtrf-gates", "spalm-gate"):
-            self.name.setText("spalm-gate" if spalm else "memtrf-gates")
-        self.lr.setValue(0.01 if spalm else 0.05)
-        self.segment.setToolTip("Tokens per training window" if spalm else
-                                "Tokens local attention sees per segment; earlier segments are the memory")
-        self.gate_plot.setTitle("Mean gate g" if spalm else "Gates g<sub>h</sub>", color=colours.TEXT, size="10pt")
+        method = self._chosen()
+        if method is None:
+            return
+        trainer = method.trainer
+        from_datastore = trainer.learns_from == "datastore"
+        self.form.setRowVisible(self.docs, not from_datastore)
+        self.form.setRowVisible(self.datastore_label, from_datastore)
+        self.form.setRowVisible(self.layer, "layer" in trainer.settings)
+        self.form.setRowVisible(self.memory, "memory_size" in trainer.settings)
+        if not self.name.text() or self.name.text() in {m.trainer.default_name for m in self.methods.values()}:
+            self.name.setText(trainer.default_name)
+        self.lr.setValue(trainer.learning_rate)
+        self.segment.setToolTip(trainer.segment_help)
+        self.gate_plot.setTitle(trainer.gates_title, color=colours.TEXT, size="10pt")
 
     # ---- actions -------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -149,46 +159,35 @@ class GateTrainingDialog(QDialog):
             return False
         name = self.name.text().strip()
         path = data_home() / "adapters" / f"{name}.safetensors"
-        if self.method.currentData() == "spalm":
-            return self._start_job(self._spalm_body(name, path))
-        texts = [d.text for d in iter_documents([Path(self.docs.text())]) if isinstance(d, Document)]
-        if not texts:
-            self.status.setText("<span style='color:#c92a2a'>no readable documents in that folder</span>")
+        method = self._chosen()
+        trainer = method.trainer
+        texts: list[str] = []
+        if trainer.learns_from != "datastore":
+            texts = [d.text for d in iter_documents([Path(self.docs.text())]) if isinstance(d, Document)]
+            if not texts:
+                self.status.setText("<span style='color:#c92a2a'>no readable documents in that folder</span>")
+                return False
+        values = {"layer": None if self.layer.value() == AUTO_LAYER else self.layer.value(),
+                  "memory_size": self.memory.value()}
+        try:
+            settings = method.Settings(**{f: values[f] for f in trainer.settings if f in values})
+        except ValueError as exc:
+            self.status.setText(f"<span style='color:#c92a2a'>{exc}</span>")
             return False
-        settings = GateTrainingSettings(epochs=self.epochs.value(), segment_length=self.segment.value(),
-                                        learning_rate=self.lr.value())
-        memory_settings = MemorizingSettings(layer=None if self.layer.value() == AUTO_LAYER else self.layer.value(),
-                                             memory_size=self.memory.value())
-        model, catalog = self.model, self.catalog
-
-        def body(control: workers.JobControl):
-            retrofit = MemorizingRetrofit(model, memory_settings)
-            try:
-                result = train_memorizing_gates(model, retrofit, texts, settings, checkpoint=path,
-                                                on_step=control.emit, on_progress=control.report,
-                                                should_stop=control.should_stop)
-                catalog.register_adapter(name, MEMTRF, path, model.name, model.model_fingerprint,
-                                         {"layer": retrofit.layer, **result.summary()})
-                return path
-            finally:
-                retrofit.remove()
-
-        return self._start_job(body)
-
-    def _spalm_body(self, name: str, path: Path):
-        settings = SpalmTrainingSettings(epochs=self.epochs.value(), context_length=self.segment.value(),
-                                         learning_rate=self.lr.value())
+        training = TrainingSettings(epochs=self.epochs.value(), segment=self.segment.value(),
+                                    learning_rate=self.lr.value())
         model, catalog, datastore = self.model, self.catalog, self.datastore
 
         def body(control: workers.JobControl):
-            spalm = Spalm(model, open_datastore(catalog, datastore, model))
-            result = train_spalm_gate(spalm, settings, checkpoint=path, on_step=control.emit,
-                                      on_progress=control.report, should_stop=control.should_stop)
-            catalog.register_adapter(name, SPALM, path, model.name, model.model_fingerprint,
-                                     {"datastore": datastore, **result.summary()})
+            resources = Resources(open_datastore(catalog, datastore, model) if trainer.learns_from == "datastore"
+                                  else None)
+            trained = method.train(model, settings, resources, texts, training, checkpoint=path,
+                                   on_step=control.emit, on_progress=control.report, should_stop=control.should_stop)
+            catalog.register_adapter(name, method.name, path, model.name, model.model_fingerprint,
+                                     {**trained.details, **trained.summary})
             return path
 
-        return body
+        return self._start_job(body)
 
     def _start_job(self, body) -> bool:
         self.steps.clear()
@@ -217,9 +216,12 @@ class GateTrainingDialog(QDialog):
 
     # ---- progress ------------------------------------------------------------------------------
     def _problem(self) -> str | None:
-        if self.method.currentData() == "spalm":
+        method = self._chosen()
+        if method is None:
+            return "no method here has gates to train"
+        if method.trainer.learns_from == "datastore":
             if self.datastore is None:
-                return "SPALM needs a datastore: use one in the library first"
+                return f"{method.label} needs a datastore: use one in the library first"
         elif not self.docs.text().strip() or not Path(self.docs.text()).exists():
             return "choose a folder of documents that exists"
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name.text().strip()):
