@@ -225,14 +225,14 @@ def test_its_own_sweep_hook_is_the_fraction_sweep_with_kNN_LM_beside_and_tokens_
 
     model, _, datastore, _ = built
     method = adaptive(model, datastore, predictor_file(tmp_path / "r.safetensors", model, datastore), 0.5)
-    assert get("knnlm").sweeps == {} and Method.sweeps == {}  # the default: no sweeps of its own
+    assert get("spalm").sweeps == {} and Method.sweeps == {}  # the default: no sweeps of its own
     assert list(AdaptiveRetrievalMethod.sweeps) == ["retrieve_fraction"]
     assert AdaptiveRetrievalMethod.sweeps["retrieve_fraction"].values == (0.25, 0.5, 0.75, 1.0)
     for param, values in (("k", [1.0]), ("retrieve_fraction", [0.5, 1.5]), ("retrieve_fraction", [])):
         with pytest.raises(MethodError):
             AdaptiveRetrievalMethod.check_sweep(param, values)
     with pytest.raises(MethodError):
-        KnnLmMethod(model, KnnLmSettings(k=8), Resources(datastore)).sweep([TEXT], "lambda", [0.5])
+        get("none")(model).sweep([TEXT], "lambda", [0.5])  # the default: no sweep to run
 
     result = method.sweep([TEXT], "retrieve_fraction", [0.25, 0.5, 1.0], context_length=32, stride=16)
     plain = sweep_retrieved_fraction(model, method, [TEXT], (0.25, 0.5, 1.0), context_length=32, stride=16)

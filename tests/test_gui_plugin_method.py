@@ -260,3 +260,26 @@ def test_a_refused_value_is_a_one_line_message(qtbot):
     assert str(refused.value) == message
     panel.widgets["scale"].setValue(1.0)
     assert panel.problem() is None and not panel.problem_label.isVisible()
+
+
+def test_the_evaluate_pages_sweeps_come_from_the_registry(qtbot, toy_plugin, monkeypatch):
+    """Every registered method's `sweeps`, a plug-in's too; kNN-LM's and the memory's keep the bare
+    names kept runs and `sweep --param` have always used."""
+    from knn_explorer.core.methods import Sweepable
+    from knn_explorer.core.methods.sweep_names import find_sweep
+    from knn_explorer.gui.pages.evaluate import EvaluatePage
+    from knn_explorer.gui.widgets.evaluation_plots import param_label
+
+    monkeypatch.setattr(registry.get("sharpen"), "sweeps", {"tau": Sweepable("temperature tau", (0.5, 1.0, 2.0))})
+    page = EvaluatePage(Catalog())
+    qtbot.addWidget(page)
+    offered = [page.param_combo.itemData(i) for i in range(page.param_combo.count())]
+    assert {"lambda", "k", "temperature", "size", "distance", "memory", "sharpen.tau"} <= set(offered)
+    assert len(offered) == len(set(offered))
+    assert find_sweep("sharpen.tau") == ("sharpen", "tau") and find_sweep("memory") == ("memtrf", "memory")
+    assert find_sweep("lambda") == ("knnlm", "lambda")
+    index = page.param_combo.findData("sharpen.tau")
+    assert page.param_combo.itemText(index) == "Sharpened LM: temperature tau" == param_label("sharpen.tau")
+    assert param_label("lambda") == "λ" and param_label("memory") == "memory size (tokens)"
+    page.param_combo.setCurrentIndex(index)
+    assert page.values_edit.text() == "0.5, 1, 2"

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from ..mechanisms.knnlm import KnnLM, KnnLmSettings, KnnStep
 from ..records import RetrievalSettings
-from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
+from .base import Method, MethodError, MethodStep, PassOutputs, RecordContext, Resources
+from .sweep_names import KeptAs
+
+# λ, k, T, the datastore's size and the distances: kept (and `sweep --param`) under these bare names
+SWEEPS = {"lambda": ("λ", (0, 0.05, 0.1, 0.25, 0.4, 0.5, 0.65, 0.8, 0.95, 1)),
+          "k": ("k (neighbours)", (1, 4, 8, 16, 32, 64, 128, 256)),
+          "temperature": ("temperature T", (0.25, 0.5, 1, 2, 4, 8)),
+          "size": ("datastore size (fraction of its entries)", (0.05, 0.1, 0.25, 0.5, 1)),
+          "distance": ("distances (0 = index's, 1 = exact)", (0, 1))}
 
 
 class KnnLmMethod(Method):
@@ -14,6 +22,7 @@ class KnnLmMethod(Method):
     Settings = KnnLmSettings
     needs_datastore = True
     record_fields = ("p_knn", "lambda_", "neighbours", "retrieval")
+    sweeps = {param: KeptAs(label, values) for param, (label, values) in SWEEPS.items()}
 
     def __init__(self, model, settings: KnnLmSettings | None = None, resources: Resources = Resources()):
         super().__init__(model, settings, resources)
@@ -32,3 +41,28 @@ class KnnLmMethod(Method):
             "p_knn": context.top(knn_step.p_knn[row]),
             "lambda_": float(knn_step.lambdas[row]),
         }
+
+    # ---- its sweeps (`core/evaluation/sweeps.py`: one forward pass, every point from it) --------
+    @classmethod
+    def check_sweep(cls, param: str, values: list[float]) -> None:
+        """The values' own ranges (the datastore's size is checked by `sweep`, before the model runs)."""
+        from ..evaluation.sweeps import SweepValueError, check_sweep_values
+
+        if param not in cls.sweeps:
+            raise MethodError(f"{cls.label} has no sweep of {param!r} (it offers: {', '.join(cls.sweeps)})")
+        try:
+            check_sweep_values(None, param, values)
+        except SweepValueError as exc:
+            raise MethodError(str(exc)) from None
+
+    def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
+        """kNN-LM (fixed λ) at each value of `param`, the other settings as they are: the values are
+        checked against the datastore first, then one pass over the text collects what every point needs.
+        Refusals are `SweepValueError`s (one line)."""
+        from ..evaluation.sweeps import check_sweep_values, collect, sweep
+
+        datastore = self.knn.datastore
+        check_sweep_values(datastore, param, values, self.settings)  # before the model runs
+        text = texts if isinstance(texts, str) else "\n\n".join(texts)  # one stream, as `evaluate` reads it
+        collected = collect(self.model, text, context_length, stride, on_progress=on_progress, should_stop=should_stop)
+        return sweep(datastore, collected, param, values, self.settings, should_stop=should_stop)

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 import torch
 
 from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
-from .base import Method, MethodStep, PassOutputs, RecordContext, Resources, Trained, Trainer, TrainingSettings
+from .base import Method, MethodError, MethodStep, PassOutputs, RecordContext, Resources, Trained, Trainer, TrainingSettings
+from .sweep_names import KeptAs
 
 
 class MemorizingTransformerMethod(Method):
@@ -22,6 +23,8 @@ class MemorizingTransformerMethod(Method):
     own_pass = True
     reads_earlier_text = True
     record_fields = ("head_gates", "memory_attention", "memory_hits")
+    # the memory's size, kept (and `sweep --param`) as "memory"
+    sweeps = {"memory": KeptAs("memory size (tokens)", (0, 1024, 4096, 16384, 65536))}
     trainer = Trainer("per-head gates", learns_from="documents", learning_rate=0.05, default_name="memtrf-gates",
                       settings=("layer", "memory_size", "k"), gates_title="Gates g<sub>h</sub>",
                       segment_help="Tokens local attention sees per segment; earlier segments are the memory")
@@ -106,6 +109,27 @@ class MemorizingTransformerMethod(Method):
         return {"method": self.name, "memory_layer": memory.layer, "memory_mode": memory.settings.mode,
                 "memory_size": memory.settings.memory_size, "k": memory.settings.k,
                 "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None}
+
+    @classmethod
+    def check_sweep(cls, param: str, values: list[float]) -> None:
+        """Memory sizes are whole numbers of tokens the memory can hold."""
+        from ..evaluation.sweeps import SweepValueError, check_sweep_values
+
+        if param not in cls.sweeps:
+            raise MethodError(f"{cls.label} has no sweep of {param!r} (it offers: {', '.join(cls.sweeps)})")
+        try:
+            check_sweep_values(None, param, values)
+        except SweepValueError as exc:
+            raise MethodError(str(exc)) from None
+
+    def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
+        """Perplexity with memories of each size (`sweeps.sweep_memory_size`: one pass per size, the
+        memory holding one document at a time); the memory's size is restored afterwards."""
+        from ..evaluation.sweeps import sweep_memory_size
+
+        self.check_sweep(param, values)
+        return sweep_memory_size(self.model, self, texts, [int(v) for v in values], context_length, stride,
+                                 on_progress=on_progress, should_stop=should_stop)
 
     @classmethod
     def train(cls, model, settings, resources, sources, training: TrainingSettings, checkpoint, on_step=None,

@@ -25,8 +25,8 @@ from ...core.evaluation.store import forget, keep_comparison, load_comparison
 from ...core.home import DEMO_DOCS_DIR
 from ...core.mechanisms.knnlm import KnnLmSettings
 from ...core.methods import Method, MethodError, UnknownMethod, get, labels
-from ...core.evaluation.sweeps import (DEFAULT_VALUES, SweepValueError, check_sweep_values, collect, method_sweep, sweep,
-                                       sweep_memory_size)
+from ...core.methods.lm_alone import LM_ALONE
+from ...core.methods.sweep_names import find_sweep, registered_sweeps
 from .. import workers
 from ..widgets.evaluation_plots import EvaluationPlots, param_label, ShownRun, method_perplexities, run_label
 from ..export_report import report_export
@@ -35,9 +35,6 @@ from ..widgets.results_table import ResultsTable
 from ..runs import Run
 from ..settings import settings_file
 from ..widgets.token_changes import TokenChangesTable
-
-SWEEP_PARAMS = ("lambda", "k", "temperature", "size", "distance", "memory")
-
 
 @dataclass
 class MethodObjects:
@@ -97,18 +94,15 @@ class EvaluatePage(QWidget):
             box = QCheckBox(label)
             box.setToolTip(get(method).summary)
             box.setChecked(True)
-            box.setEnabled(method != "none")  # the LM alone is every comparison's reference
+            box.setEnabled(method != LM_ALONE)  # the LM alone is every comparison's reference
             self.method_boxes[method] = box
             methods_layout.addWidget(box)
 
         self.param_combo = QComboBox()
-        for param in SWEEP_PARAMS:
+        for param in registered_sweeps():  # every registered method's sweeps, by the name runs keep them under
             self.param_combo.addItem(param_label(param), param)
-        for method in labels():  # and every registered method's own sweeps ("<name>.<setting>")
-            for setting in get(method).sweeps:
-                self.param_combo.addItem(param_label(f"{method}.{setting}"), f"{method}.{setting}")
-        self.param_combo.setToolTip("kNN-LM's λ, k, T, datastore size or distances; the Memorizing "
-                                    "Transformer's memory size; and the settings a method sweeps itself")
+        self.param_combo.setToolTip("The settings each method sweeps (kNN-LM's λ, k, T, datastore size or "
+                                    "distances; the Memorizing Transformer's memory size; …)")
         self.values_edit = QLineEdit()
         self.values_edit.setToolTip("Values to try, separated by commas")
         self.param_combo.currentIndexChanged.connect(self._param_changed)
@@ -249,7 +243,7 @@ class EvaluatePage(QWidget):
         self.stride_spin.setValue(int(self._settings.value("evaluate/stride", 128)))
         unticked = str(self._settings.value("evaluate/unticked", "")).split(",")
         for method, box in self.method_boxes.items():
-            box.setChecked(method == "none" or method not in unticked)
+            box.setChecked(method == LM_ALONE or method not in unticked)
 
     def _remember(self) -> None:
         self._settings.setValue("evaluate/text", self.text_field.text())
@@ -266,8 +260,10 @@ class EvaluatePage(QWidget):
 
     def _param_changed(self) -> None:
         param = self.param_combo.currentData()
-        own = method_sweep(param)
-        values = get(own[0]).sweeps[own[1]].values if own else DEFAULT_VALUES[param]
+        if param is None:  # no method offers a sweep
+            return
+        method, setting = find_sweep(param)
+        values = get(method).sweeps[setting].values
         self.values_edit.setText(", ".join(f"{v:g}" for v in values))
 
     def set_context(self, model, datastore_name: str | None) -> None:
@@ -299,22 +295,16 @@ class EvaluatePage(QWidget):
             values = [float(v) for v in self.values_edit.text().replace(";", ",").split(",") if v.strip()]
         except ValueError:
             return self._refuse(f"Sweep values must be numbers separated by commas, not {self.values_edit.text()!r}")
-        own = method_sweep(param)
-        if own is not None:  # a method's own sweep: its settings judge the values
-            try:
-                method = get(own[0])
-                method.check_sweep(own[1], values)
-            except (UnknownMethod, MethodError) as exc:
-                return self._refuse(str(exc))
-            if method.needs_datastore and not self.datastore_name:
-                return self._refuse(f"{method.label} needs a datastore: double-click one in the library")
-            return "sweep", (param, values)
-        try:
-            check_sweep_values(None, param, values)  # the datastore's size is checked in the job, once open
-        except SweepValueError as exc:
+        if param is None:
+            return self._refuse("No method offers a sweep")
+        name, setting = find_sweep(param)
+        try:  # the method judges the values (a datastore's size, once open, in the job)
+            method = get(name)
+            method.check_sweep(setting, values)
+        except (UnknownMethod, MethodError) as exc:
             return self._refuse(str(exc))
-        if param != "memory" and not self.datastore_name:
-            return self._refuse("A kNN-LM sweep needs a datastore: double-click one in the library")
+        if method.needs_datastore and not self.datastore_name:
+            return self._refuse(f"{method.label} needs a datastore: double-click one in the library")
         return "sweep", (param, values)
 
     def _refuse(self, reason: str) -> None:
@@ -334,7 +324,6 @@ class EvaluatePage(QWidget):
 
         def body(control: workers.JobControl):
             documents = read_heldout(path)  # the memory holds one document at a time
-            text = "\n\n".join(documents)
             parameters = {"text": str(path), "context": context, "stride": stride}
             if mode == "compare":
                 objects = open_methods(what)
@@ -350,32 +339,14 @@ class EvaluatePage(QWidget):
                                           "settings": described})
                 return row_id, c, c.tokens, ""
             param, values = what
-            own = method_sweep(param)
-            if own is not None:  # the method sweeps itself, built as the panels set it
-                objects = open_methods([own[0]])
-                try:
-                    result = objects.methods[own[0]].sweep(documents, own[1], values, context, stride,
-                                                           on_progress=control.report, should_stop=control.should_stop)
-                finally:
-                    objects.close()
-                where = datastore if objects.datastore else None
-            elif param == "memory":
-                objects = open_methods(["memtrf"])  # the memory-size sweep is the Memorizing Transformer's
-                try:
-                    result = sweep_memory_size(model, objects.methods["memtrf"], documents, [int(v) for v in values],
-                                               context, stride, on_progress=control.report,
-                                               should_stop=control.should_stop)
-                finally:
-                    objects.close()
-                where = None
-            else:
-                objects = open_methods(["knnlm"])
-                check_sweep_values(objects.datastore, param, values, knn_settings)  # before the model runs
-                collected = collect(model, text, context, stride, on_progress=control.report,
-                                    should_stop=control.should_stop)
-                result = sweep(objects.datastore, collected, param, values, knn_settings,
-                               should_stop=control.should_stop)
-                where = datastore
+            name, setting = find_sweep(param)  # the method sweeps itself, built as the panels set it
+            objects = open_methods([name])
+            try:
+                result = objects.methods[name].sweep(documents, setting, values, context, stride,
+                                                     on_progress=control.report, should_stop=control.should_stop)
+            finally:
+                objects.close()
+            where = datastore if objects.datastore else None
             out = {**result.to_json(), "model": model.name, "text": str(path)}
             row_id = self.catalog.record_evaluation("sweep", model.name, where,
                                                     {**parameters, "param": param, "values": values}, out)
@@ -464,7 +435,7 @@ class EvaluatePage(QWidget):
     def _selection_changed(self) -> None:
         runs = self.shown_runs()
         methods = list(dict.fromkeys(m for r in runs if r.comparison is not None for m in r.comparison.methods
-                                     if m != "none"))
+                                     if m != LM_ALONE))
         current = self.gain_method.currentData()
         self.gain_method.blockSignals(True)
         self.gain_method.clear()
@@ -524,26 +495,29 @@ class EvaluatePage(QWidget):
             return self._refuse(f"Inspecting a {labels().get(method, method)} token needs the run's datastore: "
                                 f"double-click '{run.row.datastore}' in the library")
         comparison, model, open_methods = run.comparison, self.model, self.open_methods
-        now = self.knn_settings().describe()
-        changed = [f"{key} {run.row.parameters[key]} → {value}" for key, value in now.items()
-                   if method == "knnlm" and key in run.row.parameters and run.row.parameters[key] != value]
-        note = f" (with today's settings: {', '.join(changed)})" if changed else ""
+        kept = _kept_settings(run.row, method)
 
         def body(_control):
             objects = open_methods([method])
             try:
-                prompt_ids, record = token_record(model, comparison, index, objects.methods[method])
+                opened = objects.methods[method]
+                now = opened.settings.describe()
+                prompt_ids, record = token_record(model, comparison, index, opened)
             finally:
                 objects.close()
-            return prompt_ids, record
+            return prompt_ids, record, now
 
         def show(result) -> None:
-            prompt_ids, record = result
+            prompt_ids, record, now = result
+            changed = [f"{key} {kept[key]} → {value}" for key, value in now.items()
+                       if key in kept and kept[key] != value]
+            if changed:
+                self.status.setText(f"Opened held-out token #{index} with today's settings: {', '.join(changed)}")
             label = f"held-out token #{index} · {labels().get(method, method)} · run #{run.row.id}"
             self.inspect_requested.emit(Run(label=label, prompt=model.tokenizer.decode(prompt_ids),
                                             prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
 
-        self.status.setText(f"Opening held-out token #{index} in the inspector{note}…")
+        self.status.setText(f"Opening held-out token #{index} in the inspector…")
         self.inspect_job = workers.run_job(body, parent=self, finished=show, failed=self._failed)
         return self.inspect_job
 
@@ -590,6 +564,19 @@ class EvaluatePage(QWidget):
             folder = chosen
         folder, stem = Path(folder), "evaluation-" + "-".join(str(r.id) for r in rows)
         return self._report_export("the plots as PNG", folder, lambda: self.plots.export_pngs(folder, stem)) or []
+
+
+def _kept_settings(row: EvaluationRow, method: str) -> dict:
+    """`method`'s settings as the comparison kept them: its own ("settings"), or, in runs kept before
+    methods kept theirs, the kNN-LM settings every comparison kept flat (for a method with those settings)."""
+    own = row.parameters.get("settings", {}).get(method)
+    if isinstance(own, dict):
+        return own
+    try:
+        flat = get(method).Settings is KnnLmSettings
+    except UnknownMethod:
+        return {}
+    return dict(row.parameters) if flat else {}
 
 
 def _summary(row: EvaluationRow) -> str:

@@ -17,31 +17,32 @@ from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from ...core.datastore.catalog import EvaluationRow
 from ...core.evaluation.comparison import Comparison
-from ...core.evaluation.sweeps import method_sweep
 from ...core.methods import UnknownMethod, get, labels
+from ...core.methods.lm_alone import LM_ALONE
+from ...core.methods.sweep_names import KeptAs, find_sweep
 from .. import colours
 from ..plot_style import export_png, style_plot
 
 RUN_COLOURS = (colours.ACCENT, colours.CHOSEN)
-PARAM_LABELS = {"lambda": "λ", "k": "k (neighbours)", "temperature": "temperature T",
-                "size": "datastore size (fraction of its entries)", "distance": "distances (0 = index's, 1 = exact)",
-                "memory": "memory size (tokens)"}
 SHORT_LABELS = {"memtrf": "MemTrf"}  # pyqtgraph drops a tick label wider than its slot
 GAIN_RANGE = 6.0  # nats either side; the rare larger gains go into the end bins
 
 
 def param_label(param: str) -> str:
-    """What a person reads for a swept parameter: kNN-LM's and the memory's from `PARAM_LABELS`, a
-    method's own ("adaptive.retrieve_fraction") as "<its label>: <the sweep's label>"."""
-    found = method_sweep(param)
+    """What a person reads for a swept parameter, from the sweeping method's `Sweepable`: a sweep kept
+    under its bare name (kNN-LM's "lambda", the memory's "memory": `KeptAs`) as the sweep's label, the
+    others ("adaptive.retrieve_fraction") as "<the method's label>: <the sweep's label>"."""
+    found = find_sweep(param)
     if found is None:
-        return PARAM_LABELS.get(param, param)
+        return param
     try:
         method = get(found[0])
     except UnknownMethod:  # kept by a plug-in that is not installed here
         return param
     sweepable = method.sweeps.get(found[1])
-    return f"{method.label}: {sweepable.label}" if sweepable is not None else param
+    if sweepable is None:
+        return param
+    return sweepable.label if isinstance(sweepable, KeptAs) else f"{method.label}: {sweepable.label}"
 
 
 @dataclass
@@ -85,7 +86,7 @@ def method_perplexities(row: EvaluationRow) -> dict[str, float | None]:
     if row.kind == "compare":
         return {m: v["ppl"] for m, v in r["methods"].items()}
     if row.kind == "eval":
-        return {"none": r["ppl_lm"], r.get("method", "none"): r["ppl"]}
+        return {LM_ALONE: r["ppl_lm"], r.get("method", LM_ALONE): r["ppl"]}
     return {}
 
 
@@ -189,7 +190,7 @@ class EvaluationPlots(QWidget):
                 label.setPos(xi, h)
                 plot.addItem(label)
             if ppl:
-                self._lm_line(ppl.get("none", run.row.results.get("ppl_lm", 0.0)), RUN_COLOURS[i], None)
+                self._lm_line(ppl.get(LM_ALONE, run.row.results.get("ppl_lm", 0.0)), RUN_COLOURS[i], None)
         if methods:
             top = max((p for r in self.runs for p in method_perplexities(r.row).values() if p is not None), default=1.0)
             plot.setXRange(-0.6, len(methods) - 0.4, padding=0)
@@ -227,7 +228,7 @@ class EvaluationPlots(QWidget):
         plot.enableAutoRange()
 
     def gain_method(self, run: ShownRun) -> str | None:
-        methods = [m for m in run.comparison.methods if m != "none"] if run.comparison is not None else []
+        methods = [m for m in run.comparison.methods if m != LM_ALONE] if run.comparison is not None else []
         if not methods:
             return None
         return self.method if self.method in methods else methods[0]
