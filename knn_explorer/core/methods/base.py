@@ -148,6 +148,7 @@ class Method:
     name: ClassVar[str]  # short, stable: CLI values, JSON, the catalog
     label: ClassVar[str]  # what a person reads
     summary: ClassVar[str] = ""  # one line for help texts and tooltips
+    short_label: ClassVar[str] = ""  # where the label does not fit (a bar chart's tick); default: the label
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     needs_datastore: ClassVar[bool] = False
     uses_hidden: ClassVar[bool] = False  # capture the output embedding's input on the shared pass

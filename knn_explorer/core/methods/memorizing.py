@@ -18,6 +18,7 @@ from .sweep_names import KeptAs
 class MemorizingTransformerMethod(Method):
     name = "memtrf"
     label = "Memorizing Transformer"
+    short_label = "MemTrf"
     summary = "attention over a kNN memory of the text's earlier tokens, per-head gates (Wu et al. 2022)"
     Settings = MemorizingSettings
     own_pass = True

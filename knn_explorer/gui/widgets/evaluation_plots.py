@@ -24,7 +24,6 @@ from .. import colours
 from ..plot_style import export_png, style_plot
 
 RUN_COLOURS = (colours.ACCENT, colours.CHOSEN)
-SHORT_LABELS = {"memtrf": "MemTrf"}  # pyqtgraph drops a tick label wider than its slot
 GAIN_RANGE = 6.0  # nats either side; the rare larger gains go into the end bins
 
 
@@ -172,8 +171,7 @@ class EvaluationPlots(QWidget):
         item.setLogMode(x=False, y=False)
         plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
         methods = list(dict.fromkeys(m for r in self.runs for m in method_perplexities(r.row)))
-        names = labels()  # the registry now: a plug-in registered after import is there too
-        ticks = [(i, SHORT_LABELS.get(m) or names.get(m, m)) for i, m in enumerate(methods)]
+        ticks = [(i, _tick_label(m)) for i, m in enumerate(methods)]
         item.getAxis("bottom").setTicks([ticks])
         item.setLabel("bottom", "")
         width = 0.8 / max(1, len(self.runs))
@@ -251,3 +249,13 @@ class EvaluationPlots(QWidget):
         folder.mkdir(parents=True, exist_ok=True)
         return [export_png(self.perplexity_plot, folder / f"{stem}-perplexity.png"),
                 export_png(self.gain_plot, folder / f"{stem}-gain.png")]
+
+
+def _tick_label(method: str) -> str:
+    """A method's short label (pyqtgraph drops a tick label wider than its slot), read from the
+    registry now: a plug-in registered after import is there too."""
+    try:
+        found = get(method)
+    except UnknownMethod:  # a kept run of a method no longer installed
+        return method
+    return found.short_label or found.label
