@@ -14,6 +14,7 @@ BUILT_IN = {
     "knnlm": "knn_explorer.core.methods.knnlm:KnnLmMethod",
     "spalm": "knn_explorer.core.methods.spalm:SpalmMethod",
     "memtrf": "knn_explorer.core.methods.memorizing:MemorizingTransformerMethod",
+    "adaptive": "knn_explorer.core.methods.adaptive:AdaptiveRetrievalMethod",
 }
 
 
