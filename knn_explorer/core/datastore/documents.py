@@ -133,6 +133,36 @@ def _suffix_reason(path: Path) -> str:
     return f"unsupported file type {suffix}" if suffix else "unsupported file type (no extension)"
 
 
+SNIFF_BYTES = 8192
+_TEXT_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8, UTF-16 LE/BE (UTF-32 LE starts like UTF-16 LE)
+
+
+def _kind_of(path: Path) -> str | None:
+    """What reads `path`: its suffix says (.md, .pdf, ...), or, for any other suffix or none
+    (LICENSE-2.0, LGPL-2.1, README, notes.cfg), its content: text that decodes is read as text."""
+    return _KIND_BY_SUFFIX.get(path.suffix.lower()) or ("text" if _looks_like_text(path) else None)
+
+
+def _looks_like_text(path: Path) -> bool:
+    """The first 8 KB carry a Unicode byte-order mark, or hold no NUL byte and decode as UTF-8 (a
+    character cut by the 8 KB boundary allowed). Other 8-bit encodings stay unsupported here:
+    without a telling suffix, bytes that are not UTF-8 are far more often binary than Latin-1."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    if head.startswith(_TEXT_BOMS):
+        return True
+    if not head.strip() or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return len(head) == SNIFF_BYTES and exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
+
+
 def _is_hidden(entry: os.DirEntry) -> bool:
     if entry.name.startswith("."):
         return True
@@ -201,7 +231,7 @@ def _discover_iter(paths: Iterable[str | Path]) -> Iterator[Path | SkippedFile]:
         except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on Python < 3.13
             reason = _stat_reason(path, exc) if isinstance(exc, OSError) else "symlink loop"
             return SkippedFile(Path(path), reason)
-        if resolved.suffix.lower() not in SUPPORTED_SUFFIXES:  # the target's suffix names its format
+        if _kind_of(resolved) is None:  # the target's suffix names its format, or its content is text
             return SkippedFile(Path(path), _suffix_reason(resolved))
         if resolved in seen_files:
             return None
@@ -333,7 +363,7 @@ def open_document(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Docum
         resolved = Path(raw).resolve(strict=True)
     except (OSError, RuntimeError):
         raise DocumentError("symlink loop") from None
-    kind = _KIND_BY_SUFFIX.get(resolved.suffix.lower())
+    kind = _kind_of(resolved)
     if kind is None:
         raise DocumentError(_suffix_reason(resolved))
     if st.st_size > max_bytes:
