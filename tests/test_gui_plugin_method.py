@@ -283,3 +283,4 @@ def test_the_evaluate_pages_sweeps_come_from_the_registry(qtbot, toy_plugin, mon
     assert param_label("lambda") == "λ" and param_label("memory") == "memory size (tokens)"
     page.param_combo.setCurrentIndex(index)
     assert page.values_edit.text() == "0.5, 1, 2"
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
@@ -116,6 +116,19 @@ def summary_note(method) -> str:
     return summary if summary.endswith(".") else summary + "."
 
 
+class ShortcutsBeforeEditing(QObject):
+    """Lets the window's Ctrl+→ (Step) win over a text box's own use of it (move one word right):
+    a QPlainTextEdit claims the key in its shortcut-override event unless it is refused there."""
+
+    KEYS = ((Qt.Key.Key_Right, Qt.KeyboardModifier.ControlModifier),)
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.ShortcutOverride and (event.key(), event.modifiers()) in self.KEYS:
+            event.ignore()
+            return True
+        return False
+
+
 class GenerationControls(QWidget):
     generate_requested = Signal()
     step_requested = Signal()
@@ -126,6 +139,8 @@ class GenerationControls(QWidget):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         self.prompt = QPlainTextEdit(DEFAULT_PROMPT)
+        self._prompt_keys = ShortcutsBeforeEditing(self)
+        self.prompt.installEventFilter(self._prompt_keys)
         self.prompt.setPlaceholderText("Type a prompt…")
         self.prompt.setToolTip("The text generation continues from")
         self.prompt.setMaximumHeight(64)
