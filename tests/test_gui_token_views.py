@@ -246,8 +246,15 @@ def test_bar_plots_hold_the_records_probabilities_with_token_labels(inspector, r
         brushes = plot.bars.opts["brushes"]
         for i in chosen:
             assert brushes[i].color() == QColor(colours.CHOSEN)
-    top = max(p.prob for dist in (record.p_lm, record.p_knn, record.p_final) for p in dist)
-    assert inspector.p_lm_plot.viewRange()[1][1] >= top  # one shared scale that shows every bar
+    for plot, dist in zip(inspector.distribution_plots(), (record.p_lm, record.p_knn, record.p_final)):
+        top = max(p.prob for p in dist)  # each plot on its own scale, showing every bar
+        assert top <= plot.viewRange()[1][1] <= min(1.0, top * 1.12) * 1.01
+
+    flat = dataclasses.replace(record, p_final=[dataclasses.replace(p, prob=6.9e-4 - i * 1e-5)
+                                                for i, p in enumerate(record.p_final)])
+    inspector.show_record(flat, [flat])
+    inspector.settle()
+    assert inspector.p_final_plot.viewRange()[1][1] < 1e-3  # a flat distribution is visibly flat, not empty
 
     bare = dataclasses.replace(record, method="none", p_knn=None, lambda_=None, neighbours=[], retrieval=None)
     inspector.show_record(bare, [bare])

@@ -181,11 +181,9 @@ class TokenInspector(QWidget):
             f"Neighbours <span style='font-weight:400; color:{colours.MUTED}'>"
             + (f"{shown} shown of k = {k}" if k is not None else "none: this step used no retrieval") + "</span>")
         self.alternatives.set_alternatives(record)
-        top = max([p.prob for dist in (record.p_lm, record.p_knn or [], record.p_final) for p in dist] or [1.0])
-        y_top = min(1.0, top * 1.12) if top > 0 else 1.0  # one y scale, so the three read against each other
         no_knn = "no retrieval at this step" if record.p_knn is None else "empty"
         self._stage_plots(
-            [partial(self._show_distribution, plot, probs, record.token_id, y_top, reason) for plot, probs, reason in
+            [partial(self._show_distribution, plot, probs, record.token_id, reason) for plot, probs, reason in
              ((self.p_lm_plot, record.p_lm, ""), (self.p_knn_plot, record.p_knn, no_knn),
               (self.p_final_plot, record.p_final, ""))]
             + [partial(self.history_plot.set_history, history, record.step),
@@ -217,9 +215,12 @@ class TokenInspector(QWidget):
             self._stage_timer.start()
 
     @staticmethod
-    def _show_distribution(plot: DistributionPlot, probs: list[TokenProb] | None, chosen: int, y_top: float,
+    def _show_distribution(plot: DistributionPlot, probs: list[TokenProb] | None, chosen: int,
                            empty_reason: str) -> None:
-        plot.setYRange(0, y_top, padding=0)
+        # Each plot to its own scale: on a shared one a flat distribution (SPALM with a low gate: a
+        # top p of 7e-4) is bars too low to see, and flat is exactly what there is to see.
+        top = max([p.prob for p in probs or []] or [1.0])
+        plot.setYRange(0, min(1.0, top * 1.12) if top > 0 else 1.0, padding=0)
         plot.set_distribution(probs, chosen, empty_reason)
 
     def clear(self) -> None:
