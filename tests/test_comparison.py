@@ -168,3 +168,23 @@ def test_a_kept_sweep_exports_as_csv_and_strict_json_with_infinity_as_null(setup
     exported = json.loads(write_json(row, tmp_path / "sweep.json").read_text(encoding="utf-8"),
                           parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert exported["results"]["results"][-1]["ppl"] is None and exported["kind"] == "sweep"
+
+
+def test_a_sweeps_csv_carries_the_model_datastore_and_the_settings_it_held_fixed(setup, tmp_path):
+    import csv
+
+    from knn_explorer.core.evaluation.export import write_csv
+    from knn_explorer.core.evaluation.sweeps import collect, sweep
+
+    model, catalog, datastore, text = setup
+    collected = collect(model, text[:600], 32, 16)
+    files = []
+    for temperature in (1.0, 8.0):
+        result = sweep(datastore, collected, "lambda", [0.25, 0.5], KnnLmSettings(k=8, temperature=temperature))
+        row_id = catalog.record_evaluation("sweep", model.name, "small", {"param": "lambda"}, result.to_json())
+        row = next(r for r in catalog.evaluations("sweep") if r.id == row_id)
+        with open(write_csv(row, tmp_path / f"sweep-{temperature}.csv"), newline="", encoding="utf-8") as f:
+            files.append(list(csv.DictReader(f)))
+    for rows, temperature in zip(files, (1.0, 8.0)):
+        assert {(r["model"], r["datastore"], r["k"], float(r["temperature"])) for r in rows} == {
+            (model.name, "small", "8", temperature)}

@@ -43,10 +43,14 @@ def _write_csv(row: EvaluationRow, path: Path, comparison: Comparison | None,
         if row.kind == "sweep":
             # whatever else its points carry: a size sweep's entries, a method's own sweep's tokens/s, ...
             extra = list(dict.fromkeys(k for p in results["results"] for k in p if k not in ("value", "ppl")))
-            writer.writerow(["param", "value", "ppl", "ppl_lm", *extra])
+            # and what the run held fixed (k, T, λ, distances, ...), so two sweeps' files never look alike
+            fixed = {k: v for k, v in results.items()
+                     if k not in ("param", "ppl_lm", "results", "references") and not isinstance(v, (dict, list))}
+            context = {"model": row.model_name, "datastore": row.datastore, **fixed}
+            writer.writerow(["param", "value", "ppl", "ppl_lm", *extra, *context])
             for point in results["results"]:
                 writer.writerow([results["param"], point["value"], point["ppl"], results["ppl_lm"],
-                                 *[point.get(e) for e in extra]])
+                                 *[point.get(e) for e in extra], *context.values()])
         elif comparison is not None:
             methods = comparison.methods
             writer.writerow(["index", "position", "token_id", "token", *[f"log_p_{m}" for m in methods]])
