@@ -220,7 +220,7 @@ def test_double_clicking_a_neighbour_asks_to_open_its_document_at_the_passage(in
     qtbot.mouseClick(table.viewport(), Qt.LeftButton, pos=pos)
     with qtbot.waitSignal(inspector.open_document, timeout=2000) as blocker:
         qtbot.mouseDClick(table.viewport(), Qt.LeftButton, pos=pos)
-    assert blocker.args == [n.document, n.offset]
+    assert blocker.args == [n.document, n.offset, len(n.token)]  # the token's characters, not the whole word
 
     dialog = open_document_at(n.document, n.offset, length=len(n.token))
     qtbot.addWidget(dialog)

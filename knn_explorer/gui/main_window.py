@@ -117,7 +117,8 @@ class MainWindow(QMainWindow):
 
         self.inspector = TokenInspector()
         self.inspector.branch_requested.connect(self.branch)
-        self.inspector.open_document.connect(lambda path, offset: open_document_at(path, offset, parent=self))
+        self.inspector.open_document.connect(
+            lambda path, offset, length: open_document_at(path, offset, length, parent=self))
         self.inspector.step_clicked.connect(lambda step: self.strip.select(step))
 
         top = QWidget()

@@ -207,9 +207,10 @@ class WeightDelegate(QStyledItemDelegate):
 
 
 class NeighbourTable(QTableView):
-    """The retrieved neighbours of one step. Double-click a row: `open_document(path, offset)`."""
+    """The retrieved neighbours of one step. Double-click a row: `open_document(path, offset, length)`,
+    length being the characters of the neighbour's next token (what the viewer selects)."""
 
-    open_document = Signal(str, int)
+    open_document = Signal(str, int, int)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -251,7 +252,7 @@ class NeighbourTable(QTableView):
     def _activated(self, index) -> None:
         if index.isValid():
             n = self.table_model.neighbour(index.row())
-            self.open_document.emit(n.document, n.offset)
+            self.open_document.emit(n.document, n.offset, n.highlight[1] - n.highlight[0])
 
 
 # ----------------------------------------------------------------------------- opening a document

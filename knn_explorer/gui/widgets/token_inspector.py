@@ -45,7 +45,7 @@ def _caption(text: str, tooltip: str) -> QLabel:
 class TokenInspector(QWidget):
     """One record in detail. See the module docstring for the parts."""
 
-    open_document = Signal(str, int)  # path, character offset (double-click in the neighbour table)
+    open_document = Signal(str, int, int)  # path, character offset, token length (double-click in the table)
     branch_requested = Signal(int, int)  # step, token id (click on an alternative)
     step_clicked = Signal(int)  # a step picked in the history plot
 
