@@ -335,3 +335,12 @@ def test_ctrl_return_runs(qtbot, setup):
         qtbot.keyClick(page.prompt, Qt.Key_Return, Qt.ControlModifier)
     page.job.wait()
     assert page.table_model.rowCount() == 2
+
+
+def test_an_empty_prompt_is_refused_before_anything_runs(qtbot):
+    calls = []
+    page = page_with(qtbot, lambda *args: calls.append(args), ["none"])
+    page.prompt.setPlainText("  \n")
+    with qtbot.waitSignal(page.error, timeout=1000) as error:
+        page.run()
+    assert "Type a prompt" in error.args[0] and page.job is None and calls == []

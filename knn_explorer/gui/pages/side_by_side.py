@@ -301,6 +301,9 @@ class SideBySidePage(QWidget):
             self._fail(f"Choose at most {MAX_METHODS} methods: their columns share the screen")
             return
         prompt, max_tokens = self.prompt.toPlainText(), self.max_tokens.value()
+        if not prompt.strip():
+            self._fail("Type a prompt first: the columns continue it")
+            return
         self.prompt_of_run = prompt
         self._max_tokens = max_tokens
         self.table_model.start(methods)
