@@ -233,3 +233,13 @@ def test_spalm_generates_with_its_gate_on_the_chips_and_neighbours_in_the_inspec
     assert sum(n.knn_weight for n in record.neighbours) == pytest.approx(1.0, abs=1e-6)
     xs, ys = window.inspector.history_plot.weight_curve.getData()
     assert list(ys) == pytest.approx([r.gate for r in run.records])  # the gate over the steps
+
+
+def test_the_load_model_dialog_opens_on_the_model_in_use(qtbot, tiny_gpt2_dir):
+    window = MainWindow(Catalog(), model_spec=str(tiny_gpt2_dir), build_demo=False)
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    dialog = window.model_dialog()
+    qtbot.addWidget(dialog)
+    assert dialog.folder.isChecked() and not dialog.demo.isChecked()
+    assert dialog.choice().spec == window.model.spec == str(tiny_gpt2_dir)

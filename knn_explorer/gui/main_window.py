@@ -212,8 +212,15 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     # ---- model -----------------------------------------------------------------------------
-    def open_model_dialog(self) -> None:
+    def model_dialog(self) -> LoadModelDialog:
+        """The Load Model dialog, opened on the model in use (not always on the demo)."""
         dialog = LoadModelDialog(self.settings.recent_models, self.settings.device, self)
+        if self.model is not None:
+            dialog.set_spec(self.model.spec)
+        return dialog
+
+    def open_model_dialog(self) -> None:
+        dialog = self.model_dialog()
         if dialog.exec():
             choice = dialog.choice()
             if not choice.spec:
