@@ -5,12 +5,11 @@ installed; and the generated panel on its own: round trip, a refused value in on
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 from dataclasses import dataclass
 from typing import Literal
 
 import pytest
+from plugin_helpers import installed_plugin
 import torch
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox
 
@@ -62,18 +61,9 @@ class Sharpen(Method):
 @pytest.fixture
 def toy_plugin(tmp_path, monkeypatch):
     """The distribution `toy_method` 0.1 on sys.path, registering `sharpen`; gone afterwards."""
-    folder = tmp_path / "site"
-    info = folder / "toy_method-0.1.dist-info"
-    info.mkdir(parents=True)
-    (folder / "toy_method.py").write_text(textwrap.dedent(TOY_METHOD), encoding="utf-8")
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy_method\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[knn_explorer.methods]\nsharpen = toy_method:Sharpen\n", encoding="utf-8")
-    with monkeypatch.context() as mp:
-        mp.syspath_prepend(str(folder))
-        registry.refresh()
+    with installed_plugin(tmp_path / "site", "toy_method", TOY_METHOD, {"sharpen": "toy_method:Sharpen"},
+                          monkeypatch) as folder:
         yield folder
-    sys.modules.pop("toy_method", None)
-    registry.refresh()
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ dist-info), as in test_gui_plugin_method.py."""
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 
 import pytest
+from plugin_helpers import installed_plugin
 
 from cli_helpers import assert_one_line_error, cli
 from knn_explorer.core.datastore.catalog import Catalog
@@ -63,18 +62,9 @@ class Tilt(Method):
 @pytest.fixture
 def trainable_plugin(tmp_path, monkeypatch):
     """The distribution `toy_trainable` 0.1 on sys.path, registering `tilt`; gone afterwards."""
-    folder = tmp_path / "site"
-    info = folder / "toy_trainable-0.1.dist-info"
-    info.mkdir(parents=True)
-    (folder / "toy_trainable.py").write_text(textwrap.dedent(TOY_TRAINABLE), encoding="utf-8")
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy_trainable\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[knn_explorer.methods]\ntilt = toy_trainable:Tilt\n", encoding="utf-8")
-    with monkeypatch.context() as mp:
-        mp.syspath_prepend(str(folder))
-        registry.refresh()
-        yield sys.modules.get("toy_trainable") or __import__("toy_trainable")
-    sys.modules.pop("toy_trainable", None)
-    registry.refresh()
+    with installed_plugin(tmp_path / "site", "toy_trainable", TOY_TRAINABLE, {"tilt": "toy_trainable:Tilt"},
+                          monkeypatch):
+        yield __import__("toy_trainable")
 
 
 @pytest.fixture

@@ -217,6 +217,16 @@ class Method:
         if param not in cls.sweeps:
             offered = ", ".join(cls.sweeps) or "none"
             raise MethodError(f"{cls.label} has no sweep of {param!r} (it offers: {offered})")
+        from .sweep_names import KeptAs
+
+        if isinstance(cls.sweeps[param], KeptAs):  # a sweep kept under its bare name: the core's checks and words
+            from ..evaluation.sweeps import SweepValueError, check_sweep_values
+
+            try:
+                check_sweep_values(None, param, values)
+            except SweepValueError as exc:
+                raise MethodError(str(exc)) from None
+            return
         if not values:
             raise MethodError("give at least one value to sweep")
         for value in values:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..mechanisms.knnlm import KnnLM, KnnLmSettings, KnnStep
 from ..records import RetrievalSettings
-from .base import Method, MethodError, MethodStep, PassOutputs, RecordContext, Resources
+from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
 from .sweep_names import KeptAs
 
 # λ, k, T, the datastore's size and the distances: kept (and `sweep --param`) under these bare names
@@ -43,18 +43,6 @@ class KnnLmMethod(Method):
         }
 
     # ---- its sweeps (`core/evaluation/sweeps.py`: one forward pass, every point from it) --------
-    @classmethod
-    def check_sweep(cls, param: str, values: list[float]) -> None:
-        """The values' own ranges (the datastore's size is checked by `sweep`, before the model runs)."""
-        from ..evaluation.sweeps import SweepValueError, check_sweep_values
-
-        if param not in cls.sweeps:
-            raise MethodError(f"{cls.label} has no sweep of {param!r} (it offers: {', '.join(cls.sweeps)})")
-        try:
-            check_sweep_values(None, param, values)
-        except SweepValueError as exc:
-            raise MethodError(str(exc)) from None
-
     def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
         """kNN-LM (fixed λ) at each value of `param`, the other settings as they are: the values are
         checked against the datastore first, then one pass over the text collects what every point needs.

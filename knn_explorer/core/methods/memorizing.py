@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
-from .base import Method, MethodError, MethodStep, PassOutputs, RecordContext, Resources, Trained, Trainer, TrainingSettings
+from .base import Method, MethodStep, PassOutputs, RecordContext, Resources, Trained, Trainer, TrainingSettings
 from .sweep_names import KeptAs
 
 
@@ -110,18 +110,6 @@ class MemorizingTransformerMethod(Method):
         return {"method": self.name, "memory_layer": memory.layer, "memory_mode": memory.settings.mode,
                 "memory_size": memory.settings.memory_size, "k": memory.settings.k,
                 "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None}
-
-    @classmethod
-    def check_sweep(cls, param: str, values: list[float]) -> None:
-        """Memory sizes are whole numbers of tokens the memory can hold."""
-        from ..evaluation.sweeps import SweepValueError, check_sweep_values
-
-        if param not in cls.sweeps:
-            raise MethodError(f"{cls.label} has no sweep of {param!r} (it offers: {', '.join(cls.sweeps)})")
-        try:
-            check_sweep_values(None, param, values)
-        except SweepValueError as exc:
-            raise MethodError(str(exc)) from None
 
     def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
         """Perplexity with memories of each size (`sweeps.sweep_memory_size`: one pass per size, the
