@@ -714,8 +714,10 @@ def _load_model(args):
 def _method_name(args) -> str:
     """--method, checked against what the method needs (kNN-LM by default with a datastore)."""
     from .core.methods import get
+    from .core.methods.knnlm import KnnLmMethod
+    from .core.methods.lm_alone import LM_ALONE
 
-    name = args.method or ("knnlm" if args.datastore else "none")
+    name = args.method or (KnnLmMethod.name if args.datastore else LM_ALONE)
     method = get(name)
     if method.needs_datastore and not args.datastore:
         raise UsageError(f"--method {name} needs --datastore NAME (see `knn-explorer list`)")

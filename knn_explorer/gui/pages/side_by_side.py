@@ -41,6 +41,7 @@ from ...core.generation.side_by_side import (
     to_csv,
     to_json,
 )
+from ...core.methods.knnlm import KnnLmMethod
 from ...core.methods.lm_alone import LM_ALONE
 from .. import colours
 from ..settings import settings_file
@@ -52,7 +53,7 @@ from ..workers import Job, JobControl, run_job
 # the job's thread, and given back to the model by closing the lane whose method holds it.
 MakeGenerators = Callable[[list[str], str, int, JobControl], dict[str, StepGenerator]]
 
-DEFAULT_METHODS = (LM_ALONE, "knnlm")  # ticked on a first launch: the LM alone beside kNN-LM
+DEFAULT_METHODS = (LM_ALONE, KnnLmMethod.name)  # ticked on a first launch: the LM alone beside kNN-LM
 
 
 def method_tip(method: str) -> str | None:

@@ -18,7 +18,10 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from ...core.mechanisms.knnlm import KnnLmSettings
 from ...core.methods import MethodError, MethodSettings, get, labels
+from ...core.methods.knnlm import KnnLmMethod
 from ...core.methods.lm_alone import LM_ALONE
+from ...core.methods.memorizing import MemorizingTransformerMethod
+from ...core.methods.spalm import SpalmMethod
 from .memorizing_panel import MemorizingPanel
 from .settings_panel import SettingsPanel, settings_from_values
 from .spalm_panel import SpalmPanel
@@ -85,8 +88,9 @@ class KnnLmPanel(QWidget):
 # values()/apply() (flat keys of the controls' values), and static settings_from(values) -> (settings,
 # adapter file or None) and context_window(values) -> the local window (None: the model's maximum).
 # Every other registered method gets a `SettingsPanel` generated from its Settings.
-HAND_MADE_PANELS: dict[str, type[QWidget]] = {"knnlm": KnnLmPanel, "spalm": SpalmPanel, "memtrf": MemorizingPanel}
-DEFAULT_METHOD = "knnlm"  # chosen on a first launch (the app builds the demo datastore for it)
+HAND_MADE_PANELS: dict[str, type[QWidget]] = {
+    KnnLmMethod.name: KnnLmPanel, SpalmMethod.name: SpalmPanel, MemorizingTransformerMethod.name: MemorizingPanel}
+DEFAULT_METHOD = KnnLmMethod.name  # chosen on a first launch (the app builds the demo datastore for it)
 GENERATED = "method_settings"  # key of the controls' values: {method name: its generated panel's values}
 
 
@@ -218,15 +222,15 @@ class GenerationControls(QWidget):
     # The hand-made panels by the names the app and its tests use.
     @property
     def knnlm(self) -> KnnLmPanel:
-        return self.panels["knnlm"]
+        return self.panels[KnnLmMethod.name]
 
     @property
     def spalm(self) -> SpalmPanel:
-        return self.panels["spalm"]
+        return self.panels[SpalmMethod.name]
 
     @property
     def memorizing(self) -> MemorizingPanel:
-        return self.panels["memtrf"]
+        return self.panels[MemorizingTransformerMethod.name]
 
     def generated_panels(self) -> dict[str, SettingsPanel]:
         return {name: panel for name, panel in self.panels.items() if isinstance(panel, SettingsPanel)}
