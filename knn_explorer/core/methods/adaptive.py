@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ..mechanisms.knnlm import KnnLM, KnnLmSettings, Retrieval, interpolate, knn_distribution
-from ..records import RetrievalSettings
 from .adaptive_predictor import DEMO_ADAPTIVE_PREDICTOR, predictor_for
 from .base import Method, MethodSettings, MethodStep, PassOutputs, RecordContext, Resources, Sweepable, setting
+from .knnlm import retrieval_fields
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,8 @@ class AdaptiveRetrievalMethod(Method):
         if not bool(adaptive.retrieved[row]):  # skipped: λ 0, nothing retrieved
             return {"lambda_": 0.0, "neighbours": [], "retrieval": None, "p_knn": None}
         r = int((adaptive.rows == row).nonzero()[0, 0])  # its place among the rows that retrieved
-        s, datastore = self.settings, self.knn.datastore
-        return {
-            "neighbours": context.neighbours(adaptive.retrieval, adaptive.retrieval.weights, datastore, row=r),
-            "retrieval": RetrievalSettings(s.k, s.temperature, s.distance, datastore.name),
-            "p_knn": context.top(adaptive.p_knn[r]),
-            "lambda_": float(adaptive.lambdas[row]),
-        }
+        return retrieval_fields(self.knn, adaptive.retrieval, r, adaptive.p_knn[r], float(adaptive.lambdas[row]),
+                                context)
 
     def describe(self) -> dict:
         threshold = self.threshold if math.isfinite(self.threshold) else None  # strict JSON: never retrieves

@@ -2,7 +2,7 @@
 is `core/knnlm.py`)."""
 from __future__ import annotations
 
-from ..mechanisms.knnlm import KnnLM, KnnLmSettings, KnnStep
+from ..mechanisms.knnlm import KnnLM, KnnLmSettings, KnnStep, Retrieval
 from ..records import RetrievalSettings
 from .base import Method, MethodStep, PassOutputs, RecordContext, Resources
 from .sweep_names import KeptAs
@@ -34,13 +34,8 @@ class KnnLmMethod(Method):
 
     def describe_step(self, step: MethodStep, row: int, context: RecordContext) -> dict:
         knn_step: KnnStep = step.details
-        s, datastore = self.settings, self.knn.datastore
-        return {
-            "neighbours": context.neighbours(knn_step.retrieval, knn_step.retrieval.weights, datastore, row=row),
-            "retrieval": RetrievalSettings(s.k, s.temperature, s.distance, datastore.name),
-            "p_knn": context.top(knn_step.p_knn[row]),
-            "lambda_": float(knn_step.lambdas[row]),
-        }
+        return retrieval_fields(self.knn, knn_step.retrieval, row, knn_step.p_knn[row], float(knn_step.lambdas[row]),
+                                context)
 
     # ---- its sweeps (`core/evaluation/sweeps.py`: one forward pass, every point from it) --------
     def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
@@ -54,3 +49,15 @@ class KnnLmMethod(Method):
         text = texts if isinstance(texts, str) else "\n\n".join(texts)  # one stream, as `evaluate` reads it
         collected = collect(self.model, text, context_length, stride, on_progress=on_progress, should_stop=should_stop)
         return sweep(datastore, collected, param, values, self.settings, should_stop=should_stop)
+
+
+def retrieval_fields(knn: KnnLM, retrieval: Retrieval, row: int, p_knn, lam: float, context: RecordContext) -> dict:
+    """The record fields of a step that mixed in kNN-LM's p_kNN with weight `lam` (kNN-LM itself, and
+    any method that retrieves as it does): row `row` of `retrieval`, its p_kNN, the settings used."""
+    s, datastore = knn.settings, knn.datastore
+    return {
+        "neighbours": context.neighbours(retrieval, retrieval.weights, datastore, row=row),
+        "retrieval": RetrievalSettings(s.k, s.temperature, s.distance, datastore.name),
+        "p_knn": context.top(p_knn),
+        "lambda_": lam,
+    }
