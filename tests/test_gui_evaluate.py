@@ -27,7 +27,7 @@ def window(qtbot, tmp_path):
     heldout.write_text(next(docs.rglob("*.md")).read_text(encoding="utf-8")[:1200]
                        + "\nZebras quietly juggle purple marmalade beneath seventeen arches.\n", encoding="utf-8")
     page = window.evaluate_page
-    window.pages.setCurrentWidget(page)
+    window.show_page(page)
     page.text_field.setText(str(heldout))
     page.context_spin.setValue(32)
     page.stride_spin.setValue(16)
@@ -75,7 +75,7 @@ def test_compare_four_methods_then_inspect_a_helped_token_and_export(qtbot, wind
     assert record.chosen_prob_final == pytest.approx(change.p, rel=1e-4)  # the same window, the same number
     assert record.chosen_prob_lm == pytest.approx(change.p_lm, rel=1e-4) and record.neighbours
 
-    window.pages.setCurrentWidget(page)
+    window.show_page(page)
     rows = list(csv.DictReader(open(page.export_csv(tmp_path / "run.csv"), encoding="utf-8")))
     assert len(rows) == tokens and set(rows[0]) >= {"token", "log_p_none", "log_p_knnlm", "log_p_memtrf"}
     gains = [float(r["log_p_knnlm"]) - float(r["log_p_none"]) for r in rows]
@@ -152,7 +152,7 @@ def test_ctrl_return_runs_the_visible_page_only(qtbot, window):
     assert len(window.catalog.evaluations("compare")) == 1
 
     qtbot.keyClick(page.runs_list, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
-    assert window.pages.currentWidget() is window.side_by_side_page
+    assert window.current_page() is window.side_by_side_page
 
 
 def test_the_page_remembers_its_fields(qtbot, window):
@@ -214,7 +214,7 @@ def test_memory_size_sweep_from_the_page_needs_no_datastore(qtbot, window):
 
 def test_side_by_side_in_the_main_window_opens_a_clicked_cell_in_the_inspector(qtbot, window):
     side = window.side_by_side_page
-    window.pages.setCurrentWidget(side)
+    window.show_page(side)
     side.prompt.setPlainText("The quick brown")
     side.set_methods(["none", "knnlm", "memtrf"])
     side.max_tokens.setValue(4)

@@ -90,7 +90,7 @@ def test_the_evaluate_pages_exports_say_where_or_why_not(qtbot, window, tmp_path
     heldout.write_text(next(docs.rglob("*.md")).read_text(encoding="utf-8")[:400], encoding="utf-8")
     window.use_datastore("small")
     page = window.evaluate_page
-    window.pages.setCurrentWidget(page)
+    window.show_page(page)
     page.text_field.setText(str(heldout))
     page.context_spin.setValue(32)
     page.stride_spin.setValue(16)

@@ -137,7 +137,7 @@ def test_a_plugin_method_runs_in_the_evaluate_comparison_and_side_by_side(qtbot,
     assert page.method_boxes["sharpen"].text() == "Sharpened LM" and page.method_boxes["sharpen"].isChecked()
     for name, box in page.method_boxes.items():  # no datastore here: the LM alone and the plug-in
         box.setChecked(name in ("none", "sharpen"))
-    window.pages.setCurrentWidget(page)
+    window.show_page(page)
     heldout = tmp_path / "heldout.md"
     heldout.write_text(next(write_corpus(tmp_path / "docs").rglob("*.md")).read_text(encoding="utf-8")[:600],
                        encoding="utf-8")
@@ -155,7 +155,7 @@ def test_a_plugin_method_runs_in_the_evaluate_comparison_and_side_by_side(qtbot,
 
     side = window.side_by_side_page
     assert side.method_boxes["sharpen"].text() == "Sharpened LM"
-    window.pages.setCurrentWidget(side)
+    window.show_page(side)
     side.set_methods(["none", "sharpen"])
     side.prompt.setPlainText("The quick brown")
     side.max_tokens.setValue(3)

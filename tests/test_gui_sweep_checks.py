@@ -15,7 +15,7 @@ def page(qtbot, small_datastore, tiny_gpt2_dir, tmp_path):
     qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
     window.use_datastore("small")
     page = window.evaluate_page
-    window.pages.setCurrentWidget(page)
+    window.show_page(page)
     heldout = tmp_path / "heldout.md"
     heldout.write_text(next(docs.rglob("*.md")).read_text(encoding="utf-8")[:400], encoding="utf-8")
     page.text_field.setText(str(heldout))

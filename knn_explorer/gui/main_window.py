@@ -11,7 +11,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+                               QProgressBar, QScrollArea, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from ..core.generation import run_export
 from ..core.datastore.catalog import Catalog, CatalogError
@@ -32,6 +32,8 @@ from .dialogs.gate_training import GateTrainingDialog
 from .widgets.generation_controls import GenerationControls, KnnLmPanel, context_window, method_settings
 from .dialogs.model import LoadModelDialog
 from .runs import Run
+from .screen_fit import clamp_to_screen, first_launch_size, scrolling
+from .widgets.elided_label import ElidedLabel
 from .settings import AppSettings
 from .pages.side_by_side import SideBySidePage
 from .widgets.document_viewer import open_document_at
@@ -47,10 +49,11 @@ class MainWindow(QMainWindow):
         configure_threads(reserve=1)  # a core for the UI thread, so work never starves it
         import_model_stack()  # here, not in the loading thread, where it would hold the GIL for 100s of ms
         self.setWindowTitle("kNN Explorer")
-        self.resize(1400, 900)
+        self.resize(first_launch_size(self.screen()))
         self.settings = AppSettings()
         self.catalog = catalog or Catalog()
         self.model: LoadedModel | None = None
+        self.loading_spec: str | None = None  # the model being loaded, while a load runs
         self.datastore_name: str | None = self.settings.last_datastore
         self._open_datastores: dict[str, object] = {}
         self.runs: list[Run] = []
@@ -74,9 +77,10 @@ class MainWindow(QMainWindow):
         # The tree's size hint changes with its rows (a build in progress adds one); ignoring it keeps
         # the dock's width fixed, so the plots beside it are not re-laid out and repainted each time.
         self.catalog_view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.catalog_view.setMinimumWidth(340)
+        self.catalog_view.setMinimumWidth(220)
         dock = QDockWidget("Library", self)
         dock.setObjectName("library")
+        self.library_dock = dock
         dock.setWidget(self.catalog_view)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
 
@@ -86,13 +90,13 @@ class MainWindow(QMainWindow):
         self.controls.pause_toggled.connect(self.toggle_pause)
         self.controls.stop_requested.connect(self.stop)
 
-        self.model_label = QLabel("Model: none")
-        self.model_label.setToolTip("The loaded model and where its kNN key is taken")
-        self.datastore_label = QLabel("Datastore: none")
-        self.datastore_label.setToolTip("The datastore kNN-LM retrieves from (double-click one in the library)")
+        # What these two say is what Generate will use; they elide rather than widen the window.
+        self.model_label = ElidedLabel("Model: none", "The model Generate uses and where its kNN key is taken")
+        self.datastore_label = ElidedLabel("Datastore: none", "The datastore Generate retrieves from "
+                                           "(double-click one in the library)")
         header = QHBoxLayout()
-        header.addWidget(self.model_label, 1)
-        header.addWidget(self.datastore_label)
+        header.addWidget(self.model_label, 3)
+        header.addWidget(self.datastore_label, 2)
 
         self.branch_choice = QComboBox()
         self.branch_choice.setToolTip("Runs and the branches made from them (click an alternative token to branch)")
@@ -123,17 +127,29 @@ class MainWindow(QMainWindow):
 
         top = QWidget()
         top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(6, 4, 6, 0)
         top_layout.addLayout(header)
         top_layout.addWidget(self.controls)
-        top_layout.addLayout(strip_bar)
-        top_layout.addWidget(strips, 1)
+        middle = QWidget()
+        middle_layout = QVBoxLayout(middle)
+        middle_layout.setContentsMargins(6, 0, 6, 0)
+        middle_layout.addLayout(strip_bar)
+        middle_layout.addWidget(strips, 1)
         legend = getattr(self.strip, "legend_widget", None)
         if callable(legend):
-            top_layout.addWidget(legend())
+            middle_layout.addWidget(legend())
+        # Three panes, each of which can be enlarged by dragging: the controls, the token strip, the
+        # inspector. The controls and the inspector scroll when the window is smaller than they are,
+        # so on a small screen nothing is squeezed to an empty bar.
         self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.splitter.addWidget(top)
-        self.splitter.addWidget(self.inspector)
-        self.splitter.setSizes([520, 440])
+        self.splitter.setObjectName("explore")
+        self.splitter.addWidget(scrolling(top))
+        self.splitter.addWidget(middle)
+        self.splitter.addWidget(scrolling(self.inspector))
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 2)
+        self.explore_controls = top
 
         self.evaluate_page = EvaluatePage(self.catalog)
         self.evaluate_page.open_methods = self._evaluation_methods
@@ -147,8 +163,8 @@ class MainWindow(QMainWindow):
         self.side_by_side_page = SideBySidePage(self._side_by_side_generators)
         self.side_by_side_page.record_clicked.connect(self._side_by_side_record)
         self.side_by_side_page.error.connect(lambda reason: self.statusBar().showMessage(reason, 15_000))
-        self.pages.addTab(self.evaluate_page, "Evaluate")
-        self.pages.addTab(self.side_by_side_page, "Side by side")
+        self.pages.addTab(scrolling(self.evaluate_page), "Evaluate")
+        self.pages.addTab(scrolling(self.side_by_side_page), "Side by side")
         self.pages.setTabToolTip(0, "Generate token by token and inspect each token (Ctrl+1)")
         self.pages.setTabToolTip(1, "Perplexity of the methods on held-out text, sweeps, kept runs (Ctrl+2)")
         self.pages.setTabToolTip(2, "One prompt, up to four methods, aligned by step (Ctrl+3)")
@@ -188,15 +204,39 @@ class MainWindow(QMainWindow):
             menu.addAction(action)
 
     def _restore(self) -> None:
-        geometry, state = self.settings.window()
+        geometry, state, explore = self.settings.window()
         if geometry is not None:
             self.restoreGeometry(geometry)
         if state is not None:
             self.restoreState(state)
+        else:
+            self.resizeDocks([self.library_dock], [min(300, self.width() // 4)], Qt.Orientation.Horizontal)
+        if explore is not None:
+            self.splitter.restoreState(explore)
+        else:
+            self._explore_first_sizes()
+        clamp_to_screen(self)  # saved on a bigger monitor, perhaps
         self.controls.apply(self.settings.generation)
 
+    def _explore_first_sizes(self) -> None:
+        """The controls get their natural height, the strip a few lines, the inspector the rest."""
+        controls = self.explore_controls.sizeHint().height()
+        total = max(self.height() - 120, controls + 300)
+        self.splitter.setSizes([controls, 130, max(200, total - controls - 130)])
+
+    def current_page(self) -> QWidget:
+        """The page shown (the widget itself, not the scroll area it sits in)."""
+        shown = self.pages.currentWidget()
+        return shown.widget() if isinstance(shown, QScrollArea) else shown
+
+    def show_page(self, page: QWidget) -> None:
+        for index in range(self.pages.count()):
+            shown = self.pages.widget(index)
+            if shown is page or (isinstance(shown, QScrollArea) and shown.widget() is page):
+                self.pages.setCurrentIndex(index)
+
     def closeEvent(self, event) -> None:
-        self.settings.save_window(self.saveGeometry(), self.saveState())
+        self.settings.save_window(self.saveGeometry(), self.saveState(), self.splitter.saveState())
         self.settings.generation = self.controls.values()
         self.settings.last_datastore = self.datastore_name
         self.settings.sync()
@@ -229,7 +269,11 @@ class MainWindow(QMainWindow):
             self.load_model(choice.spec, choice.device, choice.trust_remote_code)
 
     def load_model(self, spec: str, device: str = "auto", trust_remote_code: bool = False) -> None:
-        self.model_label.setText(f"Model: loading {spec}…")
+        """Load `spec` in a job. Until it is loaded the model in use stays in use and the header says
+        so; Generate waits for the load rather than run a model the header no longer names."""
+        self.loading_spec = spec
+        in_use = f" — {self.model.name} stays in use until it is ready" if self.model is not None else ""
+        self.model_label.setText(f"Model: loading {spec}…{in_use}")
         self.statusBar().showMessage(f"Loading {spec}…")
         def load(_control) -> LoadedModel:
             model = load_model(spec, device=device, trust_remote_code=trust_remote_code)
@@ -244,6 +288,7 @@ class MainWindow(QMainWindow):
         # ~100 ms with the GIL held, a visible freeze. Freezing what exists now (the model, the
         # libraries) leaves later collections only the objects made since.
         gc.freeze()
+        self.loading_spec = None
         self.model = model
         self._open_datastores.clear()
         self.settings.last_model = model.spec
@@ -252,23 +297,38 @@ class MainWindow(QMainWindow):
             self.catalog.remember_model(model.spec, model.name, model.model_fingerprint)
         except CatalogError:  # a read-only data home: the model is used, just not remembered
             pass
-        params = sum(p.numel() for p in model.model.parameters())
-        self.model_label.setText(f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M "
-                                 f"parameters · {model.device.type} · kNN key: {model.key_site.description}")
+        self.model_label.setText(self._model_description(model))
         self.catalog_view.set_model(model)
         self.evaluate_page.set_context(model, self.datastore_name)
+        self.controls.set_model(model)  # the memory panel names the layer its memory will use
         self.statusBar().showMessage(f"Loaded {model.name}", 5000)
-        if self.datastore_name and self.catalog.datastore(self.datastore_name):
-            self.use_datastore(self.datastore_name)
+        wanted = self.datastore_name or self.settings.last_datastore
+        if wanted and self.catalog.datastore(wanted):
+            self.use_datastore(wanted, quiet=True)
         if self._build_demo and model.spec == DEMO_SPEC and self._first_launch():
             self._build_demo_datastore()
 
+    @staticmethod
+    def _model_description(model: LoadedModel) -> str:
+        params = sum(p.numel() for p in model.model.parameters())
+        return (f"Model: {model.name} · {model.model.config.model_type} · {params / 1e6:.1f}M parameters · "
+                f"{model.device.type} · kNN key: {model.key_site.description}")
+
     def _model_failed(self, reason: str) -> None:
-        self.model_label.setText(f"Model: not loaded — {reason}")
-        self.show_error(reason)
+        self.loading_spec = None
+        if self.model is None:
+            self.model_label.setText(f"Model: not loaded — {reason}")
+            self.show_error(reason)
+            return
+        # The header goes back to the model that is still in use: it is what Generate runs.
+        self.model_label.setText(self._model_description(self.model))
+        self.show_error(f"{reason} (still using {self.model.name})")
 
     # ---- datastores ------------------------------------------------------------------------
-    def use_datastore(self, name: str) -> None:
+    def use_datastore(self, name: str, quiet: bool = False) -> None:
+        """Make `name` the datastore Generate retrieves from. One built with another model is set
+        aside (the header says none, and why); `quiet` puts the reason in the status bar only (a
+        model switch, where it is expected) instead of a message box."""
         row = self.catalog.datastore(name)
         if row is None:
             self.show_error(f"no datastore named '{name}'")
@@ -276,13 +336,24 @@ class MainWindow(QMainWindow):
         if self.model is not None:
             check = compatibility(row, self.model)
             if not check.usable:
-                self.show_error(check.reason)
+                self._set_aside_datastore(name, check.reason, quiet)
                 return
         self.datastore_name = name
         self.settings.last_datastore = name
         self.datastore_label.setText(f"Datastore: {name} ({row.entries:,} entries, {row.index_description})")
         self.catalog_view.select(name)
         self.evaluate_page.set_context(self.model, name)
+
+    def _set_aside_datastore(self, name: str, reason: str, quiet: bool) -> None:
+        message = f"Datastore '{name}' set aside: {reason}"
+        if self.datastore_name == name or self.datastore_name is None:
+            self.datastore_name = None
+            self.datastore_label.setText(f"Datastore: none ('{name}' does not fit {self.model.name})")
+            self.evaluate_page.set_context(self.model, None)
+        if quiet:
+            self.statusBar().showMessage(message, 15_000)
+        else:
+            self.show_error(message)
 
     def _datastore_removed(self, name: str) -> None:
         self._open_datastores.pop(name, None)
@@ -389,6 +460,9 @@ class MainWindow(QMainWindow):
         return self._method_objects(self.controls.values(), methods, self.datastore_name)
 
     def _can_generate(self) -> bool:
+        if self.loading_spec is not None:
+            self.show_error(f"Wait for {self.loading_spec} to finish loading")
+            return False
         if self.model is None:
             self.show_error("No model is loaded yet")
             return False
@@ -554,8 +628,8 @@ class MainWindow(QMainWindow):
                   settings={"method": method}, records=list(column.records))
         self.inspect_run(run, record.step)
 
-    def _page_changed(self, index: int) -> None:
-        if self.pages.widget(index) is self.evaluate_page:
+    def _page_changed(self, _index: int) -> None:
+        if self.current_page() is self.evaluate_page:
             self.evaluate_page.set_context(self.model, self.datastore_name)
 
     def _token_selected(self, step: int, lane: str = "main") -> None:

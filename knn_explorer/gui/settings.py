@@ -72,12 +72,29 @@ class AppSettings:
     def generation(self, parameters: dict) -> None:
         self._qs.setValue("generation/parameters", json.dumps(parameters))
 
-    def save_window(self, geometry: QByteArray, state: QByteArray) -> None:
+    def save_window(self, geometry: QByteArray, state: QByteArray, explore: QByteArray) -> None:
+        """The window's geometry, its docks' state, and the Explore page's pane sizes."""
         self._qs.setValue("window/geometry", geometry)
         self._qs.setValue("window/state", state)
+        self._qs.setValue("window/explore", explore)
 
-    def window(self) -> tuple[QByteArray | None, QByteArray | None]:
-        return self._get("window/geometry"), self._get("window/state")
+    def window(self) -> tuple[QByteArray | None, QByteArray | None, QByteArray | None]:
+        return self._get("window/geometry"), self._get("window/state"), self._get("window/explore")
+
+    @property
+    def memory_window(self) -> int | None:
+        """The Memorizing Transformer's local window in tokens (0: the model's maximum; None: never
+        chosen). Kept under its own key the moment it changes, not only with the controls at exit: an
+        earlier version saved the controls with no window (null), read back as the model's maximum."""
+        try:
+            value = self._get("memorizing/window")
+            return None if value is None else max(0, int(value))
+        except (TypeError, ValueError):
+            return None
+
+    @memory_window.setter
+    def memory_window(self, tokens: int) -> None:
+        self._qs.setValue("memorizing/window", int(tokens))
 
     def sync(self) -> None:
         self._qs.sync()

@@ -14,7 +14,8 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QPlainTextEdit, QPushButton, QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
+                               QPlainTextEdit, QPushButton, QSizePolicy, QSlider, QSpinBox, QStackedWidget, QVBoxLayout,
+                               QWidget)
 
 from ...core.mechanisms.knnlm import KnnLmSettings
 from ...core.methods import MethodError, MethodSettings, get, labels
@@ -232,12 +233,25 @@ class GenerationControls(QWidget):
     def memorizing(self) -> MemorizingPanel:
         return self.panels[MemorizingTransformerMethod.name]
 
+    def set_model(self, model) -> None:
+        """A model was loaded: panels that describe it (the memory panel's layer) are told."""
+        for panel in self.panels.values():
+            if hasattr(panel, "set_model"):
+                panel.set_model(model)
+
     def generated_panels(self) -> dict[str, SettingsPanel]:
         return {name: panel for name, panel in self.panels.items() if isinstance(panel, SettingsPanel)}
 
     def _method_changed(self) -> None:
         method = self.method.currentData()
+        # A stacked widget is as tall as its tallest page: only the shown panel may ask for room, so
+        # the controls are no taller than the chosen method needs (a laptop screen has none to spare).
+        for panel in self.panels.values():
+            shown = panel is self.panels[method]
+            policy = QSizePolicy.Policy.Preferred if shown else QSizePolicy.Policy.Ignored
+            panel.setSizePolicy(policy, policy)
         self.method_panels.setCurrentWidget(self.panels[method])
+        self.method_panels.adjustSize()
         self.method_box.setTitle(get(method).label)
         self.compare.setEnabled(method != LM_ALONE)  # the LM alone is what the second strip shows
 
