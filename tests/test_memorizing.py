@@ -272,3 +272,77 @@ def test_a_layer_takes_one_memory_at_a_time(tiny):
     finally:
         first.remove()
     MemorizingRetrofit(tiny, MemorizingSettings(layer=1)).remove()  # free again once removed
+
+
+def test_gated_memory_share_is_each_heads_output_norm_share_per_token(tiny):
+    """memory_attention in gated mode: ‖g·mem_h‖ / (‖g·mem_h‖ + ‖(1 − g)·local_h‖) at the last
+    position, so it moves from token to token though g does not; the hits split it by weight."""
+    retrofit = MemorizingRetrofit(tiny, MemorizingSettings(k=4))
+    seen = {}
+    base, search = retrofit._base_attention, retrofit.memory.search
+
+    def base_attention(*args, **kwargs):
+        seen["local"] = base(*args, **kwargs)[0]
+        return base(*args, **kwargs)
+
+    def memory_search(*args, **kwargs):
+        seen["found"] = search(*args, **kwargs)
+        return seen["found"]
+
+    retrofit._base_attention, retrofit.memory.search = base_attention, memory_search
+    try:
+        with torch.no_grad():
+            retrofit.gate_bias.copy_(torch.linspace(-2, 2, retrofit.heads))
+        gates = torch.sigmoid(retrofit.gate_bias.detach())
+        ids = _ids(40, seed=5)
+        shares = []
+        retrofit.set_window(0, 0)
+        with torch.no_grad():
+            tiny.model(ids[:, :24])
+            for end in range(25, 33):  # the segment after the memory, one token longer each time
+                retrofit.set_window(24, 24)  # 0..23 are in memory; the pass recomputes from 24
+                tiny.model(ids[:, 24:end])
+                found, local = seen["found"], seen["local"][0, -1].float()  # local: (q, H, d) -> (H, d)
+                remembered = (torch.softmax(found.logits.float(), -1)[..., None] * found.values.float()).sum(-2)[:, -1]
+                memory_norm = gates * remembered.norm(dim=-1)
+                expected = memory_norm / (memory_norm + (1 - gates) * local.norm(dim=-1))
+                step = retrofit.last_step
+                assert step.memory_attention == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-6)
+                assert step.head_gates == pytest.approx(gates.tolist(), rel=1e-5)
+                for head, hits in enumerate(step.hits):
+                    assert sum(w for _p, w in hits) <= step.memory_attention[head] + 1e-6
+                shares.append(step.memory_attention)
+        shares = torch.tensor(shares)
+        assert float(shares.std(0).max()) > 1e-3  # not a constant band per head
+        assert not torch.allclose(shares, gates.expand_as(shares), atol=1e-3)  # nor the gates
+    finally:
+        retrofit.remove()
+
+
+def test_auto_layer_is_the_trained_gates_layer_else_three_quarters_of_the_depth(tmp_path):
+    from knn_explorer.core.home import DEMO_MEMTRF_ADAPTER
+    from knn_explorer.core.training.adapters import memorizing_with_gates, plan_memory_layer, save_memorizing_adapter
+
+    demo = load_model("demo", device="cpu")
+    plan = plan_memory_layer(demo, MemorizingSettings())
+    assert (plan.layer, plan.layers, plan.adapter) == (0, 4, DEMO_MEMTRF_ADAPTER)
+    assert plan.describe() == "layer 0 (from the trained gates)"
+    joint = plan_memory_layer(demo, MemorizingSettings(mode="joint"))
+    assert (joint.layer, joint.adapter, joint.describe()) == (2, None, "layer 2 (¾ of the depth)")
+    chosen = plan_memory_layer(demo, MemorizingSettings(layer=0))  # the gates fit the chosen layer: used
+    assert (chosen.layer, chosen.reason, chosen.adapter) == (0, "chosen", DEMO_MEMTRF_ADAPTER)
+    assert plan_memory_layer(demo, MemorizingSettings(layer=2)).adapter is None  # another layer: untrained
+
+    gpt2 = load_model(str(save_tiny_model(tmp_path / "gpt2", "gpt2")), device="cpu")  # 2 layers: auto is 1
+    retrofit = MemorizingRetrofit(gpt2, MemorizingSettings(layer=0))
+    with torch.no_grad():
+        retrofit.gate_bias.fill_(-1.0)
+    adapter = save_memorizing_adapter(tmp_path / "gates.safetensors", retrofit)
+    retrofit.remove()
+    assert plan_memory_layer(gpt2, MemorizingSettings()).layer == 1
+    # auto with gates trained for layer 0 puts the memory there (it used to refuse: "gates layer 0, the memory is in 1")
+    retrofit = memorizing_with_gates(gpt2, MemorizingSettings(), adapter)
+    try:
+        assert retrofit.layer == 0 and retrofit.gates().tolist() == pytest.approx([torch.sigmoid(torch.tensor(-1.0)).item()] * 2)
+    finally:
+        retrofit.remove()

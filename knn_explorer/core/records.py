@@ -69,7 +69,9 @@ class TokenRecord:
     lambda_: float | None = None  # kNN-LM interpolation weight actually used at this step
     gate: float | None = None  # SPALM gate
     head_gates: list[float] | None = None  # Memorizing Transformer, one per head
-    memory_attention: list[float] | None = None  # per-head attention mass on the memory
+    # Memorizing Transformer, per head: the share of its output that came from memory at this token
+    # (gated: ‖g·mem‖ / (‖g·mem‖ + ‖(1 − g)·local‖); joint: the softmax mass on memory keys)
+    memory_attention: list[float] | None = None
     memory_hits: list[list[MemoryHit]] | None = None  # per head, the memory entries it drew on most
     neighbours: list[Neighbour] = field(default_factory=list)
     retrieval: RetrievalSettings | None = None

@@ -48,6 +48,16 @@ MEMORY_ATTENTION = "knn_memory"
 INITIAL_GATE_BIAS = -16.0  # σ(-16) ≈ 1.1e-7: the untrained retrofit is the base model
 MODES = ("gated", "joint")
 MAX_MEMORY = 262_144  # tokens; exact lookup costs ~45 ms per query there on 2 cores (6.6 ms at 65,536)
+# The local window the app's panel starts with (the CLI's `generate` without --window: the model's maximum).
+# Only text that has left the local window enters the memory, and the window restarts on its most
+# recent half when full, so with a window of W the memory is first used once the text passes W
+# tokens and local attention then sees W/2 to W tokens. With the model's maximum (1,024+ tokens for
+# most models) a typed prompt never reaches the memory. 16 puts the memory to work from step 6
+# (the 7th generated token) of the demo prompt (11 tokens) and covers most of a 20-token side-by-side run;
+# the demo's shipped gates were trained on 64-token segments, whose first tokens have as little
+# local context. For long pasted documents a larger window (a few hundred tokens) is the paper's
+# setting; the app remembers the user's choice.
+DEFAULT_WINDOW = 16
 
 # model_type -> path of the decoder-layer list and the attention module's name in a layer.
 ATTENTION_MODULES = {
@@ -85,7 +95,9 @@ class MemoryStep:
     """What the memory layer did for the last query position of the latest forward pass."""
 
     head_gates: list[float] | None  # g_h (gated mode), None in joint mode
-    memory_attention: list[float]  # per head: share of the head's output that came from memory
+    # Per head, the share of its output that came from memory at this token: gated mode
+    # ‖g·mem_h‖ / (‖g·mem_h‖ + ‖(1 − g)·local_h‖); joint mode the softmax mass on memory keys.
+    memory_attention: list[float]
     hits: list[list[tuple[int, float]]] = field(default_factory=list)  # per head: (position, weight)
 
 
@@ -98,6 +110,22 @@ def _get(root: torch.nn.Module, path: str):
     for part in path.split("."):
         root = getattr(root, part)
     return root
+
+
+def _decoder_layers(loaded: LoadedModel) -> tuple[torch.nn.ModuleList, str]:
+    """The model's decoder layers and the attention module's name in one; a `MemorizingError` for an
+    architecture without a memory layer."""
+    model_type = loaded.model.config.model_type
+    if model_type not in ATTENTION_MODULES:
+        supported = ", ".join(sorted(ATTENTION_MODULES))
+        raise MemorizingError(f"the Memorizing Transformer supports {supported}; this model is {model_type}")
+    layers_path, attention_name = ATTENTION_MODULES[model_type]
+    return _get(loaded.model, layers_path), attention_name
+
+
+def layer_count(loaded: LoadedModel) -> int:
+    """How many layers could hold the memory (a `MemorizingError` if none can)."""
+    return len(_decoder_layers(loaded)[0])
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -146,12 +174,7 @@ class MemorizingRetrofit:
     def __init__(self, loaded: LoadedModel, settings: MemorizingSettings = MemorizingSettings()):
         model = loaded.model
         config = model.config
-        model_type = config.model_type
-        if model_type not in ATTENTION_MODULES:
-            supported = ", ".join(sorted(ATTENTION_MODULES))
-            raise MemorizingError(f"the Memorizing Transformer supports {supported}; this model is {model_type}")
-        layers_path, attention_name = ATTENTION_MODULES[model_type]
-        layers = _get(model, layers_path)
+        layers, attention_name = _decoder_layers(loaded)
         layer = default_layer(len(layers)) if settings.layer is None else settings.layer
         if not 0 <= layer < len(layers):
             raise MemorizingError(f"layer {layer} does not exist: the model has layers 0–{len(layers) - 1}")
@@ -290,12 +313,17 @@ class MemorizingRetrofit:
         found = self.memory.search(query_plain[0], self.settings.k, scaling)
         weights_mem = torch.softmax(found.logits.float(), dim=-1).to(found.values.dtype)  # (H, q, k)
         remembered = (weights_mem[..., None] * found.values).sum(-2)  # (H, q, d)
-        gate = torch.sigmoid(self.gate_bias).to(local.dtype)
-        out = gate[None, None, :, None] * remembered.transpose(0, 1)[None].to(local.dtype) \
-            + (1 - gate[None, None, :, None]) * local
-        g = gate.detach().float()
-        self._note(found.slots, weights_mem.detach() * g[:, None, None], g.tolist())
-        return out, weights
+        gate = torch.sigmoid(self.gate_bias).to(local.dtype)[None, None, :, None]
+        from_memory = gate * remembered.transpose(0, 1)[None].to(local.dtype)  # (1, q, H, d), as `local`
+        from_local = (1 - gate) * local
+        # Each head's share of its output that came from memory: the gate scaled by how large the
+        # memory's result is against local attention's, so it changes from token to token.
+        memory_norm = from_memory[0, -1].detach().float().norm(dim=-1)
+        local_norm = from_local[0, -1].detach().float().norm(dim=-1)
+        share = memory_norm / (memory_norm + local_norm).clamp_min(torch.finfo(torch.float32).tiny)
+        self._note(found.slots[:, -1], weights_mem[:, -1].detach().float() * share[:, None], share,
+                   gate.detach().flatten().float().tolist())
+        return from_memory + from_local, weights
 
     def _joint(self, module, query, query_plain, key, value, attention_mask, scaling):
         group = self.heads // self.kv_heads
@@ -306,15 +334,18 @@ class MemorizingRetrofit:
         joint = torch.softmax(torch.cat((local.float(), found.logits[None].float()), dim=-1), dim=-1)
         p_local, p_memory = joint[..., : local.shape[-1]].to(value.dtype), joint[..., local.shape[-1]:]
         out = p_local @ value_all + (p_memory[0, ..., None].to(value.dtype) * found.values).sum(-2)[None]
-        self._note(found.slots, p_memory[0].detach(), None)
+        last = p_memory[0, :, -1].detach().float()  # (H, k): the last position's mass on each memory key
+        self._note(found.slots[:, -1], last, last.sum(-1), None)
         return out.transpose(1, 2).contiguous(), None
 
-    def _note(self, slots: torch.Tensor, weights: torch.Tensor, gates: list[float] | None) -> None:
-        """Keep the last query position's per-head memory share and strongest hits for the record."""
-        last_slots, last_weights = slots[:, -1], weights[:, -1].float()  # (H, k)
-        share = last_weights.sum(-1)
-        top = last_weights.topk(min(self.settings.hits_shown, last_weights.shape[-1]), dim=-1)
-        positions = self.memory.positions[last_slots.gather(1, top.indices)].cpu()
+    def _note(self, slots: torch.Tensor, weights: torch.Tensor, share: torch.Tensor,
+              gates: list[float] | None) -> None:
+        """Keep the last query position's per-head memory share and strongest hits for the record.
+
+        `slots` and `weights` are (H, k): the entries each head retrieved and each one's part of the
+        head's output (they sum to `share`, (H,))."""
+        top = weights.topk(min(self.settings.hits_shown, weights.shape[-1]), dim=-1)
+        positions = self.memory.positions[slots.gather(1, top.indices)].cpu()
         hits = [[(int(p), float(w)) for p, w in zip(positions[h], top.values[h].cpu())] for h in range(self.heads)]
         self.last_step = MemoryStep(gates, share.cpu().tolist(), hits)
 

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..home import DEMO_MEMTRF_ADAPTER
-from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings
+from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings, default_layer, layer_count
 from ..models import DEMO_SPEC, LoadedModel
 
 MEMTRF = "memtrf"
@@ -78,15 +78,57 @@ def load_memorizing_adapter(path: Path, retrofit: MemorizingRetrofit) -> Adapter
     return info
 
 
+@dataclass(frozen=True)
+class MemoryLayerPlan:
+    """Which layer a memory with these settings goes into, why, and which gates it loads."""
+
+    layer: int
+    layers: int  # the model's layer count
+    reason: str  # "chosen" | "trained gates" | "¾ of the depth"
+    adapter: Path | None  # the gates loaded (the demo's shipped ones included); None: untrained
+
+    def describe(self) -> str:
+        """E.g. "layer 0 (from the trained gates)"."""
+        why = {"chosen": "chosen", "trained gates": "from the trained gates"}.get(self.reason, self.reason)
+        return f"layer {self.layer} ({why})"
+
+
+def _trained_layer(adapter: Path) -> int | None:
+    try:
+        layer = read_adapter_info(adapter).details.get("layer")
+    except AdapterError:  # unreadable: loading it says why
+        return None
+    return layer if isinstance(layer, int) else None
+
+
+def plan_memory_layer(model: LoadedModel, settings: MemorizingSettings, adapter: Path | None = None) -> MemoryLayerPlan:
+    """Where the memory goes. A chosen layer is used as it is; with none chosen ("auto"), gated
+    gates decide — the adapter's, or for the demo model the gates shipped with it — and otherwise
+    the layer at ¾ of the depth. The demo's gates are loaded whenever they fit the chosen layer.
+    A `MemorizingError` for a model without a memory layer."""
+    layers = layer_count(model)
+    gated = settings.mode == "gated"
+    if (gated and adapter is None and model.spec == DEMO_SPEC and DEMO_MEMTRF_ADAPTER.exists()
+            and settings.layer in (None, _trained_layer(DEMO_MEMTRF_ADAPTER))):
+        adapter = DEMO_MEMTRF_ADAPTER
+    if not gated:
+        adapter = None  # joint mode has no gates
+    if settings.layer is not None:
+        return MemoryLayerPlan(settings.layer, layers, "chosen", adapter)
+    trained = None if adapter is None else _trained_layer(adapter)
+    if trained is not None and 0 <= trained < layers:
+        return MemoryLayerPlan(trained, layers, "trained gates", adapter)
+    return MemoryLayerPlan(default_layer(layers), layers, "¾ of the depth", adapter)
+
+
 def memorizing_with_gates(model: LoadedModel, settings: MemorizingSettings,
                           adapter: Path | None = None) -> MemorizingRetrofit:
-    """A retrofit with trained gates: `adapter` if given; for the demo model with no layer chosen,
-    the gates shipped with it, in the layer they were trained for; otherwise untrained gates (the
-    model unchanged)."""
-    if (adapter is None and settings.mode == "gated" and settings.layer is None and model.spec == DEMO_SPEC
-            and DEMO_MEMTRF_ADAPTER.exists()):
-        adapter = DEMO_MEMTRF_ADAPTER
-        settings = replace(settings, layer=read_adapter_info(adapter).details.get("layer"))
+    """A retrofit in the layer `plan_memory_layer` picks, with trained gates: `adapter` if given,
+    for the demo model the gates shipped with it (in the layer they were trained for, unless
+    another layer is chosen); otherwise untrained gates (the model unchanged)."""
+    plan = plan_memory_layer(model, settings, adapter)
+    adapter = plan.adapter
+    settings = replace(settings, layer=plan.layer)
     retrofit = MemorizingRetrofit(model, settings)
     if settings.mode != "gated":
         return retrofit

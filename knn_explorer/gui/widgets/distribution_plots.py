@@ -20,6 +20,17 @@ def _elide(text: str, limit: int = TICK_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def gain_span(gains: np.ndarray) -> float:
+    """Half the height of the gain axis: the largest |gain| rounded up to 1, 2 or 5 × a power of ten,
+    at least 0.1 nats, so the ticks read 0.05, 0.1, 0.5, 1, 2… in plain nats."""
+    finite = np.abs(gains[np.isfinite(gains)])
+    largest = float(finite.max()) if finite.size else 1.0
+    if largest <= 0.1:
+        return 0.1
+    power = 10.0 ** np.floor(np.log10(largest))
+    return float(next(m * power for m in (1, 2, 5, 10) if largest <= m * power * (1 + 1e-9)))
+
+
 def _style_plot(plot: pg.PlotWidget) -> None:
     plot.setBackground("w")
     plot.setMenuEnabled(False)
@@ -103,6 +114,8 @@ class HistoryPlot(pg.PlotWidget):
         item.setYRange(0, 1, padding=0.05)
         item.showAxis("right")
         item.setLabel("right", "gain (nats)", color=colours.GAIN)
+        for name in ("left", "bottom", "right"):  # plain units: no "(x0.001)" and ±200 ticks for a small gain
+            item.getAxis(name).enableAutoSIPrefix(False)
         self.gain_view = pg.ViewBox(enableMenu=False)
         self.gain_view.setMouseEnabled(x=False, y=False)
         item.scene().addItem(self.gain_view)
@@ -140,9 +153,8 @@ class HistoryPlot(pg.PlotWidget):
         gains[~np.isfinite(gains)] = np.nan
         self.weight_curve.setData(self.steps, weights)
         self.gain_curve.setData(self.steps, gains)
-        finite = gains[np.isfinite(gains)]
-        span = max(0.1, float(np.abs(finite).max())) if finite.size else 1.0
-        self.gain_view.setYRange(-span, span, padding=0.1)
+        span = gain_span(gains)
+        self.gain_view.setYRange(-span, span, padding=0.05)
         lo, hi = (float(self.steps.min()), float(self.steps.max())) if self.steps.size else (0.0, 10.0)
         self.getPlotItem().setXRange(lo - 0.5, max(hi, lo + 1) + 0.5, padding=0)
         if step is None or step not in set(self.steps.tolist()):

@@ -3,7 +3,9 @@
 `MemoryView.set_run(records, step)` shows, for a run generated with method ``memtrf``:
 
 - a bar per head: its gate g_h (gated mode) or its memory share at the shown step (joint mode);
-- a heatmap of tokens × heads of the share of each head's output that came from memory;
+- a heatmap of tokens × heads of the share of each head's output that came from memory (gated:
+  ‖g·mem‖ / (‖g·mem‖ + ‖(1 − g)·local‖), so it moves with the token even though g does not; joint:
+  the softmax mass on memory keys), with a colour bar; steps whose memory was still empty are grey;
 - for a clicked cell (or the shown step and the strongest head), the earlier passages that head
   drew on, with their weights.
 
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QPen
 from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from ...core.records import MemoryHit, TokenRecord
@@ -27,10 +30,25 @@ def _inline(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\n", "↵").replace("\t", "⇥")
 
 
+def share_ceiling(largest: float) -> float:
+    """The colour scale's top: the largest share rounded up to a tenth (at least 0.1, at most 1), so
+    shares of a few tenths (the demo's gates) use the whole scale and the bar says where it ends."""
+    return min(1.0, max(0.1, float(np.ceil(round(largest * 10, 6)) / 10)))
+
+
+def memory_was_empty(record: TokenRecord) -> bool:
+    """No entry was retrieved at this step: nothing had left the local window yet."""
+    return not record.memory_hits or not any(record.memory_hits)
+
+
 class MemoryView(QWidget):
     """Gates, a tokens × heads heatmap of memory share, and the hits of one (step, head)."""
 
     cell_selected = Signal(int, int)  # step, head
+    HEATMAP_TIP = ("Share of each head's output that came from memory, per generated token (light → dark; the bar on\n"
+                   "the right gives the scale). Gated: ‖g·memory‖ / (‖g·memory‖ + ‖(1−g)·local‖); joint: the\n"
+                   "attention mass on memory entries. Grey: the memory was still empty (the text had not yet\n"
+                   "left the local window). Click a cell to list the passages that head drew on for that token.")
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -43,22 +61,35 @@ class MemoryView(QWidget):
                                   "In joint mode (no gates): the head's attention mass on memory at the shown step.")
 
         self.heatmap_plot = pg.PlotWidget()
-        style_plot(self.heatmap_plot, "Memory share per token and head")
+        style_plot(self.heatmap_plot, "Share of each head's output from memory")
         item = self.heatmap_plot.getPlotItem()
-        item.setLabel("bottom", "step")
+        item.setLabel("bottom", "token (step)")
         item.setLabel("left", "head")
+        for name in ("left", "bottom"):
+            item.getAxis(name).enableAutoSIPrefix(False)
+        # Behind the image: steps whose memory was empty are NaN, drawn transparent, so this shows.
+        self.empty_area = pg.QtWidgets.QGraphicsRectItem(QRectF(0, 0, 1, 1))
+        self.empty_area.setBrush(QBrush(QColor(colours.MISSING)))
+        self.empty_area.setPen(QPen(Qt.NoPen))
+        self.empty_area.setZValue(-1)
+        self.heatmap_plot.addItem(self.empty_area)
         self.image = pg.ImageItem(np.zeros((1, 1)))
-        lut = np.array([colours.LAMBDA_MAP.colour(v).getRgb()[:3] for v in np.linspace(0, 1, 256)], dtype=np.ubyte)
-        self.image.setLookupTable(lut)
-        self.image.setLevels((0.0, 1.0))
         self.heatmap_plot.addItem(self.image)
+        colour_map = pg.ColorMap([p for p, _c in colours.LAMBDA_MAP.stops],
+                                 [QColor(c) for _p, c in colours.LAMBDA_MAP.stops])
+        self.colour_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=colour_map, interactive=False, width=12,
+                                          colorMapMenu=False)
+        self.colour_bar.setImageItem(self.image, insert_in=item)
+        self.colour_bar.axis.enableAutoSIPrefix(False)
+        self.colour_bar.axis.setTextPen(pg.mkPen("#495057"))
+        self.colour_bar.axis.setLabel("share from memory", color="#495057")
         self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen(colours.CHOSEN, width=1.5, style=Qt.DashLine))
         self.heatmap_plot.addItem(self.marker, ignoreBounds=True)
         self.marker.setVisible(False)
-        self.heatmap_plot.setToolTip("Share of each head's output that came from memory (0 white → 1 dark purple).\n"
-                                     "Click a cell to list the passages that head drew on for that token.")
+        self.heatmap_plot.setToolTip(self.HEATMAP_TIP)
         self.heatmap_plot.scene().sigMouseClicked.connect(self._clicked)
-        self.heatmap_plot.setMinimumSize(220, 140)
+        self.heatmap_plot.scene().sigMouseMoved.connect(self._hovered)
+        self.heatmap_plot.setMinimumSize(260, 150)
 
         self.hits_caption = QLabel("Memory hits")
         self.hits_caption.setObjectName("InspectorCaption")
@@ -95,13 +126,23 @@ class MemoryView(QWidget):
         shown = self._record(step)
         shares = np.array([r.memory_attention for r in self.records], dtype=float) if self.records else np.zeros((0, 0))
         if shares.size:
-            self.image.setImage(shares, levels=(0.0, 1.0), autoLevels=False)
+            shown_shares = shares.copy()
+            shown_shares[[memory_was_empty(r) for r in self.records]] = np.nan  # grey: nothing to retrieve yet
+            top = share_ceiling(float(np.nanmax(shown_shares))) if np.isfinite(shown_shares).any() else 1.0
+            self.image.setImage(shown_shares, autoLevels=False)
+            self.colour_bar.setLevels((0.0, top))
             first = self.records[0].step
-            self.image.setRect(first - 0.5, -0.5, shares.shape[0], shares.shape[1])
+            rect = QRectF(first - 0.5, -0.5, shares.shape[0], shares.shape[1])
+            self.image.setRect(rect)
+            self.empty_area.setRect(rect)
             self.heatmap_plot.setXRange(first - 0.5, first + shares.shape[0] - 0.5, padding=0)
             self.heatmap_plot.setYRange(-0.5, shares.shape[1] - 0.5, padding=0)
+            heads = shares.shape[1]
+            self.heatmap_plot.getPlotItem().getAxis("left").setTicks(
+                [[(h, str(h)) for h in range(0, heads, max(1, heads // 8))], []])
         else:
-            self.image.setImage(np.zeros((1, 1)), levels=(0.0, 1.0), autoLevels=False)
+            self.image.setImage(np.full((1, 1), np.nan), autoLevels=False)
+            self.colour_bar.setLevels((0.0, 1.0))
         self.marker.setVisible(shown is not None)
         if shown is not None:
             self.marker.setValue(shown.step)
@@ -127,6 +168,11 @@ class MemoryView(QWidget):
     def gates(self) -> list[float]:
         return self.gate_plot.values()
 
+    def share_levels(self) -> tuple[float, float]:
+        """The colour bar's range."""
+        low, high = self.colour_bar.levels()
+        return float(low), float(high)
+
     # ---- internals -----------------------------------------------------------------------------
     def _record(self, step: int | None) -> TokenRecord | None:
         return next((r for r in self.records if r.step == step), None)
@@ -146,16 +192,37 @@ class MemoryView(QWidget):
         item.setTextAlignment(2, Qt.AlignRight | Qt.AlignVCenter)
         return item
 
-    def _clicked(self, event) -> None:
+    def _cell(self, scene_pos) -> tuple[TokenRecord, int] | None:
+        """The record and head under a scene position of the heatmap, if any."""
         if not self.records:
-            return
+            return None
         vb = self.heatmap_plot.getPlotItem().vb
-        if not vb.sceneBoundingRect().contains(event.scenePos()):
-            return
-        point = vb.mapSceneToView(event.scenePos())
+        if not vb.sceneBoundingRect().contains(scene_pos):
+            return None
+        point = vb.mapSceneToView(scene_pos)
         step, head = round(point.x()), round(point.y())
         record = self._record(step)
         if record is None or not 0 <= head < len(record.memory_attention):
+            return None
+        return record, head
+
+    def _clicked(self, event) -> None:
+        cell = self._cell(event.scenePos())
+        if cell is None:
             return
-        self.select(step, head)
-        self.cell_selected.emit(step, head)
+        record, head = cell
+        self.select(record.step, head)
+        self.cell_selected.emit(record.step, head)
+
+    def _hovered(self, scene_pos) -> None:
+        cell = self._cell(scene_pos)
+        if cell is None:
+            self.heatmap_plot.setToolTip(self.HEATMAP_TIP)
+            return
+        record, head = cell
+        where = f"step {record.step} “{visible_token(record.token)}” · head {head}"
+        if memory_was_empty(record):
+            self.heatmap_plot.setToolTip(f"{where}\nthe memory was still empty")
+        else:
+            self.heatmap_plot.setToolTip(f"{where}\n{record.memory_attention[head]:.3f} of the head's output came "
+                                         f"from memory\n(click to list what it retrieved)")
