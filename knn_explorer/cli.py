@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="knn-explorer", description="See inside kNN-augmented language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("gui", help="open the desktop app (the default)")
+    gui = sub.add_parser("gui", help="open the desktop app (the default)")
+    gui.add_argument("--screenshot", type=Path, metavar="FILE",
+                     help="open the app on the demo, run the page's job, save the window as a PNG and exit")
+    gui.add_argument("--size", default="1366x768", metavar="WxH", help="window size for --screenshot (default 1366x768)")
+    gui.add_argument("--page", default="explore", choices=["explore", "evaluate", "side-by-side"],
+                     help="the page --screenshot shows (default explore)")
 
     build = sub.add_parser("build", help="build a datastore from documents")
     build.add_argument("--name", required=True)
@@ -140,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_flags(sweep, window=False)
     _common_model_flags(sweep)
     _json_flag(sweep)
+
+    fit = sub.add_parser("fit", help="find kNN-LM's best λ and T on held-out text (one pass, a grid) and remember "
+                                     "them for the datastore: generate and eval then use them")
+    fit.add_argument("--model", required=True)
+    fit.add_argument("--datastore", required=True, help="the datastore whose λ and T are fitted")
+    fit.add_argument("--heldout", required=True, type=Path, help="held-out text: a document or a folder of them")
+    fit.add_argument("--lambdas", help="comma-separated λ values, each in (0, 1) (default 0.05,0.1,…,0.95)")
+    fit.add_argument("--temperatures", help="comma-separated T values (default: half-octaves from 0.5 to 64, "
+                                            "widened to the text's own neighbour distances)")
+    fit.add_argument("--k", type=_at_least(1), default=32)
+    fit.add_argument("--approximate", action="store_true", help="fit for the index's distances")
+    fit.add_argument("--context", type=_at_least(2), default=256)
+    fit.add_argument("--stride", type=_at_least(1), default=128)
+    _common_model_flags(fit)
+    _json_flag(fit)
 
     train = sub.add_parser("train-gates", help="train a method's adapter (the Memorizing Transformer's per-head "
                                                "gates on documents, SPALM's gate on a datastore's documents, a "
@@ -219,9 +239,12 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, choices=method_names(),
                         help="default: knnlm with a datastore, none without (`knn-explorer methods` lists them)")
     parser.add_argument("--k", type=_at_least(1), default=32)
-    parser.add_argument("--lambda", dest="lambda_", type=_fraction, default=0.25)
+    # None: the datastore's fitted value (`knn-explorer fit`), else the method's default (λ 0.25, T 1)
+    parser.add_argument("--lambda", dest="lambda_", type=_fraction, default=None,
+                        help="weight of p_kNN (default: the datastore's fitted λ, else 0.25)")
     parser.add_argument("--lambda-mode", default="fixed", choices=["fixed", "entropy"])
-    parser.add_argument("--temperature", type=_positive, default=1.0, help="kNN softmax temperature T")
+    parser.add_argument("--temperature", type=_positive, default=None,
+                        help="kNN softmax temperature T (default: the datastore's fitted T, else 1)")
     parser.add_argument("--approximate", action="store_true",
                         help="use the index's distances instead of recomputing them from stored keys")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
@@ -243,15 +266,39 @@ def _memory_flags(parser: argparse.ArgumentParser, window: bool = True) -> None:
 
 
 # ---- commands --------------------------------------------------------------------------------
-def cmd_gui(_args) -> int:
+def cmd_gui(args) -> int:
+    size = None
+    if getattr(args, "screenshot", None) is not None:
+        from .gui.screenshot import parse_size
+
+        try:
+            size = parse_size(args.size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if args.screenshot.suffix.lower() != ".png":
+            raise UsageError(f"--screenshot writes a PNG: name it .png, not '{args.screenshot.name}'")
     no_display = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
     if sys.platform.startswith("linux") and no_display:
         # Qt would abort the process with a multi-line plugin error instead.
         raise UsageError("no display found (DISPLAY and WAYLAND_DISPLAY are unset); run it on a desktop, "
                          "under xvfb-run, or with QT_QPA_PLATFORM=offscreen")
+    if size is not None:
+        return _screenshot(args.screenshot, size, args.page)
     from .gui.app import run
 
     return run()
+
+
+def _screenshot(path: Path, size: tuple[int, int], page: str) -> int:
+    from .gui.screenshot import ScreenshotError, take
+
+    try:
+        written = take(path, size, page)
+    except ScreenshotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {written} ({size[0]}x{size[1]}, {page})")
+    return 0
 
 
 def cmd_build(args) -> int:
@@ -266,6 +313,7 @@ def cmd_build(args) -> int:
         device=str(model.device.type), max_file_bytes=int(args.max_file_mb * 1024 * 1024),
     )
     report = build_datastore(Catalog(), args.name, model, args.docs, params, on_progress=_progress_printer())
+    fitted = _remember_demo_fit(args, model)
     m = report.manifest
     summary = {
         "name": m["name"], "folder": str(report.folder), "model": m["model"]["name"], "entries": m["entries"],
@@ -273,6 +321,7 @@ def cmd_build(args) -> int:
         "index": m["index_description"], "seconds": report.seconds, "resumed_from": report.resumed_from,
         "documents": [{"path": d["path"], "status": "indexed", "tokens": d["token_count"]} for d in report.documents],
         "skipped": [{"path": s["path"], "status": "skipped", "reason": s["reason"]} for s in report.skipped],
+        **({"fitted": fitted} if fitted else {}),
     }
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
@@ -282,7 +331,28 @@ def cmd_build(args) -> int:
           f"index {m['index_description']}")
     for s in report.skipped:
         print(f"  skipped {s['path']}: {s['reason']}")
+    if fitted:
+        print(f"  kNN-LM starts from {fitted['describe']}")
     return 0
+
+
+def _remember_demo_fit(args, model) -> dict | None:
+    """The demo datastore (the demo model on resources/demo/docs, default windows) comes with the λ
+    and T measured on it when the demo was made; a catalog that cannot take them costs only them."""
+    from .core.datastore.catalog import Catalog, CatalogError
+    from .core.evaluation.fit import describe_fit, is_demo_build, remember_demo_fit
+
+    if not is_demo_build(args.model, args.docs, args.context, args.stride):
+        return None
+    try:
+        row = remember_demo_fit(Catalog(), args.name, model.name)
+    except CatalogError as exc:
+        print(f"warning: the demo's fitted λ and T were not kept: {one_line(exc)}", file=sys.stderr)
+        return None
+    if row is None:
+        return None
+    return {"lambda": row.lambda_, "temperature": row.temperature, "heldout": row.heldout, "origin": row.origin,
+            "describe": describe_fit(row)}
 
 
 def cmd_list(args) -> int:
@@ -532,6 +602,68 @@ def _trainable_method(args):
                      "learns from them")
 
 
+def cmd_fit(args) -> int:
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.documents import path_text
+    from .core.datastore.library import open_datastore
+    from .core.evaluation.fit import FitError, check_grid, fit_heldout, remember_fit
+    from .core.mechanisms.knnlm import KnnLmSettings
+
+    try:
+        lambdas, temperatures = _numbers(args.lambdas, "--lambdas"), _numbers(args.temperatures, "--temperatures")
+        check_grid(lambdas, temperatures)
+    except FitError as exc:
+        raise UsageError(str(exc)) from None
+    texts = _read_eval_texts(args.heldout)
+    settings = KnnLmSettings(k=args.k, exact_distances=not args.approximate)
+    model = _load_model(args)
+    catalog = Catalog()
+    datastore = open_datastore(catalog, args.datastore, model)
+    if args.k > datastore.size:
+        raise UsageError(f"k = {args.k} is more than the {datastore.size:,} entries of datastore '{args.datastore}'")
+    result = fit_heldout(model, datastore, texts, lambdas, temperatures, settings, context_length=args.context,
+                         stride=args.stride, on_progress=_progress_printer())
+    heldout = path_text(args.heldout.resolve())
+    out = {**result.to_json(), "model": model.name, "datastore": args.datastore, "heldout": heldout}
+    lam, temperature, ppl = result.best
+    before = result.baseline
+    grid = f"{len(result.lambdas)} λ ({_span(result.lambdas)}) × {len(result.temperatures)} T " \
+           f"({_span(result.temperatures)})"
+    lines = [f"{result.tokens:,} tokens of {args.heldout}; LM alone perplexity {result.ppl_lm:.3f}",
+             f"grid: {grid}; k = {result.k}, {result.distance} distances (median nearest "
+             f"{result.median_nearest_distance:.4g}); {result.seconds['forward']:.0f} s forward pass, "
+             f"{result.seconds['grid']:.0f} s retrieval and grid",
+             f"  before  λ={before['lambda']:<5g} T={before['temperature']:<6g} perplexity {_fmt_ppl(before['ppl'])}",
+             f"  fitted  λ={lam:<5g} T={temperature:<6g} perplexity {_fmt_ppl(ppl)}"
+             + (f"  ({ppl / before['ppl'] - 1:+.1%})" if before["ppl"] else ""),
+             "best λ at each T:"]
+    for t, row in zip(result.temperatures, result.ppl):
+        j = int(row.argmin())
+        lines.append(f"  T={t:<6g} λ={result.lambdas[j]:<5g} perplexity {_fmt_ppl(float(row[j]))}")
+    lines.append(f"kept for '{args.datastore}': generate and eval use λ={lam:g}, T={temperature:g} unless given "
+                 "--lambda / --temperature")
+    return _finish(args, out, lines, keep=lambda: remember_fit(catalog, args.datastore, model.name, result, heldout))
+
+
+def _numbers(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} must be numbers separated by commas, not {text!r}") from None
+
+
+def _span(values: list[float]) -> str:
+    return f"{values[0]:g}" if len(values) == 1 else f"{min(values):g} … {max(values):g}"
+
+
+def _fmt_ppl(value: float | None) -> str:
+    import math
+
+    return "∞" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
 def cmd_sweep(args) -> int:
     from .core.datastore.catalog import Catalog
     from .core.datastore.library import open_datastore
@@ -560,8 +692,9 @@ def cmd_sweep(args) -> int:
         check_sweep_values(datastore, args.param, values, settings)  # before the model pass, not after it
     except SweepValueError as exc:
         raise UsageError(str(exc)) from None
-    collected = collect(model, text, context_length=args.context, stride=args.stride, on_progress=_progress_printer())
-    result = sweep(datastore, collected, args.param, values, settings, seed=args.seed)
+    progress = _progress_printer()
+    collected = collect(model, text, context_length=args.context, stride=args.stride, on_progress=progress)
+    result = sweep(datastore, collected, args.param, values, settings, seed=args.seed, on_progress=progress)
     out = {**result.to_json(), "model": model.name, "text": str(args.text)}
     return _print_sweep(args, result, out, keep=lambda: catalog.record_evaluation(
         "sweep", model.name, args.datastore, {"param": args.param, "values": values, "text": str(args.text)}, out))
@@ -733,9 +866,37 @@ def _make_method(args, model, name: str):
     from .core.methods import Resources, get
 
     method = get(name)
-    settings = _with_overrides(method.Settings.from_options(args), getattr(args, "setting", []))
+    settings = _fitted_defaults(args, method.Settings.from_options(args))
+    settings = _with_overrides(settings, getattr(args, "setting", []))
     datastore = open_datastore(Catalog(), args.datastore, model) if method.needs_datastore else None
     return method(model, settings, Resources(datastore, getattr(args, "adapter", None)))
+
+
+def _fitted_defaults(args, settings):
+    """kNN-LM's λ and T that no flag gave (--lambda, --temperature, --setting): the datastore's
+    latest fit (`knn-explorer fit`), if it has one, said on stderr. Other methods' settings as given."""
+    from dataclasses import replace
+
+    from .core.datastore.catalog import Catalog, CatalogError
+    from .core.evaluation.fit import describe_fit
+    from .core.mechanisms.knnlm import KnnLmSettings
+
+    if type(settings) is not KnnLmSettings or not getattr(args, "datastore", None):
+        return settings
+    named = {pair.partition("=")[0].strip() for pair in getattr(args, "setting", [])}
+    unset = [f for f in ("lambda_", "temperature") if getattr(args, f, None) is None and f not in named]
+    if not unset:
+        return settings
+    try:
+        row = Catalog().fitted(args.datastore)
+    except CatalogError:
+        return settings
+    if row is None:
+        return settings
+    settings = replace(settings, **{f: getattr(row, f) for f in unset})
+    uses = ", ".join(f"{'λ' if f == 'lambda_' else 'T'}={getattr(settings, f):g}" for f in unset)
+    print(f"kNN-LM uses {uses} from '{args.datastore}''s fit: {describe_fit(row)}", file=sys.stderr)
+    return settings
 
 
 def _with_overrides(settings, pairs: list[str]):
@@ -780,7 +941,7 @@ def _progress_printer():
 
 
 COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
-            "sweep": cmd_sweep, "train-gates": cmd_train_gates, "remove": cmd_remove,
+            "sweep": cmd_sweep, "fit": cmd_fit, "train-gates": cmd_train_gates, "remove": cmd_remove,
             "rebuild-catalog": cmd_rebuild_catalog, "methods": cmd_methods}
 
 if __name__ == "__main__":

@@ -84,3 +84,27 @@ def test_spalm_on_the_demo_uses_the_gate_shipped_with_it(in_demo_home):
         assert record["gate"] != pytest.approx(0.9, abs=1e-4) and 0 < record["gate"] < 1
         assert all(Path(n["document"]).is_relative_to(DEMO_DOCS_DIR) for n in record["neighbours"])
         assert all(n["knn_weight"] is not None for n in record["neighbours"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["explore", "side-by-side"])
+def test_gui_screenshot_runs_the_pages_job_and_writes_the_window(qapp, in_demo_home, tmp_path, page):
+    from PySide6.QtGui import QImage
+
+    path = tmp_path / f"{page}.png"
+    out = cli("gui", "--screenshot", path, "--size", "1024x700", "--page", page)
+    assert f"wrote {path}" in out
+    image = QImage(str(path))
+    assert (image.width(), image.height()) == (1024, 700)
+    # Not a blank window: the token chips and plots give it many colours.
+    colours = {image.pixel(x, y) for x in range(0, 1024, 7) for y in range(0, 700, 7)}
+    assert len(colours) > 50
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--size", "big"), ["size must look like 1366x768"]),
+    (("--size", "100x100"), ["outside 320x240"]),
+])
+def test_gui_screenshot_refuses_a_bad_size_in_one_line(tmp_path, args, words):
+    proc = cli_helpers.cli("gui", "--screenshot", tmp_path / "a.png", *args, check=False)
+    cli_helpers.assert_one_line_error(proc, 2, *words)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QScrollArea, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget)
@@ -62,6 +62,7 @@ class MainWindow(QMainWindow):
         self.build_trackers: list[BuildTracker] = []
         self._build_demo = build_demo
         self.last_error: str | None = None  # the latest message shown by show_error
+        self.remember_on_close = True  # a screenshot run leaves the user's layout and settings alone
 
         self._make_widgets()
         self._make_actions()
@@ -209,8 +210,9 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if state is not None:
             self.restoreState(state)
-        else:
-            self.resizeDocks([self.library_dock], [min(300, self.width() // 4)], Qt.Orientation.Horizontal)
+        else:  # once shown: before, the dock has no room to take
+            QTimer.singleShot(0, lambda: self.resizeDocks([self.library_dock], [min(320, self.width() // 4)],
+                                                          Qt.Orientation.Horizontal))
         if explore is not None:
             self.splitter.restoreState(explore)
         else:
@@ -236,10 +238,11 @@ class MainWindow(QMainWindow):
                 self.pages.setCurrentIndex(index)
 
     def closeEvent(self, event) -> None:
-        self.settings.save_window(self.saveGeometry(), self.saveState(), self.splitter.saveState())
-        self.settings.generation = self.controls.values()
-        self.settings.last_datastore = self.datastore_name
-        self.settings.sync()
+        if self.remember_on_close:
+            self.settings.save_window(self.saveGeometry(), self.saveState(), self.splitter.saveState())
+            self.settings.generation = self.controls.values()
+            self.settings.last_datastore = self.datastore_name
+            self.settings.sync()
         # Worker threads must end before their QObjects are destroyed with the window.
         if self.generation_job is not None:
             self.generation_job.stop()
