@@ -77,8 +77,10 @@ def test_build_generate_inspect_branch_export(qtbot, window, tmp_path):
     assert [r.token_id for r in branch.records[:5]] == [r.token_id for r in run.records[:5]]
     assert branch.records[5].token_id == alternative and branch.records[5].step == 5
     assert len(branch.records) == 5 + 20
+    assert window.strip.branch_point() == 5  # the hand-chosen token is marked in the strip
     window.branch_choice.setCurrentIndex(0)
     assert window.current_run is run and window.strip.records() == run.records  # earlier run still reachable
+    assert window.strip.branch_point() is None
 
     path = window.export_json(tmp_path / "run.json")
     prompt, _settings, records = run_export.read_json(path)

@@ -207,7 +207,46 @@ def test_neighbour_table_lists_the_records_neighbours_with_documents_and_distanc
         assert cell(NeighbourTableModel.WEIGHT) == f"{n.weight * 100:.1f}%"
         start, end = n.highlight
         assert n.context[start:end] == n.token  # the highlight marks the neighbour's next token
-    assert f"of k = {record.retrieval.k}" in inspector.neighbour_caption.text()
+    # Every one of the k neighbours is described, and the caption says what the distance is.
+    assert len(record.neighbours) == record.retrieval.k
+    assert f"all k = {record.retrieval.k}" in inspector.neighbour_caption.text()
+    assert "squared L2" in inspector.neighbour_caption.text()
+
+
+def test_sources_count_the_neighbours_per_document_and_histogram_their_distances(inspector, records):
+    from collections import Counter
+
+    record = max(records, key=lambda r: len({n.document for n in r.neighbours}))
+    inspector.show_record(record, records)
+    summary = inspector.neighbour_summary
+    expected = Counter(n.document for n in record.neighbours)
+    assert {s.document: s.neighbours for s in summary.shares} == dict(expected)
+    assert [s.neighbours for s in summary.shares] == sorted(expected.values(), reverse=True)
+    assert sum(s.weight for s in summary.shares) == pytest.approx(sum(n.weight for n in record.neighbours))
+    table = summary.documents
+    assert table.rowCount() == len(expected) and table.item(0, 1).text() == str(summary.shares[0].neighbours)
+    chosen, others = summary.bin_counts()
+    assert sum(chosen) + sum(others) == len(record.neighbours)
+    assert sum(chosen) == sum(n.token_id == record.token_id for n in record.neighbours)
+    assert f"{len(record.neighbours)}" in summary.documents_caption.text()
+
+
+def test_long_tokens_keep_a_tick_label_that_fits_under_their_bar(inspector, records, qtbot):
+    record = records[3]
+    long_tokens = [dataclasses.replace(p, token=f"internationalisation{i}") for i, p in enumerate(record.p_lm)]
+    shown = dataclasses.replace(record, p_lm=long_tokens)
+    inspector.resize(640, 620)  # bars too narrow for 8 characters
+    inspector.show_record(shown, [shown])
+    inspector.settle()
+    plot = inspector.p_lm_plot
+    labels = plot.tick_labels
+    assert len(labels) == len(long_tokens) and all(labels)  # none dropped
+    font = plot.getPlotItem().getAxis("bottom").style["tickFont"]
+    from PySide6.QtGui import QFontMetrics
+    bar_width = plot.getPlotItem().vb.width() / len(long_tokens)
+    assert max(QFontMetrics(font).horizontalAdvance(t) for t in labels) <= bar_width
+    assert all(t.endswith("…") for t in labels)
+    assert bar_width < 8 * QFontMetrics(font).averageCharWidth()  # the case that dropped labels before
 
 
 def test_double_clicking_a_neighbour_asks_to_open_its_document_at_the_passage(inspector, records, qtbot):

@@ -259,6 +259,9 @@ def test_the_page_fills_one_row_per_step_and_a_clicked_cell_emits_its_record(qtb
             assert table.data(index).startswith(visible_token(record.token))
             assert table.data(index, Qt.BackgroundRole).color() == colours.PROB_MAP.colour(record.chosen_prob_final)
             assert "p_final" in table.data(index, Qt.ToolTipRole)
+        # and as readable text: the method's continuation, in one piece
+        assert page.texts.text(method) == "".join(r.token for r in solo[method])
+        assert page.texts._views[method].toPlainText() == PROMPT + page.texts.text(method)
 
     row, column = 3, methods.index("knnlm")
     target = page.table.visualRect(table.index(row, column)).center()

@@ -594,6 +594,7 @@ class MainWindow(QMainWindow):
             strip.set_prompt(run.prompt)
             for record in records:
                 strip.append(record)
+        self.strip.set_branch_point(run.branch_step)
         self.compare_strip.setVisible(bool(run.compare) or bool(run.settings.get("compare")))
         if self.inspector.record is not None:  # clearing redraws four plots: skip it when already empty
             self.inspector.clear()

@@ -14,6 +14,7 @@ class Run:
     settings: dict
     records: list[TokenRecord] = field(default_factory=list)
     compare: list[TokenRecord] = field(default_factory=list)  # the same prompt with the LM alone
+    branch_step: int | None = None  # a branch: the step whose token was chosen by hand
 
     def context_ids(self, step: int) -> list[int]:
         """Prompt plus the tokens generated before `step`: where a branch at `step` continues from."""
@@ -21,4 +22,4 @@ class Run:
 
     def branch(self, step: int, token: str) -> "Run":
         return Run(label=f"branch at step {step}: {token!r}", prompt=self.prompt, prompt_ids=list(self.prompt_ids),
-                   settings=dict(self.settings), records=list(self.records[:step]))
+                   settings=dict(self.settings), records=list(self.records[:step]), branch_step=step)

@@ -31,7 +31,7 @@ class GenerationSettings:
     greedy: bool = True
     seed: int = 0
     top_shown: int = 10  # entries of each distribution in the record
-    neighbours_shown: int = 16  # neighbours described in full (all k enter p_kNN)
+    neighbours_shown: int = 256  # neighbours described in full, nearest first (all k enter p_kNN)
     stop_at_eos: bool = True
     context_window: int | None = None  # tokens local attention sees (default: the model's maximum)
 

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
+    QSplitter,
     QTableView,
     QVBoxLayout,
     QWidget,
@@ -34,6 +35,7 @@ from PySide6.QtWidgets import (
 from ...core.generation.step_generator import StepGenerator
 from ...core.methods import UnknownMethod, get, labels
 from ...core.records import TokenRecord
+from ..widgets.continuation_texts import ContinuationTexts
 from ...core.generation.side_by_side import (
     MAX_METHODS,
     SideBySideColumn,
@@ -234,11 +236,19 @@ class SideBySidePage(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.table.clicked.connect(self._cell_clicked)
 
+        self.texts = ContinuationTexts()
+        results = QSplitter(Qt.Orientation.Vertical)  # drag to give the text or the table more room
+        results.addWidget(self.texts)
+        results.addWidget(self.table)
+        results.setStretchFactor(0, 1)
+        results.setStretchFactor(1, 3)
+        results.setChildrenCollapsible(False)
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.prompt)
         layout.addLayout(options)
         layout.addLayout(buttons)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(results, 1)
 
     # ---- settings --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -308,6 +318,7 @@ class SideBySidePage(QWidget):
         self.prompt_of_run = prompt
         self._max_tokens = max_tokens
         self.table_model.start(methods)
+        self.texts.start([(m, labels().get(m, m)) for m in methods], prompt)
         make = self._make_generators
 
         def body(control: JobControl) -> int:
@@ -352,6 +363,7 @@ class SideBySidePage(QWidget):
         bar = self.table.verticalScrollBar()
         following = bar.value() >= bar.maximum()
         self.table_model.append(method, record)
+        self.texts.append(method, record.token)
         if following:  # keep the newest row in view unless the user scrolled up
             self.table.scrollToBottom()
         self._say(f"Step {self.table_model.rowCount()} of {self._max_tokens}…")

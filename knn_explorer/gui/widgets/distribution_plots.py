@@ -6,18 +6,26 @@ import html
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import QGraphicsItem
 
 from ...core.records import TokenProb, TokenRecord
 from .. import colours
 from .token_strip import format_prob, record_gain, record_weight, visible_token
 
-TICK_CHARS = 8  # token labels under the bars are elided to this many characters
+TICK_CHARS = 8  # token labels under the bars are elided to at most this many characters
 
 
 def _elide(text: str, limit: int = TICK_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
+
+
+def tick_chars(plot_width: float, bars: int, char_width: float) -> int:
+    """How many characters of a token fit under its bar: pyqtgraph drops a tick label that would
+    overlap its neighbour, so a long token would lose its label altogether."""
+    if bars <= 0 or char_width <= 0:
+        return TICK_CHARS
+    return max(2, min(TICK_CHARS, int(plot_width / bars / char_width) - 1))
 
 
 def gain_span(gains: np.ndarray) -> float:
@@ -76,8 +84,7 @@ class DistributionPlot(pg.PlotWidget):
         heights = np.array([p.prob for p in self.probs], dtype=float)
         brushes = [pg.mkBrush(colours.CHOSEN if p.token_id == chosen_id else self.colour) for p in self.probs]
         self.bars.setOpts(x=np.arange(n, dtype=float), height=heights, width=0.72, brushes=brushes)
-        axis = self.getPlotItem().getAxis("bottom")
-        axis.setTicks([[(i, _elide(visible_token(p.token))) for i, p in enumerate(self.probs)], []])
+        self._set_ticks()
         self.setXRange(-0.6, max(n, 1) - 0.4, padding=0)
         if n:
             self.empty_text.setText("")
@@ -92,6 +99,19 @@ class DistributionPlot(pg.PlotWidget):
             self.empty_text.setText(empty_reason)
             self.empty_text.setPos((max(n, 1) - 1) / 2, 0.5 * (self.viewRange()[1][1] or 1))
             self.setToolTip(f"<b>{self.title}</b> — {html.escape(empty_reason or self.base_tooltip)}")
+
+    def _set_ticks(self) -> None:
+        axis = self.getPlotItem().getAxis("bottom")
+        view_width = self.getPlotItem().vb.width() or self.width()
+        font = axis.style.get("tickFont") or self.font()
+        chars = tick_chars(view_width, len(self.probs), QFontMetrics(font).averageCharWidth())
+        self.tick_labels = [_elide(visible_token(p.token), chars) for p in self.probs]
+        axis.setTicks([list(enumerate(self.tick_labels)), []])
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if getattr(self, "probs", None):
+            self._set_ticks()
 
     def heights(self) -> list[float]:
         h = self.bars.opts["height"]

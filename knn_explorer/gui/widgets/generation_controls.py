@@ -52,7 +52,10 @@ class KnnLmPanel(QWidget):
         self.lambda_mode.addItem("adaptive (entropy)", "entropy")
         self.lambda_mode.setToolTip("Adaptive: λ·(1 − H(p_kNN)/log k) — full λ when neighbours agree, none when they scatter")
         self.temperature = QDoubleSpinBox(minimum=0.01, maximum=1000.0, value=1.0, singleStep=0.5, decimals=2)
-        self.temperature.setToolTip("T in softmax(−distance / T): larger spreads p_kNN over more neighbours")
+        self.temperature.setToolTip("T in softmax(−d / T), d the squared L2 distance between keys (the inspector's "
+                                    "Distance column): with T much smaller than the gaps between distances the "
+                                    "nearest neighbour takes all of p_kNN; larger T spreads it over more neighbours. "
+                                    "Evaluate › Fit λ and T finds the best pair on held-out text.")
         self.exact = QCheckBox("exact distances")
         self.exact.setChecked(True)
         self.exact.setToolTip("Recompute distances from the stored keys (better) instead of the index's estimates (faster)")

@@ -44,11 +44,12 @@ _FOREGROUND, _FONT = int(Qt.ForegroundRole.value), int(Qt.FontRole.value)
 
 class NeighbourTableModel(QAbstractTableModel):
     RANK, TOKEN, DISTANCE, WEIGHT, KNN_WEIGHT, DOCUMENT, PASSAGE = range(7)
-    COLUMNS = ("#", "Token", "Distance", "Weight", "kNN-LM", "Document", "Passage")
+    COLUMNS = ("#", "Token", "Distance (L2²)", "Weight", "kNN-LM", "Document", "Passage")
     HEADER_TIPS = (
         "Rank of the neighbour (1 = nearest)",
         "The token that followed the neighbour's context in the document",
-        "Distance between the current context's key and the neighbour's key (smaller = closer)",
+        "Squared Euclidean (L2²) distance between the current context's key and the neighbour's key "
+        "(smaller = closer); p_kNN weighs each neighbour by exp(−distance / T)",
         "kNN-LM: the neighbour's share of p_kNN (softmax of −distance / T over the k neighbours).\n"
         "SPALM: its attention weight in m_t (softmax of e(y)·h over the k retrieved tokens).",
         "SPALM: the same neighbour's kNN-LM weight (softmax of −distance / T), to see where the two disagree",

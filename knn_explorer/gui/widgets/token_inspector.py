@@ -30,6 +30,7 @@ from .. import colours
 from .alternatives_list import AlternativesList
 from .distribution_plots import DistributionPlot, HistoryPlot
 from .memory_view import MemoryView
+from .neighbour_summary import NeighbourSummary
 from .neighbour_table import NeighbourTable
 from ..plot_style import export_png
 from .token_strip import format_gain, format_prob, record_gain, visible_token
@@ -100,9 +101,12 @@ class TokenInspector(QWidget):
         left = QTabWidget()
         left.setDocumentMode(True)
         left.addTab(neighbours, "Neighbours")
+        self.neighbour_summary = NeighbourSummary()
+        left.addTab(self.neighbour_summary, "Sources and distances")
         left.addTab(self.memory_view, "Memory layer")
         left.setTabToolTip(0, "The datastore entries retrieved for this token")
-        left.setTabToolTip(1, "Memorizing Transformer: per-head gates, memory share per token, and what each head retrieved")
+        left.setTabToolTip(1, "How many neighbours each document gave, and the histogram of their distances")
+        left.setTabToolTip(2, "Memorizing Transformer: per-head gates, memory share per token, and what each head retrieved")
         self.lower_tabs = left
 
         self.alternatives = AlternativesList()
@@ -176,10 +180,13 @@ class TokenInspector(QWidget):
 
         self.neighbour_table.set_neighbours(record.neighbours)
         k = record.retrieval.k if record.retrieval else None
+        self.neighbour_summary.set_neighbours(record.neighbours, record.token_id, k)
         shown = len(record.neighbours)
         self.neighbour_caption.setText(
             f"Neighbours <span style='font-weight:400; color:{colours.MUTED}'>"
-            + (f"{shown} shown of k = {k}" if k is not None else "none: this step used no retrieval") + "</span>")
+            + (("all k = {k}" if shown >= k else f"the nearest {shown} of k = {k}").format(k=k) if k is not None
+               else "none: this step used no retrieval")
+            + (" · distance: squared L2 between keys" if k is not None else "") + "</span>")
         self.alternatives.set_alternatives(record)
         no_knn = "no retrieval at this step" if record.p_knn is None else "empty"
         self._stage_plots(
@@ -235,6 +242,7 @@ class TokenInspector(QWidget):
             plot.setYRange(0, 1, padding=0)
             plot.set_distribution([], None)
         self.neighbour_table.set_neighbours([])
+        self.neighbour_summary.set_neighbours([], None, None)
         self.neighbour_caption.setText("Neighbours")
         self.alternatives.clear()
         self.history_plot.set_history([], None)
@@ -271,7 +279,8 @@ class TokenInspector(QWidget):
         if r is None:
             parts.append(f"no retrieval (method {html.escape(record.method)})")
         else:
-            parts += [f"<b>k</b> {r.k}", f"<b>T</b> {r.temperature:g}", f"<b>distances</b> {html.escape(r.distance)}",
+            parts += [f"<b>k</b> {r.k}", f"<b>T</b> {r.temperature:g}",
+                      f"<b>distances</b> {html.escape(r.distance)} L2²",
                       f"<b>datastore</b> {html.escape(r.datastore or '—')}"]
         return " &nbsp;·&nbsp; ".join(parts)
 

@@ -191,6 +191,7 @@ class TokenCanvas(QWidget):
         self.selected: _Piece | None = None
         self.hovered: _Piece | None = None
         self._prompt_pieces_count = 0
+        self.branch_step: int | None = None  # a branch's first token (chosen by hand): marked
 
     # ---- pieces --------------------------------------------------------------------------------
     def _chip(self, record: TokenRecord) -> _Piece:
@@ -375,14 +376,34 @@ class TokenCanvas(QWidget):
                 painter.drawRoundedRect(rect.adjusted(0.5, 0.5, -0.5, -0.5), 4, 4)
             painter.setPen(piece.ink)
             painter.drawText(piece.rect, Qt.AlignCenter, piece.text)
+            if piece.record.step == self.branch_step:
+                self._paint_branch_mark(painter, piece.rect)
         painter.end()
+
+    @staticmethod
+    def _paint_branch_mark(painter: QPainter, rect: QRect) -> None:
+        """An orange post with a flag before the chip: the branch continues from a hand-chosen token."""
+        colour = QColor(colours.CHOSEN)
+        x = rect.left() - 3
+        painter.setPen(QPen(colour, 2))
+        painter.drawLine(x, rect.top() - 3, x, rect.bottom() + 3)
+        flag = QPainterPath()
+        flag.moveTo(x, rect.top() - 3)
+        flag.lineTo(x + 7, rect.top())
+        flag.lineTo(x, rect.top() + 3)
+        flag.closeSubpath()
+        painter.fillPath(flag, colour)
 
     # ---- interaction ---------------------------------------------------------------------------
     def event(self, event) -> bool:
         if event.type() == QEvent.ToolTip:
             piece = self.piece_at(event.pos())
             if piece is not None:
-                QToolTip.showText(event.globalPos(), record_tooltip(piece.record), self, piece.rect)
+                text = record_tooltip(piece.record)
+                if piece.record.step == self.branch_step:
+                    text += (f"<div style='color:{colours.CHOSEN}'>Branch point: this token was chosen by hand; "
+                             f"the run continues from it</div>")
+                QToolTip.showText(event.globalPos(), text, self, piece.rect)
             else:
                 QToolTip.showText(event.globalPos(), self.toolTip(), self)
             return True
@@ -634,6 +655,14 @@ class TokenStrip(QWidget):
         self.scroll.ensureVisible(piece.rect.center().x(), piece.rect.center().y(), 20, self.canvas.line_height)
         self.token_selected.emit(step)
         return True
+
+    def set_branch_point(self, step: int | None) -> None:
+        """Mark the chip of `step` as a branch's hand-chosen first token (None: no mark)."""
+        self.canvas.branch_step = step
+        self.canvas.update()
+
+    def branch_point(self) -> int | None:
+        return self.canvas.branch_step
 
     def selected_step(self) -> int | None:
         return None if self.canvas.selected is None else self.canvas.selected.record.step
