@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select, text
+from sqlalchemy import (JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, inspect, select,
+                        text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ..home import data_home
@@ -123,6 +124,31 @@ class EvaluationRow(Base):
     datastore: Mapped[str | None] = mapped_column(String, nullable=True)
     parameters: Mapped[dict] = mapped_column(JSON)
     results: Mapped[dict] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FittedSettingsRow(Base):
+    """kNN-LM's λ and T fitted for a datastore on held-out text (`core/evaluation/fit.py`); the latest
+    row of a datastore is what the app and the CLI start kNN-LM from. Goes with its datastore."""
+
+    __tablename__ = "fitted_settings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    datastore_id: Mapped[int] = mapped_column(ForeignKey("datastores.id", ondelete="CASCADE"), index=True)
+    datastore: Mapped[str] = mapped_column(String)  # its name, as fitted
+    model_name: Mapped[str] = mapped_column(String)
+    lambda_: Mapped[float] = mapped_column("lambda", Float)
+    temperature: Mapped[float] = mapped_column(Float)
+    k: Mapped[int] = mapped_column(Integer)
+    distance: Mapped[str] = mapped_column(String)  # exact | approximate
+    tokens: Mapped[int] = mapped_column(Integer)
+    ppl_lm: Mapped[float] = mapped_column(Float)
+    ppl_before: Mapped[float | None] = mapped_column(Float, nullable=True)  # at lambda_before, temperature_before
+    ppl_after: Mapped[float | None] = mapped_column(Float, nullable=True)  # at the fitted pair (None: infinite)
+    lambda_before: Mapped[float] = mapped_column(Float)
+    temperature_before: Mapped[float] = mapped_column(Float)
+    heldout: Mapped[str] = mapped_column(String)  # the held-out text's path
+    origin: Mapped[str] = mapped_column(String, default="fit")  # fit | shipped (the demo's, measured when made)
+    grid: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"lambdas", "temperatures", "ppl": T × λ}
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -298,6 +324,33 @@ class Catalog:
         query = select(EvaluationRow).order_by(EvaluationRow.created.desc(), EvaluationRow.id.desc())
         if kind is not None:
             query = query.where(EvaluationRow.kind == kind)
+        with self._sessions() as s:
+            return list(s.scalars(query).all())
+
+    # ---- fitted kNN-LM settings --------------------------------------------------------------
+    def record_fit(self, datastore: str, **values) -> FittedSettingsRow:
+        """Keep a fit of `datastore`'s λ and T (`FittedSettingsRow`'s columns as keywords)."""
+        with self.session() as s:
+            owner = s.scalars(select(DatastoreRow).where(DatastoreRow.name == datastore)).first()
+            if owner is None:
+                raise CatalogError(f"no datastore named '{datastore}' in the catalog {self.path}")
+            row = FittedSettingsRow(datastore_id=owner.id, datastore=datastore, **values)
+            s.add(row)
+        return row
+
+    def fitted(self, datastore: str) -> FittedSettingsRow | None:
+        """`datastore`'s latest fit, or None (none yet; or an older catalog opened read-only, which
+        has no table for them)."""
+        fits = self.fits(datastore, limit=1)
+        return fits[0] if fits else None
+
+    def fits(self, datastore: str, limit: int | None = None) -> list[FittedSettingsRow]:
+        """`datastore`'s fits, newest first."""
+        if self.read_only and not inspect(self.engine).has_table(FittedSettingsRow.__tablename__):
+            return []
+        query = (select(FittedSettingsRow).join(DatastoreRow, FittedSettingsRow.datastore_id == DatastoreRow.id)
+                 .where(DatastoreRow.name == datastore)
+                 .order_by(FittedSettingsRow.created.desc(), FittedSettingsRow.id.desc()).limit(limit))
         with self._sessions() as s:
             return list(s.scalars(query).all())
 
