@@ -213,18 +213,22 @@ class MainWindow(QMainWindow):
         else:  # once shown: before, the dock has no room to take
             QTimer.singleShot(0, lambda: self.resizeDocks([self.library_dock], [min(320, self.width() // 4)],
                                                           Qt.Orientation.Horizontal))
-        if explore is not None:
-            self.splitter.restoreState(explore)
-        else:
-            self._explore_first_sizes()
+        self._explore_sized = explore is not None and self.splitter.restoreState(explore)
         clamp_to_screen(self)  # saved on a bigger monitor, perhaps
         self.controls.apply(self.settings.generation)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._explore_sized:  # first launch: sized once the window has its real height
+            self._explore_sized = True
+            QTimer.singleShot(0, self._explore_first_sizes)
 
     def _explore_first_sizes(self) -> None:
         """The controls get their natural height, the strip a few lines, the inspector the rest."""
         controls = self.explore_controls.sizeHint().height()
-        total = max(self.height() - 120, controls + 300)
-        self.splitter.setSizes([controls, 130, max(200, total - controls - 130)])
+        total = self.splitter.height()
+        strip = max(110, min(200, total // 8))
+        self.splitter.setSizes([controls, strip, max(200, total - controls - strip)])
 
     def current_page(self) -> QWidget:
         """The page shown (the widget itself, not the scroll area it sits in)."""

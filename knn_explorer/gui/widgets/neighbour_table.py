@@ -237,8 +237,9 @@ class NeighbourTable(QTableView):
         widths = {NeighbourTableModel.RANK: 34, NeighbourTableModel.TOKEN: 90, NeighbourTableModel.DISTANCE: 76,
                   NeighbourTableModel.WEIGHT: 74, NeighbourTableModel.KNN_WEIGHT: 74,
                   NeighbourTableModel.DOCUMENT: 130}
-        for column, width in widths.items():
-            header.resizeSection(column, width)
+        for column, width in widths.items():  # at least as wide as the column's title
+            title = NeighbourTableModel.COLUMNS[column]
+            header.resizeSection(column, max(width, header.fontMetrics().horizontalAdvance(title) + 18))
         self.setToolTip("Neighbours retrieved for this token. Double-click a row to open its document.")
         self.doubleClicked.connect(self._activated)
 
