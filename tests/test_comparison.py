@@ -188,3 +188,46 @@ def test_a_sweeps_csv_carries_the_model_datastore_and_the_settings_it_held_fixed
     for rows, temperature in zip(files, (1.0, 8.0)):
         assert {(r["model"], r["datastore"], r["k"], float(r["temperature"])) for r in rows} == {
             (model.name, "small", "8", temperature)}
+
+
+def test_compare_hands_over_each_methods_result_as_soon_as_it_is_done(setup):
+    """Issue 13 item 7: Compare showed nothing for minutes. With `on_method`, each method is scored in
+    a pass of its own and delivered before the next starts; the numbers equal one shared pass's."""
+    model, _catalog, datastore, text = setup
+    knn = KnnLmMethod(model, KnnLmSettings(k=8, lambda_=0.3), Resources(datastore))
+    spalm = SpalmMethod(model, spalm=Spalm(model, datastore, SpalmSettings(k=8)))
+    log = []
+    c = compare(model, text, [knn, spalm], context_length=32, stride=16,
+                on_progress=lambda p: log.append(("progress", p.phase, p.done, p.total)),
+                on_method=lambda name, partial: log.append(("done", name, partial.methods, partial.ppl(name))))
+    done = [entry for entry in log if entry[0] == "done"]
+    assert [(name, methods) for _, name, methods, _ in done] == [
+        ("none", ["none"]), ("knnlm", ["none", "knnlm"]), ("spalm", ["none", "knnlm", "spalm"])]
+    assert all(ppl == c.ppl(name) for _, name, _, ppl in done)
+    phases = list(dict.fromkeys(entry[1] for entry in log if entry[0] == "progress"))
+    assert phases == ["scoring kNN-LM (1/2)", "scoring SPALM (2/2)"]
+    knn_done = log.index(done[1])
+    assert all(entry[1] != "scoring SPALM (2/2)" for entry in log[:knn_done])  # kNN-LM's before SPALM starts
+    shared = compare(model, text, [knn, spalm], context_length=32, stride=16)  # one pass for all
+    for method in shared.methods:
+        assert c.ppl(method) == pytest.approx(shared.ppl(method), rel=1e-9)
+
+
+def test_method_by_method_with_a_memory_in_the_set_sets_it_aside_in_the_other_passes(setup):
+    """The kNN-LM pass runs batched with the memory layer plain; the memory's own pass reads the text
+    before each window as in one shared pass."""
+    model, _catalog, datastore, text = setup
+    retrofit = _joint_retrofit(model)
+    try:
+        methods = [KnnLmMethod(model, KnnLmSettings(k=8), Resources(datastore)),
+                   MemorizingTransformerMethod(model, retrofit=retrofit)]
+        done = []
+        one_by_one = compare(model, text, methods, context_length=32, stride=16,
+                             on_method=lambda name, _partial: done.append(name))
+        shared = compare(model, text, methods, context_length=32, stride=16)
+        assert done == ["none", "knnlm", "memtrf"] and len(retrofit.memory) == 0 and retrofit.enabled
+    finally:
+        retrofit.remove()
+    for method in shared.methods:
+        assert one_by_one.ppl(method) == pytest.approx(shared.ppl(method), rel=1e-5)
+    assert np.abs(one_by_one.gains("memtrf")).max() > 1e-3  # the memory did take part

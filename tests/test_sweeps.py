@@ -76,3 +76,20 @@ def test_an_infinite_perplexity_is_null_in_json(setup):
     result = sweep(datastore, collected, "lambda", [1.0], KnnLmSettings(k=1))
     assert math.isinf(result.results[0]["ppl"])  # k = 1: some target's only neighbour proposes another token
     assert json.loads(json.dumps(result.to_json(), allow_nan=False))["results"][0]["ppl"] is None
+
+
+def test_a_sweep_reports_every_phase_and_reaches_its_total_only_at_the_end(setup):
+    """Issue 13 item 7: the bar sat at "31,043/31,043, ETA 0s" while retrieval ran for a minute."""
+    model, datastore, text = setup
+    events = []
+    collected = collect(model, text[:1500], context_length=32, stride=16, on_progress=events.append)
+    forward = len(events)
+    result = sweep(datastore, collected, "size", [0.5, 1.0], KnnLmSettings(k=4), on_progress=events.append)
+    assert {e.phase for e in events[:forward]} == {"forward pass"} and events[forward - 1].done == events[0].total
+    retrieving = events[forward:]
+    assert retrieving and all(e.phase.startswith("retrieving") for e in retrieving)
+    assert retrieving[0].done == 0  # the bar leaves the forward pass's 100% as retrieval starts
+    assert [e.phase for e in retrieving][-1] == "retrieving, size 1 (2/2)"  # which of the retrievals it is
+    assert retrieving[-1].done == retrieving[-1].total == 2 * result.tokens  # at the end, and only there
+    assert all(e.done < e.total for e in retrieving[:-1])
+    assert [e.done for e in retrieving] == sorted(e.done for e in retrieving)

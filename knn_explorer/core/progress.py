@@ -6,7 +6,7 @@ Modelled on Orange3's TaskState: the worker reports, the caller decides how to s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 
@@ -55,6 +55,11 @@ class PhaseMeter:
         self.interval = interval
         self._last = 0.0
 
+    def start(self) -> None:
+        """Report 0 done at once, so whoever shows progress switches to this phase before its first
+        unit of work ends (the bar never sits at the previous phase's 100% meanwhile)."""
+        self.update(self.start_done, force=True)
+
     def update(self, done: int, force: bool = False) -> None:
         if self.callback is None:
             return
@@ -66,3 +71,14 @@ class PhaseMeter:
         rate = (done - self.start_done) / elapsed
         eta = (self.total - done) / rate if rate > 0 else None
         self.callback(Progress(self.phase, done, self.total, self.unit, rate, eta))
+
+
+def relabelled(callback: ProgressCallback | None, label: str) -> ProgressCallback | None:
+    """`callback` with `label` put before each report's phase ("memory 4,096 (3/5) · forward pass"):
+    for work that runs the same phases several times."""
+    if callback is None:
+        return None
+
+    def report(progress: Progress) -> None:
+        callback(replace(progress, phase=f"{label} · {progress.phase}"))
+    return report

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -154,10 +154,20 @@ def encode_documents(tokenizer, text: str | list[str]) -> tuple[list[int], list[
 @torch.inference_mode()
 def compare(model: LoadedModel, text: str | list[str], methods: Sequence[Method] = (), context_length: int = 256,
             stride: int = 128, batch_size: int = 8, on_progress: ProgressCallback | None = None,
-            should_stop: Callable[[], bool] | None = None, keep_keys: bool = False) -> Comparison:
+            should_stop: Callable[[], bool] | None = None, keep_keys: bool = False,
+            on_method: Callable[[str, Comparison], None] | None = None) -> Comparison:
     """Score the LM and each of `methods` on one text's targets (see the module docstring). `text`
     may be a list of documents: a method that remembers earlier text then holds only the current
-    document's. `keep_keys` also returns each target's kNN key (what a sweep retrieves with)."""
+    document's. `keep_keys` also returns each target's kNN key (what a sweep retrieves with).
+
+    Without `on_method`, one shared pass scores every method (the cheapest: one forward pass). With
+    it, the methods are scored one after another, each in a pass of its own (the first together with
+    the LM alone), and `on_method(name, partial)` is called as each is done — the LM alone first —
+    with a `Comparison` of those done so far, so a person sees each result as soon as it exists
+    rather than all of them at the end. It costs one more forward pass per method after the first;
+    the LM's numbers are those of the first pass. Meanwhile the other methods are `set_aside` (a
+    memory layer is the plain layer), and only a pass with a method that reads earlier text runs one
+    window at a time."""
     ids, document_starts = encode_documents(model.tokenizer, text)
     if len(ids) < 2:
         raise ValueError("the evaluation text is too short (it needs at least 2 tokens)")
@@ -165,12 +175,51 @@ def compare(model: LoadedModel, text: str | list[str], methods: Sequence[Method]
     tokens = torch.tensor(ids, dtype=torch.long)
     length = min(context_length, model.max_positions)
     spans = list(sliding_windows(len(ids), length, stride))
+    rounds = ([[m] for m in methods] if on_method is not None else [methods]) or [[]]
+    result: Comparison | None = None
+    for number, group in enumerate(rounds, 1):
+        phase = _phase(group, number, len(rounds))
+        meter = PhaseMeter(phase, len(ids) - 1, "tokens", on_progress)
+        with ExitStack() as aside:  # the other rounds' methods leave the model plain (a memory: off)
+            for method in methods:
+                if method not in group:
+                    aside.enter_context(method.set_aside())
+            positions, log_p_lm, log_p, keys = _score(model, tokens, spans, document_starts, group, batch_size,
+                                                      meter, should_stop, keep_keys and result is None)
+        if result is None:
+            result = Comparison(token_ids=np.asarray(ids), positions=positions, log_p_lm=log_p_lm,
+                                context_length=length, stride=stride,
+                                document_starts=np.asarray(document_starts, dtype=np.int64), keys=keys)
+            if on_method is not None:
+                on_method(LM_ALONE, replace(result, log_p={}))
+        for method in group:
+            result.log_p[method.name] = log_p[method.name]
+            if on_method is not None:
+                on_method(method.name, replace(result, log_p=dict(result.log_p)))
+    return result
+
+
+def _phase(group: Sequence[Method], number: int, rounds: int) -> str:
+    """What a progress bar says a pass is doing: "forward pass", "scoring kNN-LM (2/4)", ..."""
+    if not group:
+        phase = "forward pass"
+    elif len(group) == 1:
+        phase = f"scoring {group[0].label}"
+    else:
+        phase = f"scoring {len(group)} methods"
+    return f"{phase} ({number}/{rounds})" if rounds > 1 else phase
+
+
+def _score(model: LoadedModel, tokens: torch.Tensor, spans: list[Span], document_starts: list[int],
+           methods: list[Method], batch_size: int, meter: PhaseMeter, should_stop: Callable[[], bool] | None,
+           keep_keys: bool) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """One pass over every window with `methods`: (positions, log p_LM, log p per method, keys or None)."""
     remembering = [m for m in methods if m.reads_earlier_text]
     if remembering:
         batch_size = 1  # the memory reads one window of one document at a time
     for method in methods:
         method.start_text()
-    meter = PhaseMeter("evaluating", len(ids) - 1, "tokens", on_progress)
+    meter.start()
     lm_parts: list[torch.Tensor] = []
     parts: dict[str, list[torch.Tensor]] = {m.name: [] for m in methods}
     positions, keys, done, document = [], [], 0, 0
@@ -223,12 +272,9 @@ def compare(model: LoadedModel, text: str | list[str], methods: Sequence[Method]
         for method in remembering:
             method.start_text()  # what it read of this text is no one else's business
     meter.update(done, force=True)
-    return Comparison(
-        token_ids=np.asarray(ids), positions=torch.cat(positions).numpy(), log_p_lm=torch.cat(lm_parts).numpy(),
-        log_p={name: torch.cat(p).numpy() for name, p in parts.items()},
-        context_length=length, stride=stride, document_starts=np.asarray(document_starts, dtype=np.int64),
-        keys=torch.cat(keys).numpy() if keep_keys else None,
-    )
+    return (torch.cat(positions).numpy(), torch.cat(lm_parts).numpy(),
+            {name: torch.cat(p).numpy() for name, p in parts.items()},
+            torch.cat(keys).numpy() if keep_keys else None)
 
 
 def _gather(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

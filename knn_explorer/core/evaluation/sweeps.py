@@ -32,7 +32,7 @@ from ..mechanisms.knnlm import KnnLM, KnnLmSettings
 from ..mechanisms.memorizing import MAX_MEMORY
 from ..methods.lm_alone import LM_ALONE
 from ..models import LoadedModel
-from ..progress import Cancelled, ProgressCallback
+from ..progress import Cancelled, PhaseMeter, ProgressCallback, relabelled
 from ..datastore.query_chunks import neighbour_key_bytes, query_chunks
 
 PARAMS = ("lambda", "k", "temperature", "size", "distance")  # kNN-LM's; "memory" is the Memorizing Transformer's
@@ -53,6 +53,8 @@ class Collected:
     targets: np.ndarray  # n
     log_p_lm: np.ndarray  # n, float64
     keys: np.ndarray  # n × dim, float32
+    context: int | None = None  # the windows it was read in (None: not said)
+    stride: int | None = None
 
 
 @dataclass
@@ -85,7 +87,7 @@ def collect(model: LoadedModel, text: str, context_length: int = 256, stride: in
     """The LM alone over `compare`'s windows, keeping each target's key."""
     c = compare(model, text, context_length=context_length, stride=stride, batch_size=batch_size,
                 on_progress=on_progress, should_stop=should_stop, keep_keys=True)
-    return Collected(c.token_ids[c.positions], c.log_p_lm, c.keys)
+    return Collected(c.token_ids[c.positions], c.log_p_lm, c.keys, c.context_length, c.stride)
 
 
 def target_knn_probs(values: np.ndarray, distances: np.ndarray, targets: np.ndarray, k: int,
@@ -197,11 +199,13 @@ def _point_settings(settings: KnnLmSettings, param: str, value: float) -> tuple[
 
 def sweep(datastore: Datastore, collected: Collected, param: str, values: list[float],
           settings: KnnLmSettings = KnnLmSettings(), seed: int = 0,
-          should_stop: Callable[[], bool] | None = None) -> SweepResult:
+          should_stop: Callable[[], bool] | None = None, on_progress: ProgressCallback | None = None) -> SweepResult:
     """Perplexity of kNN-LM (fixed λ) at each value of `param`, the others as in `settings`.
 
     The held-out targets are searched a chunk at a time (`query_chunks`), each chunk's neighbours
-    scored for every point and dropped, so memory does not grow with the text's length."""
+    scored for every point and dropped, so memory does not grow with the text's length. Progress is
+    the phase "retrieving" (targets searched, every retrieval of a size or distance sweep counted),
+    which reaches its total when the last point is scored."""
     if param not in PARAMS:
         raise SweepValueError(f"unknown sweep parameter {param!r}: use one of {', '.join(PARAMS)}")
     check_sweep_values(datastore, param, values, settings)
@@ -210,13 +214,19 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
     fixed = {**replace(settings, lambda_mode="fixed").describe(), "datastore": datastore.name,
              "entries": datastore.size}  # sweeps use a fixed λ
     fixed.pop(param, None)  # the swept one is in the results
+    if c.context is not None:
+        fixed.update(context=c.context, stride=c.stride)
     result = SweepResult(param, len(c.targets), ppl_lm, fixed=fixed)
     # λ, k and T share one retrieval of the largest k; each size or distance mode retrieves its own.
     shared = param in ("lambda", "k", "temperature")
     groups = [range(len(values))] if shared else [[i] for i in range(len(values))]
     log_p_sums = np.zeros(len(values))
-    for group in groups:
+    meter = PhaseMeter("retrieving", len(c.targets) * len(groups), "targets", on_progress)
+    meter.start()
+    for number, group in enumerate(groups):
         value = values[group[0]]
+        if len(groups) > 1:  # one retrieval per value: say which
+            meter.phase = f"retrieving, {param} {value:g} ({number + 1}/{len(groups)})"
         if param == "size":
             retrieve = _subset_retriever(datastore, float(value), seed)
         else:  # distance: 1 = exact (recomputed from the stored keys), 0 = the index's own
@@ -230,6 +240,7 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
                 k, temperature, lam = _point_settings(settings, param, values[i])
                 p_knn = target_knn_probs(neighbour_values, distances, c.targets[rows], k, temperature)
                 log_p_sums[i] += float(np.sum(mixed_log_probs(c.log_p_lm[rows], p_knn, lam)))
+            meter.update(number * len(c.targets) + rows.stop)  # the total once the last point is scored
     for value, log_p_sum in zip(values, log_p_sums):
         point = {"value": value, "ppl": math.exp(-log_p_sum / len(c.targets))}
         if param == "size":
@@ -250,10 +261,11 @@ def sweep_memory_size(model: LoadedModel, method, text: str | list[str], sizes: 
     original = memorizing.settings.memory_size
     result = None
     try:
-        for size in sizes:
+        for number, size in enumerate(sizes, 1):
             memorizing.resize_memory(int(size))
+            label = f"memory {int(size):,} ({number}/{len(sizes)})"  # each size is a pass of its own
             c = compare(model, text, [method], context_length=context_length, stride=stride,
-                        on_progress=on_progress, should_stop=should_stop)
+                        on_progress=relabelled(on_progress, label), should_stop=should_stop)
             if result is None:
                 fixed = {"memory_layer": memorizing.layer, "memory_mode": memorizing.settings.mode,
                          "k": memorizing.settings.k, "context": c.context_length, "stride": c.stride}

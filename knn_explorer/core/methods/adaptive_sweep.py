@@ -29,7 +29,7 @@ from ..evaluation.comparison import compare
 from ..generation.step_generator import GenerationSettings, StepGenerator
 from ..mechanisms.knnlm import KnnLM
 from ..models import LoadedModel
-from ..progress import Cancelled, ProgressCallback
+from ..progress import Cancelled, PhaseMeter, ProgressCallback
 from ..datastore.query_chunks import neighbour_key_bytes, query_chunks
 from ..evaluation.sweeps import SweepResult, mixed_log_probs, target_knn_probs
 from .adaptive import AdaptiveRetrievalMethod
@@ -92,11 +92,14 @@ def sweep_retrieved_fraction(model: LoadedModel, method: AdaptiveRetrievalMethod
     lambdas = torch.cat(recorder.lambdas).numpy()
     targets, log_p_lm, s = c.token_ids[c.positions], c.log_p_lm, method.settings
     knn, p_knn = KnnLM(method.knn.datastore, s.knn_settings()), np.empty(len(targets))
+    meter = PhaseMeter("retrieving", len(targets), "targets", on_progress)
+    meter.start()
     for rows in query_chunks(len(targets), neighbour_key_bytes(s.k, method.knn.datastore.dim)):
         if should_stop is not None and should_stop():
             raise Cancelled("sweep cancelled")
         found = knn.retrieve(torch.from_numpy(c.keys[rows]))
         p_knn[rows] = target_knn_probs(found.values.numpy(), found.distances, targets[rows], s.k, s.temperature)
+        meter.update(rows.stop)
     adaptive = _mixed(log_p_lm, p_knn, lambdas)
     fixed = mixed_log_probs(log_p_lm, p_knn, knn_lambda)
     by_lambda = np.argsort(-lambdas, kind="stable")
@@ -163,10 +166,13 @@ def fraction_sweep_result(method: AdaptiveRetrievalMethod, texts: str | list[str
     timed = [LmAlone(model)] + [type(method)(model, replace(method.settings, retrieve_fraction=float(f)),
                                                    method.resources) for f in fractions]
     speeds = []
+    meter = PhaseMeter("timing generation", len(timed), "points", on_progress)
+    meter.start()
     for one in timed:  # one at a time, so cancelling waits for one generation at most
         if should_stop is not None and should_stop():
             raise Cancelled("sweep cancelled")
         speeds += generation_speed(model, [one], [prompt], tokens=SPEED_TOKENS)
+        meter.update(len(speeds))
     fixed = {key: value for key, value in swept.settings.items() if key not in ("retrieve_fraction", "lambda_threshold")}
     fixed.update(knn_lambda=swept.knn_lambda, speed_tokens=SPEED_TOKENS, tokens_per_s_lm=speeds[0]["tokens_per_s"])
     result = SweepResult(f"{method.name}.retrieve_fraction", swept.tokens, swept.ppl_lm, fixed=fixed,

@@ -48,7 +48,8 @@ class KnnLmMethod(Method):
         check_sweep_values(datastore, param, values, self.settings)  # before the model runs
         text = texts if isinstance(texts, str) else "\n\n".join(texts)  # one stream, as `evaluate` reads it
         collected = collect(self.model, text, context_length, stride, on_progress=on_progress, should_stop=should_stop)
-        return sweep(datastore, collected, param, values, self.settings, should_stop=should_stop)
+        return sweep(datastore, collected, param, values, self.settings, should_stop=should_stop,
+                     on_progress=on_progress)
 
 
 def retrieval_fields(knn: KnnLM, retrieval: Retrieval, row: int, p_knn, lam: float, context: RecordContext) -> dict:
