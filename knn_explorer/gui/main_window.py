@@ -25,6 +25,7 @@ from ..core.runtime import configure_threads
 from ..core.methods.lm_alone import LM_ALONE
 from . import workers
 from .dialogs.build import BuildDialog, BuildTracker
+from .fitted_knn import FittedKnnSettings
 from .pages.library import CatalogView
 from .pages.evaluate import EvaluatePage, MethodObjects, need_datastore
 from .export_report import report_export
@@ -67,6 +68,10 @@ class MainWindow(QMainWindow):
         self._make_widgets()
         self._make_actions()
         self._restore()
+        # kNN-LM's λ and T follow the chosen datastore's fit, unless moved by hand from here on
+        self.fitted_knn = FittedKnnSettings(self.controls.knnlm, self.catalog,
+                                            lambda message: self.statusBar().showMessage(message, 15_000), self)
+        self.evaluate_page.fitted.connect(lambda row: self.fitted_knn.apply(row, asked=True))
         self.load_model(model_spec or self.settings.last_model, self.settings.device)
 
     # ---- layout ----------------------------------------------------------------------------
@@ -349,6 +354,7 @@ class MainWindow(QMainWindow):
         self.settings.last_datastore = name
         self.datastore_label.setText(f"Datastore: {name} ({row.entries:,} entries, {row.index_description})")
         self.catalog_view.select(name)
+        self.fitted_knn.datastore_chosen(name)
         self.evaluate_page.set_context(self.model, name)
 
     def _set_aside_datastore(self, name: str, reason: str, quiet: bool) -> None:
@@ -376,7 +382,8 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("First launch: building the demo datastore from resources/demo/docs…")
         tracker = BuildTracker(self.catalog, self.model, DEMO_DATASTORE, [DEMO_DOCS_DIR], parent=self)
         self._track_build(tracker)
-        tracker.finished.connect(lambda _report: self.use_datastore(DEMO_DATASTORE))
+        tracker.finished.connect(lambda _report: (self.fitted_knn.demo_built(DEMO_DATASTORE, self.model.name),
+                                                  self.use_datastore(DEMO_DATASTORE)))
         tracker.start()
 
     def open_build_dialog(self) -> None:

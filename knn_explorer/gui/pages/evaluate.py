@@ -18,17 +18,20 @@ from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComb
                                QPushButton, QRadioButton, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
 from ...core.evaluation import export as evaluation_export
-from ...core.datastore.catalog import Catalog, EvaluationRow
+from ...core.datastore.catalog import Catalog, CatalogError, EvaluationRow
+from ...core.datastore.documents import path_text
 from ...core.evaluation.comparison import Comparison, compare, most_changed, token_record
+from ...core.evaluation.fit import describe_fit, fit_heldout, fit_result_of, remember_fit, unkept_fit
 from ...core.evaluation.perplexity import read_heldout
 from ...core.evaluation.store import forget, keep_comparison, load_comparison
 from ...core.home import DEMO_DOCS_DIR
 from ...core.mechanisms.knnlm import KnnLmSettings
 from ...core.methods import Method, MethodError, UnknownMethod, get, labels
+from ...core.methods.knnlm import KnnLmMethod
 from ...core.methods.lm_alone import LM_ALONE
 from ...core.methods.sweep_names import find_sweep, registered_sweeps
 from .. import workers
-from ..widgets.evaluation_plots import EvaluationPlots, param_label, ShownRun, method_perplexities, run_label
+from ..widgets.evaluation_plots import EvaluationPlots, FitHeatmap, param_label, ShownRun, method_perplexities, run_label
 from ..export_report import report_export
 from ..widgets.path_field import PathField
 from ..widgets.results_table import ResultsTable
@@ -53,6 +56,7 @@ class MethodObjects:
 class EvaluatePage(QWidget):
     inspect_requested = Signal(object)  # a Run holding one held-out token's record
     error = Signal(str)
+    fitted = Signal(object)  # a FittedSettingsRow: kNN-LM's λ and T just fitted (the main window applies them)
 
     def __init__(self, catalog: Catalog, parent=None):
         super().__init__(parent)
@@ -134,6 +138,14 @@ class EvaluatePage(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        self.fit_button = QPushButton("Fit λ and T")
+        self.fit_button.setToolTip("Find kNN-LM's λ and T with the lowest perplexity on the held-out text (a grid "
+                                   "from one forward pass and one retrieval at the panel's k), apply them, and "
+                                   "remember them for the datastore")
+        self.fit_button.clicked.connect(lambda: self.fit())
+        self.fit_heatmap = FitHeatmap()  # under the button: the chosen datastore's latest fit, if it has one
+        self.fit_heatmap.hide()
+        self._fit_shown: tuple[str | None, int | None] = (None, None)  # (datastore, fit id) drawn
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.progress.hide()
@@ -152,8 +164,10 @@ class EvaluatePage(QWidget):
         form.addWidget(self.knn_label)
         form.addLayout(windows)
         form.addLayout(buttons)
+        form.addWidget(self.fit_button)
         form.addWidget(self.progress)
         form.addWidget(self.status)
+        form.addWidget(self.fit_heatmap)
         form.addStretch(1)
         left.setMinimumWidth(300)
         left.setMaximumWidth(380)
@@ -272,6 +286,24 @@ class EvaluatePage(QWidget):
         self.datastore_label.setText(f"Datastore: {datastore_name or f'none ({need_datastore(labels())} one)'}")
         s = self.knn_settings()
         self.knn_label.setText(f"kNN-LM: k {s.k} · λ {s.lambda_:g} · T {s.temperature:g} · {s.distance} distances")
+        self._show_datastore_fit()
+
+    def _show_datastore_fit(self) -> None:
+        """The heatmap of the chosen datastore's latest fit (hidden when it has none)."""
+        try:
+            row = self.catalog.fitted(self.datastore_name) if self.datastore_name else None
+        except CatalogError:
+            row = None
+        if (self.datastore_name, row.id if row is not None else None) != self._fit_shown:
+            self.show_fit(row)
+
+    def show_fit(self, row) -> None:
+        """Draw a kept fit (a `FittedSettingsRow`) as the λ × T heatmap; None hides it."""
+        self._fit_shown = (self.datastore_name, row.id if row is not None else None)
+        self.fit_heatmap.setVisible(row is not None)
+        if row is not None:
+            self.fit_heatmap.show_fit(fit_result_of(row), f"'{row.datastore}' on {Path(row.heldout).name}")
+
 
     # ---- running ---------------------------------------------------------------------------
     def chosen_methods(self) -> list[str]:
@@ -306,6 +338,56 @@ class EvaluatePage(QWidget):
         if method.needs_datastore and not self.datastore_name:
             return self._refuse(f"{method.label} needs a datastore: double-click one in the library")
         return "sweep", (param, values)
+
+    def fit(self) -> workers.Job | None:
+        """Fit kNN-LM's λ and T on the held-out text (the panel's k and distances), keep the fit for the
+        datastore, draw its heatmap and hand it to the main window (`fitted`) to apply."""
+        if self.model is None:
+            return self._refuse("No model is loaded yet")
+        if self.job is not None and self.job.is_running():
+            return None
+        if not self.datastore_name:
+            return self._refuse("Fitting λ and T needs a datastore: double-click one in the library")
+        if not self.text_field.text().strip():
+            return self._refuse("Choose a held-out text (a document or a folder)")
+        self._remember()
+        path, model, datastore = Path(self.text_field.text().strip()), self.model, self.datastore_name
+        context, stride, open_methods, catalog = self.context_spin.value(), self.stride_spin.value(), \
+            self.open_methods, self.catalog
+
+        def body(control: workers.JobControl):
+            documents = read_heldout(path)
+            objects = open_methods([KnnLmMethod.name])
+            try:
+                settings = objects.methods[KnnLmMethod.name].settings  # its k and distances; λ and T are fitted
+                result = fit_heldout(model, objects.datastore, documents, settings=settings, context_length=context,
+                                     stride=stride, on_progress=control.report, should_stop=control.should_stop)
+            finally:
+                objects.close()
+            heldout = path_text(path.resolve())
+            try:  # results before records: a catalog that refuses the fit costs the record, not the fit
+                return remember_fit(catalog, datastore, model.name, result, heldout), ""
+            except CatalogError as exc:
+                return unkept_fit(datastore, model.name, result, heldout), f" (not kept: {exc})"
+
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…")
+        self.progress.show()
+        self.status.setText("")
+        self.run_button.setEnabled(False)
+        self.fit_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.job = workers.run_job(body, parent=self, progress=self._progressed, finished=self._fit_finished,
+                                   failed=self._failed, cancelled=lambda: self.status.setText("Cancelled; nothing kept"),
+                                   done=self._done)
+        return self.job
+
+    def _fit_finished(self, result) -> None:
+        row, unkept = result
+        self.show_fit(row)
+        self.fitted.emit(row)  # the kNN-LM panel takes the pair
+        self.set_context(self.model, self.datastore_name)  # the kNN-LM line shows it
+        self.status.setText(f"Applied {describe_fit(row)}{unkept}")
 
     def _refuse(self, reason: str) -> None:
         self.status.setText(reason)
@@ -357,6 +439,7 @@ class EvaluatePage(QWidget):
         self.progress.show()
         self.status.setText("")
         self.run_button.setEnabled(False)
+        self.fit_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.job = workers.run_job(body, parent=self, progress=self._progressed, finished=self._finished,
                                    failed=self._failed, cancelled=lambda: self.status.setText("Cancelled; nothing kept"),
@@ -393,6 +476,7 @@ class EvaluatePage(QWidget):
     def _done(self) -> None:
         self.progress.hide()
         self.run_button.setEnabled(True)
+        self.fit_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
     # ---- kept runs -------------------------------------------------------------------------

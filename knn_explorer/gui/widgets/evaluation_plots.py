@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from ...core.datastore.catalog import EvaluationRow
 from ...core.evaluation.comparison import Comparison
@@ -259,3 +259,75 @@ def _tick_label(method: str) -> str:
     except UnknownMethod:  # a kept run of a method no longer installed
         return method
     return found.short_label or found.label
+
+
+class FitHeatmap(QWidget):
+    """A fit of kNN-LM's λ and T (`core/evaluation/fit.py`): held-out perplexity over the λ × T grid,
+    one cell per point (lighter is lower, on a log scale from the best to the LM alone's), the best
+    pair starred and the defaults (λ 0.25, T 1) circled where the grid has them."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.plot = style_plot(pg.PlotWidget(), "Fitted λ and T", left="T", bottom="λ")
+        self.plot.setMinimumSize(220, 220)
+        self.plot.setMaximumHeight(300)
+        # under the Evaluate page's buttons: as wide as that column is, never widening it
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.plot.setToolTip("Held-out perplexity of kNN-LM at each λ and T (one forward pass, one retrieval); "
+                             "★ the fitted pair, ○ the defaults")
+        self.image = pg.ImageItem()
+        self.plot.addItem(self.image)
+        self.colour_map = pg.colormap.get("viridis")
+        self.colour_map.reverse()  # low perplexity: light
+        self.image.setColorMap(self.colour_map)
+        self.best_marker = pg.ScatterPlotItem(symbol="star", size=18, brush=pg.mkBrush(colours.CHOSEN),
+                                              pen=pg.mkPen("w", width=1.5))
+        self.default_marker = pg.ScatterPlotItem(symbol="o", size=14, brush=pg.mkBrush(None),
+                                                 pen=pg.mkPen("w", width=2))
+        self.plot.addItem(self.best_marker)
+        self.plot.addItem(self.default_marker)
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.caption)
+        self.result = None  # the FitResult drawn
+        self.cells = np.zeros((0, 0))  # T × λ perplexities as drawn (∞ where infinite)
+
+    def show_fit(self, result, source: str = "") -> None:
+        """Draw a `FitResult` (its grid and best pair); `source` says what was fitted on what."""
+        self.result = result
+        ppl = np.asarray(result.ppl, dtype=float)
+        self.cells = ppl
+        lam, temperature, best = result.best
+        finite = ppl[np.isfinite(ppl)]
+        top = min(float(finite.max()) if len(finite) else best * 2, max(result.ppl_lm, best * 1.01))
+        low, high = math.log(best), math.log(max(top, best * 1.01))
+        shown = np.log(np.where(np.isfinite(ppl), np.clip(ppl, best, None), top))
+        self.image.setImage(shown.T, levels=(low, high))  # image[x = λ index, y = T index]
+        self.image.setRect(-0.5, -0.5, len(result.lambdas), len(result.temperatures))
+        row, column = result.temperatures.index(temperature), result.lambdas.index(lam)
+        self.best_marker.setData([column], [row])
+        base = result.baseline
+        if base["lambda"] in result.lambdas and base["temperature"] in result.temperatures:
+            self.default_marker.setData([result.lambdas.index(base["lambda"])],
+                                        [result.temperatures.index(base["temperature"])])
+        else:
+            self.default_marker.setData([], [])
+        item = self.plot.getPlotItem()
+        crowded = len(result.lambdas) > 10  # 0.05 … 0.95: label 0.1, 0.2, …
+        item.getAxis("bottom").setTicks([[(i, f"{v:g}") for i, v in enumerate(result.lambdas)
+                                          if not crowded or i % 2 == 1]])
+        item.getAxis("left").setTicks([[(i, f"{v:g}") for i, v in enumerate(result.temperatures)]])
+        before = base.get("ppl")
+        self.plot.setTitle(f"Perplexity · ★ λ {lam:g}, T {temperature:g}", color=colours.TEXT, size="9pt")
+        defaults = f"; ○ defaults (λ {base['lambda']:g}, T {base['temperature']:g}) {before:.2f}" if before else ""
+        self.caption.setText(f"{source + ': ' if source else ''}★ fitted {best:.2f}{defaults}; LM alone "
+                             f"{result.ppl_lm:.2f} · k {result.k}, {result.distance} distances, "
+                             f"{result.tokens:,} tokens")
+        self.plot.setXRange(-0.5, len(result.lambdas) - 0.5, padding=0)
+        self.plot.setYRange(-0.5, len(result.temperatures) - 0.5, padding=0)
+
+    def export_png(self, path: Path) -> Path:
+        return export_png(self.plot, path)
