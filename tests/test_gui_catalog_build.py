@@ -296,7 +296,7 @@ def test_catalog_view_lists_datastores_documents_and_interrupted_builds(qtbot, m
     view.resize(1200, 500)
     view.show()
     assert [view.tree.headerItem().text(c) for c in range(view.tree.columnCount())] == \
-        ["Name", "Model", "Entries", "Size (MB)", "Index", "Created", "Status"]
+        ["Name", "Model", "Entries", "Size", "Index", "Built", "Status"]
     assert view.names() == ["mine", "theirs"]
     mine = view.item("mine")
     row = catalog.datastore("mine")

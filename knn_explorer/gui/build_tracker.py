@@ -23,7 +23,34 @@ _alive: set["BuildTracker"] = set()  # running trackers, kept alive whoever (if 
 
 def running_builds() -> dict[str, "BuildTracker"]:
     """Builds running in this process right now, by datastore name."""
-    return {tracker.name: tracker for tracker in _alive if tracker.is_running()}
+    # A copy first (atomic under the GIL): a job's thread may ask while the UI thread adds or drops one.
+    return {tracker.name: tracker for tracker in list(_alive) if tracker.is_running()}
+
+
+def describe_progress(tracker: "BuildTracker") -> str:
+    """"encoding 40%": the phase a build is in and how far through it; "starting" before its first report."""
+    progress = tracker.last_progress
+    if progress is None:
+        return "starting"
+    return f"{progress.phase} {progress.fraction:.0%}"
+
+
+def waiting_for_build(subject: str, alternatives: bool = False) -> str | None:
+    """What `subject` ("kNN-LM", "kNN-LM and SPALM": methods that need a datastore, none chosen) is
+    waiting for while this app builds one: "'demo-docs' is being built (encoding 40%); kNN-LM can
+    run when it finishes" (and "or double-click another datastore in the library" when there are
+    `alternatives`, usable ones). None when no build runs: the caller says how to choose or build one."""
+    trackers = sorted(running_builds().values(), key=lambda tracker: tracker.started_at or 0.0)
+    if not trackers:
+        return None
+    if len(trackers) == 1:
+        what = f"'{trackers[0].name}' is being built ({describe_progress(trackers[0])}); {subject} can run when it finishes"
+    else:
+        named = [f"'{tracker.name}' ({describe_progress(tracker)})" for tracker in trackers]
+        what = f"{', '.join(named[:-1])} and {named[-1]} are being built; {subject} can run when one finishes"
+    if alternatives:
+        what += ", or double-click another datastore in the library"
+    return what
 
 
 class BuildTracker(QObject):

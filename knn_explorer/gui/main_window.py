@@ -24,6 +24,7 @@ from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
 from ..core.methods.lm_alone import LM_ALONE
 from . import workers
+from .build_tracker import waiting_for_build
 from .dialogs.build import BuildDialog, BuildTracker
 from .fitted_knn import FittedKnnSettings
 from .pages.library import CatalogView
@@ -79,6 +80,7 @@ class MainWindow(QMainWindow):
         self.catalog_view = CatalogView(self.catalog)
         self.catalog_view.datastore_chosen.connect(self.use_datastore)
         self.catalog_view.build_requested.connect(self.open_build_dialog)
+        self.catalog_view.build_started.connect(self._track_build)  # a build resumed from the library
         self.catalog_view.removed.connect(self._datastore_removed)
         # The tree's size hint changes with its rows (a build in progress adds one); ignoring it keeps
         # the dock's width fixed, so the plots beside it are not re-laid out and repainted each time.
@@ -388,6 +390,7 @@ class MainWindow(QMainWindow):
 
     def open_build_dialog(self) -> None:
         dialog = BuildDialog(self.catalog, self.model, self)
+        self.catalog_view.prepare_build_dialog(dialog)  # an interrupted build selected: its name, sources, settings
         dialog.build_started.connect(self._track_build)
         dialog.show()
         self.build_dialog = dialog
@@ -484,7 +487,9 @@ class MainWindow(QMainWindow):
             return False
         method = get(self.controls.method.currentData())
         if method.needs_datastore and not self.datastore_name:
-            self.show_error(f"{method.label} needs a datastore: double-click one in the library, or build one (Ctrl+B)")
+            wait = waiting_for_build(method.label, bool(self.catalog_view.usable_names()))  # the first launch's demo build
+            self.show_error(f"{method.label} needs a datastore: "
+                            f"{wait or 'double-click one in the library, or build one (Ctrl+B)'}")
             return False
         problem = self.controls.problem()
         if problem is not None:
@@ -623,7 +628,8 @@ class MainWindow(QMainWindow):
         if self.model is None:
             raise ValueError("No model is loaded yet")
         if any(get(m).needs_datastore for m in methods) and not self.datastore_name:
-            raise ValueError(f"{need_datastore(methods)} a datastore: double-click one in the library")
+            wait = waiting_for_build(" and ".join(get(m).label for m in methods if get(m).needs_datastore))
+            raise ValueError(f"{need_datastore(methods)} a datastore: {wait or 'double-click one in the library'}")
         values = self.controls.values()
         objects = self._method_objects(values, methods, self.datastore_name)
         try:

@@ -6,15 +6,17 @@ leaves a `running`/`failed` build row and a folder that the next build of the sa
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 from .build_lock import DatastoreBusy, datastore_lock, holder
 from .catalog import Catalog, DatastoreRow
+from .documents import path_from_text
 from .folder import COMPLETE, Datastore, DatastoreError, check_compatible, damage, read_manifest
 from .builder import BuildParameters, BuildReport, DatastoreBuilder
 from ..home import datastores_dir
@@ -101,6 +103,87 @@ def _resumable_folder(catalog: Catalog, name: str) -> Path | None:
             continue
         if manifest.get("name") == name:
             return Path(build.folder)
+    return None
+
+
+@dataclass(frozen=True)
+class UnfinishedBuild:
+    """A build that has not completed, as its catalog row and folder recorded it: how far it got, and
+    what resuming it takes (the same model, sources and window settings: `build_datastore` with
+    `sources` and `parameters` continues it)."""
+
+    name: str
+    folder: Path
+    model_name: str
+    state: str | None  # reading | encoding | indexing (complete: only cataloguing was left); None: no manifest yet
+    fraction: float | None  # share of the state's work on disk (keys encoded); None where not recorded
+    sources: tuple[str, ...]  # as the manifest records them (text; `source_paths` finds the files)
+    parameters: BuildParameters
+    model_fingerprint: str | None
+    tokenizer_fingerprint: str | None
+    error: str | None  # how the last attempt ended, when it failed
+
+    def source_paths(self) -> list[Path]:
+        return [path_from_text(source) for source in self.sources]
+
+    def describe_progress(self) -> str:
+        """"encoding 40%", "reading", or "" when nothing was recorded."""
+        if self.state is None:
+            return ""
+        if self.fraction is None:
+            return self.state
+        return f"{self.state} {self.fraction:.0%}"
+
+
+def unfinished_build(catalog: Catalog, name: str) -> UnfinishedBuild | None:
+    """The unfinished build of `name` that building `name` again would resume (the newest attempt
+    whose folder has a manifest), or None when there is none. Reads two small files."""
+    builds = catalog.unfinished_builds(name)
+    if not builds:
+        return None
+    for build in builds:
+        try:
+            manifest = read_manifest(Path(build.folder))
+        except DatastoreError:
+            continue
+        if manifest.get("name") == name:
+            break
+    else:
+        build, manifest = builds[0], {}
+    state = manifest.get("state")
+    fraction = None
+    if state == "encoding" and manifest.get("entries"):
+        try:
+            done = json.loads((Path(build.folder) / "progress.json").read_text(encoding="utf-8")).get("entries", 0)
+        except (OSError, ValueError, AttributeError):
+            done = 0
+        fraction = min(1.0, max(0.0, done / manifest["entries"]))
+    recorded = manifest.get("parameters") or build.parameters or {}
+    known = {f.name for f in fields(BuildParameters)}
+    return UnfinishedBuild(
+        name=name, folder=Path(build.folder), model_name=manifest.get("model", {}).get("name") or build.model_name,
+        state=state, fraction=fraction, sources=tuple(manifest.get("sources") or ()),
+        parameters=BuildParameters(**{k: v for k, v in recorded.items() if k in known}),
+        model_fingerprint=manifest.get("model", {}).get("fingerprint"),
+        tokenizer_fingerprint=manifest.get("tokenizer_fingerprint"),
+        error=build.error if build.status == "failed" else None,
+    )
+
+
+def resume_problem(build: UnfinishedBuild, model: LoadedModel | None) -> str | None:
+    """Why `build` cannot be resumed with `model` now (one line), or None when it can."""
+    busy = holder(build.name)
+    if busy is not None:
+        return busy
+    if model is None:
+        return "no model is loaded; load the model it was started with"
+    if not build.sources:
+        return "it stopped before it recorded its sources; remove it and build it again"
+    if build.model_fingerprint != model.model_fingerprint or build.tokenizer_fingerprint != model.tokenizer_fingerprint:
+        return f"it was started with {build.model_name}; load that model to resume it"
+    missing = [path for path in build.source_paths() if not path.exists()]
+    if missing:
+        return f"its source {missing[0]} is no longer there"
     return None
 
 

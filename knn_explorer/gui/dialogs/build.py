@@ -6,6 +6,7 @@ discards the partial folder, so nothing is kept.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,8 +42,8 @@ from PySide6.QtWidgets import (
 from ...core.datastore import build_lock
 from ...core.datastore.catalog import Catalog
 from ...core.datastore.builder import BuildParameters, BuildReport
-from ...core.datastore.documents import SUPPORTED_SUFFIXES
-from ...core.datastore.library import LibraryError, validate_name
+from ...core.datastore.documents import SUPPORTED_SUFFIXES, path_text
+from ...core.datastore.library import LibraryError, UnfinishedBuild, resume_problem, unfinished_build, validate_name
 from ...core.models import LoadedModel
 from ...core.progress import Progress, format_seconds
 from ..build_tracker import BuildTracker, running_builds
@@ -92,6 +93,9 @@ class BuildDialog(QDialog):
         # Asked before cancelling a running build; returns True to cancel. Replace it in tests.
         self.confirm_cancel: Callable[[], bool] = self._confirm_cancel
         self._name_touched = False
+        # The settings this dialog has no field for (batch size, file-size limit): an interrupted
+        # build's own when the dialog was filled from one (`fill_from`), so Start resumes it.
+        self._base_parameters = BuildParameters()
         self.setWindowTitle("Build datastore")
         self.setMinimumSize(640, 500)
         self.resize(760, 560)
@@ -388,10 +392,49 @@ class BuildDialog(QDialog):
 
     # ---- settings ------------------------------------------------------------------------------
     def parameters(self) -> BuildParameters:
-        return BuildParameters(
-            context_length=self.context_spin.value(), stride=self.stride_spin.value(),
+        return replace(
+            self._base_parameters, context_length=self.context_spin.value(), stride=self.stride_spin.value(),
             index=self.index_combo.currentData(), device=self.device_combo.currentData(),
         )
+
+    def fill_from(self, build: UnfinishedBuild) -> None:
+        """Fill in the name, sources and settings of an interrupted build, so that Start resumes it."""
+        params = build.parameters
+        self._base_parameters = params
+        self.sources.clear()
+        self.add_sources([str(path) for path in build.source_paths()])
+        self.name_edit.setText(build.name)
+        self._name_touched = True
+        self.index_combo.setCurrentIndex(max(0, self.index_combo.findData(params.index)))
+        self.device_combo.setCurrentIndex(1 if params.device == "cuda" and self.cuda_available else 0)
+        self.context_spin.setValue(params.context_length)
+        self.stride_spin.setValue(params.stride)
+        self._update_state()
+
+    def resume_hint(self) -> str | None:
+        """What Start does to the interrupted build of the name typed, if there is one: resume it (the
+        same model, sources and window settings) or begin it again; None when there is none."""
+        try:
+            name = validate_name(self.name_edit.text())
+        except LibraryError:
+            return None
+        build = unfinished_build(self.catalog, name)
+        if build is None:
+            return None
+        problem = resume_problem(build, self.model)
+        if problem is None and not self._same_as(build):
+            problem = "its sources or window settings differ from these"
+        if problem is None:
+            where = f" (it stopped while {build.describe_progress()})" if build.state else ""
+            return f"Start resumes the interrupted build of “{name}” where it stopped{where}"
+        return f"An interrupted build of “{name}” exists, but {problem}: Start builds it again from the beginning"
+
+    def _same_as(self, build: UnfinishedBuild) -> bool:
+        sources = [path_text(Path(path).expanduser().resolve()) for path in self.source_paths()]
+        limit = self.model.max_positions if self.model is not None else None
+        recorded = build.parameters
+        return (sources == list(build.sources) and self.stride_spin.value() == recorded.stride
+                and min(self.context_spin.value(), limit or 1 << 30) == min(recorded.context_length, limit or 1 << 30))
 
     def name_problem(self) -> str | None:
         """Why the name cannot be used, in one line; None when it can."""
@@ -623,9 +666,8 @@ class BuildDialog(QDialog):
         if problem and (self.name_edit.text() or self._name_touched):
             self.name_hint.setText(problem)
             self.name_hint.setStyleSheet(ERROR_STYLE)
-        elif problem is None and self.catalog.unfinished_builds(self.name_edit.text()):
-            self.name_hint.setText("An interrupted build of this name exists; with the same model, sources and "
-                                   "window settings it resumes where it stopped")
+        elif problem is None and (hint := self.resume_hint()) is not None:
+            self.name_hint.setText(hint)
             self.name_hint.setStyleSheet(HINT_STYLE)
         else:
             self.name_hint.setText("")
