@@ -108,3 +108,17 @@ def test_gui_screenshot_runs_the_pages_job_and_writes_the_window(qapp, in_demo_h
 def test_gui_screenshot_refuses_a_bad_size_in_one_line(tmp_path, args, words):
     proc = cli_helpers.cli("gui", "--screenshot", tmp_path / "a.png", *args, check=False)
     cli_helpers.assert_one_line_error(proc, 2, *words)
+
+
+@pytest.mark.slow  # the demo datastore, and a fit over the whole held-out folder (~45 s on 2 cores)
+def test_the_demo_datastore_comes_with_the_fit_that_fitting_it_again_reproduces(in_demo_home):
+    from knn_explorer.core.evaluation.fit import DEMO_FIT, DEMO_HELDOUT
+
+    shipped = json.loads(DEMO_FIT.read_text(encoding="utf-8"))
+    assert in_demo_home["fitted"]["lambda"] == shipped["lambda"] and in_demo_home["fitted"]["origin"] == "shipped"
+    refit = json.loads(cli("fit", "--model", "demo", "--datastore", "demo-docs", "--heldout", DEMO_HELDOUT, "--json"))
+    assert (refit["lambda"], refit["temperature"]) == (shipped["lambda"], shipped["temperature"])
+    assert refit["grid"]["temperatures"] == shipped["grid"]["temperatures"]
+    for key in ("ppl", "ppl_lm"):
+        assert refit[key] == pytest.approx(shipped[key], rel=1e-4)
+    assert refit["baseline"]["ppl"] == pytest.approx(shipped["baseline"]["ppl"], rel=1e-4)

@@ -197,6 +197,10 @@ def test_first_launch_builds_and_catalogues_the_demo_datastore(qtbot, data_home)
     qtbot.waitUntil(lambda: window.datastore_name == "demo-docs", timeout=10_000)
     assert not window.build_trackers and window.last_error is None
     assert window.catalog.datastore("demo-docs").entries > 50_000
+    fitted = window.catalog.fitted("demo-docs")  # it comes with the λ and T measured on it, applied
+    panel = window.controls.knnlm
+    assert fitted.origin == "shipped" and fitted.temperature > 1
+    assert (panel.lambda_slider.value() / 100, panel.temperature.value()) == (fitted.lambda_, fitted.temperature)
     window.close()
     again = MainWindow(Catalog(), model_spec="demo")  # a later launch builds nothing and remembers
     qtbot.addWidget(again)
