@@ -14,6 +14,11 @@ class Cancelled(Exception):
     """Raised inside long work when its `should_stop` says so."""
 
 
+class Interrupted(Exception):
+    """Raised by a `should_stop` that wants the work kept for later (the app is quitting), not
+    discarded as a cancel is: a build stopped this way resumes where it stopped."""
+
+
 @dataclass(frozen=True)
 class Progress:
     phase: str

@@ -15,7 +15,7 @@ from ..core.datastore.catalog import Catalog
 from ..core.datastore.builder import BuildParameters, BuildReport
 from ..core.datastore.library import build_datastore
 from ..core.models import LoadedModel
-from ..core.progress import Progress
+from ..core.progress import Interrupted, Progress
 from . import workers
 
 _alive: set["BuildTracker"] = set()  # running trackers, kept alive whoever (if anyone) owns them
@@ -80,6 +80,7 @@ class BuildTracker(QObject):
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.job: workers.Job | None = None
+        self.keep_when_stopped = False
 
     def start(self) -> "BuildTracker":
         if self.state == "running":
@@ -87,8 +88,13 @@ class BuildTracker(QObject):
         catalog, name, model, sources, params = self.catalog, self.name, self.model, self.sources, self.params
 
         def build(control) -> BuildReport:
-            return build_datastore(catalog, name, model, sources, params,
-                                   on_progress=control.report, should_stop=control.should_stop)
+            def should_stop() -> bool:
+                if control.should_stop() and self.keep_when_stopped:
+                    raise Interrupted("the app closed during the build; it resumes from here next time")
+                return control.should_stop()
+
+            return build_datastore(catalog, name, model, sources, params, on_progress=control.report,
+                                   should_stop=should_stop)
 
         self.state, self.started_at, self.ended_at = "running", time.monotonic(), None
         _alive.add(self)
@@ -96,8 +102,10 @@ class BuildTracker(QObject):
                                    failed=self._failed, cancelled=self._cancelled, done=self._done)
         return self
 
-    def stop(self) -> None:
-        """Ask the build to stop; `cancelled` follows once it has discarded its partial folder."""
+    def stop(self, keep: bool = False) -> None:
+        """Ask the build to stop. It discards its partial folder (`cancelled` follows), or with
+        `keep` (the app is quitting) leaves it for the next build of this name to resume."""
+        self.keep_when_stopped = keep
         if self.job is not None:
             self.job.stop()
 

@@ -261,7 +261,7 @@ class MainWindow(QMainWindow):
         self.evaluate_page.shutdown()
         self.side_by_side_page.shutdown()
         for tracker in list(self.build_trackers):
-            tracker.stop()
+            tracker.stop(keep=True)  # an interrupted build, resumed at the next launch, not a lost one
             tracker.wait(30_000)
         super().closeEvent(event)
 
@@ -378,10 +378,17 @@ class MainWindow(QMainWindow):
             self.evaluate_page.set_context(self.model, None)
 
     def _first_launch(self) -> bool:
-        return not self.catalog.datastores() and not self.catalog.builds() and DEMO_DOCS_DIR.is_dir()
+        """A fresh data home, or one whose demo build was interrupted (the app quit during it):
+        the demo datastore is built, or its build resumed. A demo the user removed stays removed."""
+        if not DEMO_DOCS_DIR.is_dir() or self.catalog.datastore(DEMO_DATASTORE) is not None:
+            return False
+        fresh = not self.catalog.datastores() and not self.catalog.builds()
+        return fresh or bool(self.catalog.unfinished_builds(DEMO_DATASTORE))
 
     def _build_demo_datastore(self) -> None:
-        self.statusBar().showMessage("First launch: building the demo datastore from resources/demo/docs…")
+        resuming = bool(self.catalog.unfinished_builds(DEMO_DATASTORE))
+        self.statusBar().showMessage("Resuming the demo datastore's interrupted build…" if resuming else
+                                     "First launch: building the demo datastore from resources/demo/docs…")
         tracker = BuildTracker(self.catalog, self.model, DEMO_DATASTORE, [DEMO_DOCS_DIR], parent=self)
         self._track_build(tracker)
         tracker.finished.connect(lambda _report: (self.fitted_knn.demo_built(DEMO_DATASTORE, self.model.name),

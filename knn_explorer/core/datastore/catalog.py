@@ -33,6 +33,10 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+# A build in one of these states left a folder that the next build of its name resumes.
+UNFINISHED = ("running", "failed", "interrupted")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -253,7 +257,7 @@ class Catalog:
     def unfinished_builds(self, name: str | None = None) -> list[BuildRow]:
         """Builds that never completed and whose folder is still there to resume or clean up."""
         with self._sessions() as s:
-            query = select(BuildRow).where(BuildRow.status.in_(("running", "failed"))).order_by(BuildRow.id.desc())
+            query = select(BuildRow).where(BuildRow.status.in_(UNFINISHED)).order_by(BuildRow.id.desc())
             if name is not None:
                 query = query.where(BuildRow.name == name)
             latest = {}  # every attempt at one build shares its folder: one entry each, the newest
@@ -272,7 +276,7 @@ class Catalog:
     def abandon_builds(self, name: str) -> list[BuildRow]:
         """Mark every unfinished build of `name` as failed-and-removed; returns them."""
         with self.session() as s:
-            rows = s.scalars(select(BuildRow).where(BuildRow.name == name, BuildRow.status.in_(("running", "failed")))).all()
+            rows = s.scalars(select(BuildRow).where(BuildRow.name == name, BuildRow.status.in_(UNFINISHED))).all()
             for b in rows:
                 b.status, b.finished = "removed", utcnow()
             return list(rows)

@@ -21,7 +21,7 @@ from .folder import COMPLETE, Datastore, DatastoreError, check_compatible, damag
 from .builder import BuildParameters, BuildReport, DatastoreBuilder
 from ..home import datastores_dir
 from ..models import LoadedModel
-from ..progress import Cancelled, ProgressCallback
+from ..progress import Cancelled, Interrupted, ProgressCallback
 
 
 class LibraryError(Exception):
@@ -83,6 +83,9 @@ def _build_locked(catalog, name, model, sources, params, on_progress, should_sto
     except Cancelled:
         shutil.rmtree(folder, ignore_errors=True)
         catalog.finish_build(build_id, "cancelled")
+        raise
+    except Interrupted:  # the folder stays for the next build of this name to resume
+        catalog.finish_build(build_id, "interrupted")
         raise
     except BaseException as exc:  # the folder stays: the next build of this name resumes it
         catalog.finish_build(build_id, "failed", error=str(exc) or type(exc).__name__)
