@@ -82,11 +82,39 @@ def test_compare_four_methods_then_inspect_a_helped_token_and_export(qtbot, wind
     assert max(gains) == pytest.approx(change.gain, rel=1e-6)
     exported = json.loads((page.export_json(tmp_path / "run.json")).read_text(encoding="utf-8"))
     assert exported["kind"] == "compare" and exported["results"]["tokens"] == tokens
-    for png in page.export_pngs(tmp_path / "plots"):
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not QImage(str(png)).isNull()
+    png = page.export_png(tmp_path / "plots.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and QImage(str(png)).size().toTuple() == (1600, 900)
 
 
-def test_two_lambda_sweeps_overlay_with_the_lm_line_and_are_kept(qtbot, window):
+def test_a_comparison_fills_the_results_table_method_by_method(qtbot, window, monkeypatch):
+    """Issue 13 item 7: Compare showed nothing until every method was done. Each method's row (and
+    bar) appears as the job's item signal brings it, before the next method's pass starts."""
+    page = window.evaluate_page
+    page.compare_mode.setChecked(True)
+    for method, box in page.method_boxes.items():
+        box.setChecked(method in ("none", "knnlm", "spalm"))
+    seen, phases = [], []
+    show, progressed = page._method_done, page._progressed
+
+    def shown(item):  # the page's slot, then what the table holds at that moment
+        show(item)
+        table = page.results_table
+        seen.append((item[0], table.horizontalHeaderItem(0).text(),
+                     [table.verticalHeaderItem(r).text() for r in range(table.rowCount())]))
+
+    monkeypatch.setattr(page, "_method_done", shown)
+    monkeypatch.setattr(page, "_progressed", lambda p: (progressed(p), phases.append(p.phase)))
+    run_and_wait(qtbot, page)
+    assert seen == [("none", "running", ["LM alone"]), ("knnlm", "running", ["LM alone", "kNN-LM"]),
+                    ("spalm", "running", ["LM alone", "kNN-LM", "SPALM"])]
+    assert [p for p in dict.fromkeys(phases)] == ["scoring kNN-LM (1/2)", "scoring SPALM (2/2)"]
+    kept = window.catalog.evaluations("compare")[0]
+    table = page.results_table  # then the kept run, under its number
+    assert table.horizontalHeaderItem(0).text() == f"#{kept.id}" and table.rowCount() == 3
+    assert table.item(1, 0).text().startswith(f"{kept.results['methods']['knnlm']['ppl']:.2f}")
+
+
+def test_two_lambda_sweeps_overlay_with_the_lm_line_and_are_kept(qtbot, window, tmp_path):
     page = window.evaluate_page
     page.sweep_mode.setChecked(True)
     page.param_combo.setCurrentIndex(page.param_combo.findData("lambda"))
@@ -111,6 +139,25 @@ def test_two_lambda_sweeps_overlay_with_the_lm_line_and_are_kept(qtbot, window):
     table = page.results_table  # both runs' points side by side, λ = 1 infinite where a target is unseen
     assert table.columnCount() == 2 and table.rowCount() == 5
     assert table.verticalHeaderItem(4).text() == "LM alone" and table.item(0, 0).text().startswith(f"{y[0]:.2f}")
+
+    # issue 13 item 12: both selected runs are exported, each row with the model, datastore and settings
+    rows = list(csv.DictReader(open(page.export_csv(tmp_path / "two.csv"), encoding="utf-8")))
+    assert {(r["run"], r["k"], r["model"], r["datastore"], r["window"], r["stride"]) for r in rows} == {
+        (str(s.id), str(s.results["k"]), "demo", "notes", "32", "16") for s in sweeps}
+    assert len(rows) == 8 and {r["temperature"] for r in rows} == {"1.0"} and "text" in rows[0]
+    assert "runs #" in page.status.text() and " and #" in page.status.text()
+    exported = json.loads(page.export_json(tmp_path / "two.json").read_text(encoding="utf-8"))
+    assert sorted(r["id"] for r in exported["runs"]) == sorted(s.id for s in sweeps)
+    assert all(r["model"] == "demo" and r["datastore"] == "notes" for r in exported["runs"])
+    from knn_explorer.gui.widgets.evaluation_figure import EvaluationFigure
+    figure = EvaluationFigure(page.shown_runs(), None)
+    image = figure.render_image()
+    assert image.size().toTuple() == (1600, 900)
+    assert figure.plots.gain_plot.isHidden()  # a sweep has no per-token gains: no empty plot
+    assert figure.plots.perplexity_plot.width() > 1400 and figure.plots.perplexity_plot.height() > 600
+    header = figure.header.text()
+    assert all(words in header for words in ("model demo", "datastore notes", "k 8", "k 2", "windows of 32 every 16"))
+    figure.deleteLater()
     page.runs_list.setCurrentRow(0)
     page.forget_button.click()
     assert len(window.catalog.evaluations("sweep")) == 1 and page.runs_list.count() == 1

@@ -67,6 +67,26 @@ def test_run_exports_to_a_folder_or_below_a_file_are_one_line_messages(qtbot, wi
     assert window.statusBar().currentMessage() == f"Exported the run as JSON to {saved}"
 
 
+def test_a_runs_files_say_which_model_datastore_and_settings_made_it(qtbot, window, tmp_path):
+    """Issue 13 item 12: every export carries the model, the datastore and all settings."""
+    import csv
+
+    window.use_datastore("small")
+    window.controls.method.setCurrentIndex(window.controls.method.findData("knnlm"))
+    window.controls.knnlm.k.setValue(3)
+    window.controls.max_tokens.setValue(2)
+    window.controls.generate.click()
+    qtbot.waitUntil(lambda: window.current_run.settings["method"] == "knnlm" and len(window.current_run.records) == 2
+                    and not window.generation_job.is_running(), timeout=30_000)
+    data = json.loads(window.export_json(tmp_path / "run.json").read_text(encoding="utf-8"))
+    assert (data["model"], data["datastore"], data["settings"]["k"]) == (window.model.name, "small", 3)
+    with open(window.export_csv(tmp_path / "run.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["model"], r["datastore"], r["method"], r["k"], r["max_new_tokens"]) for r in rows} == {
+        (window.model.name, "small", "knnlm", "3", "2")}
+    assert "prompt" not in rows[0] and "lambda_mode" in rows[0] and "greedy" in rows[0]
+
+
 def test_a_disk_that_fills_up_mid_export_keeps_the_previous_file_whole(window, tmp_path):
     (tmp_path / "out").mkdir()
     path = window.export_csv(tmp_path / "out" / "run.csv")
@@ -105,10 +125,11 @@ def test_the_evaluate_pages_exports_say_where_or_why_not(qtbot, window, tmp_path
 
     for export, path in ((page.export_csv, out / "sweep.csv"), (page.export_json, out / "sweep.json")):
         assert export(path) == path and path.stat().st_size > 0 and str(path) in page.status.text()
-    pngs = page.export_pngs(out / "plots")
-    assert len(pngs) == 2 and all(p.read_bytes()[:8] == PNG for p in pngs) and str(out / "plots") in page.status.text()
+    png = page.export_png(out / "plots.png")
+    assert png.read_bytes()[:8] == PNG and str(out / "plots.png") in page.status.text()
 
-    for export, path in ((page.export_csv, out), (page.export_json, out), (page.export_pngs, out / "sweep.csv"),
+    for export, path in ((page.export_csv, out), (page.export_json, out), (page.export_png, out),
+                         (page.export_png, out / "sweep.csv" / "plots.png"),
                          (page.export_json, out / "sweep.csv" / "x.json")):
         assert not export(path)
         assert one_line_failure(page.status.text()), (export.__name__, path, page.status.text())

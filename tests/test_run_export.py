@@ -45,3 +45,21 @@ def test_reading_something_else_is_refused(tmp_path):
     other.write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a kNN Explorer run"):
         read_json(other)
+
+
+def test_files_carry_the_model_datastore_and_settings(tmp_path, records):
+    """Issue 13 item 12: an exported run says what made it."""
+    import json
+
+    context = {"model": "tiny", "datastore": "notes", "k": 99, "lambda_mode": "fixed", "greedy": True,
+               "method_settings.adaptive.retrieve_fraction": 0.5, "gates": [0.1, 0.2]}
+    with open(write_csv(tmp_path / "run.csv", records, context), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["model"], r["datastore"], r["lambda_mode"], r["greedy"]) for r in rows} == {
+        ("tiny", "notes", "fixed", "True")}
+    assert rows[0]["method_settings.adaptive.retrieve_fraction"] == "0.5" and json.loads(rows[0]["gates"]) == [0.1, 0.2]
+    assert {r["k"] for r in rows} == {"4"}  # a token's own k (what retrieval used) keeps its column
+    data = json.loads(write_json(tmp_path / "run.json", records, "The quick", {"k": 4}, model="tiny",
+                                 datastore="notes").read_text(encoding="utf-8"))
+    assert (data["model"], data["datastore"], data["settings"]) == ("tiny", "notes", {"k": 4})
+    assert read_json(tmp_path / "run.json")[1] == {"k": 4}

@@ -513,7 +513,8 @@ class MainWindow(QMainWindow):
             prompt = values["prompt"]
             prompt_ids = self.model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             run = Run(label=f"run {len(self.runs) + 1}: {values['method']}", prompt=prompt, prompt_ids=prompt_ids,
-                      settings=values)
+                      settings=values, model=self.model.name,
+                      datastore=self.datastore_name if get(values["method"]).needs_datastore else None)
         self._add_run(run)
         model, name, compare = self.model, self.datastore_name, values["compare"] and values["method"] != LM_ALONE
         first_step = len(run.records)
@@ -653,7 +654,8 @@ class MainWindow(QMainWindow):
         column = next(c for c in page.columns() if c.method == method)
         prompt_ids = self.model.tokenizer(page.prompt_of_run, add_special_tokens=False)["input_ids"]
         run = Run(label=f"side by side: {column.label}", prompt=page.prompt_of_run, prompt_ids=prompt_ids,
-                  settings={"method": method}, records=list(column.records))
+                  settings={"method": method}, records=list(column.records), model=self.model.name,
+                  datastore=self.datastore_name if get(method).needs_datastore else None)
         self.inspect_run(run, record.step)
 
     def _page_changed(self, _index: int) -> None:
@@ -699,14 +701,16 @@ class MainWindow(QMainWindow):
             return None
         run = self.current_run
         return self._report_export("the run as JSON", path,
-                                   lambda: run_export.write_json(path, run.records, run.prompt, run.settings))
+                                   lambda: run_export.write_json(path, run.records, run.prompt, run.settings,
+                                                                 model=run.model, datastore=run.datastore))
 
     def export_csv(self, path: Path | str | None = None) -> Path | None:
         path = self._export_target(path, "Export run as CSV", ".csv")
         if path is None:
             return None
-        records = self.current_run.records
-        return self._report_export("the run as CSV", path, lambda: run_export.write_csv(path, records))
+        run = self.current_run
+        return self._report_export("the run as CSV", path,
+                                   lambda: run_export.write_csv(path, run.records, run.export_context()))
 
     def export_plots(self, folder: Path | str | None = None) -> list[Path]:
         """The inspector's plots as PNG files in `folder` (or one chosen in a dialog); the files written."""

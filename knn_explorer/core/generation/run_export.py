@@ -1,8 +1,10 @@
 """Save a generation run (its per-token records) as JSON or CSV, and read the JSON back.
 
-JSON keeps everything (`{"format": ..., "prompt", "settings", "records": [TokenRecord.to_json()]}`);
-CSV keeps one row per token with the numbers people plot (no neighbour passages). Both are written
-whole or not at all (`write_atomically`).
+JSON keeps everything (`{"format": ..., "model", "datastore", "prompt", "settings", "records":
+[TokenRecord.to_json()]}`); CSV keeps one row per token with the numbers people plot (no neighbour
+passages), each row ending with what the run was made with (the model, the datastore and every
+setting: `context`), so an exported file says what produced it. Both are written whole or not at
+all (`write_atomically`).
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ CSV_COLUMNS = ["step", "token_id", "token", "method", "chosen_prob_lm", "chosen_
                "gate", "nearest_distance", "nearest_document", "k", "temperature", "distance"]
 
 
-def write_json(path: Path, records: list[TokenRecord], prompt: str = "", settings: dict | None = None) -> Path:
-    data = {"format": FORMAT, "prompt": prompt, "settings": settings or {}, "records": [r.to_json() for r in records]}
+def write_json(path: Path, records: list[TokenRecord], prompt: str = "", settings: dict | None = None,
+               model: str | None = None, datastore: str | None = None) -> Path:
+    data = {"format": FORMAT, "model": model, "datastore": datastore, "prompt": prompt, "settings": settings or {},
+            "records": [r.to_json() for r in records]}
     text = json.dumps(data, ensure_ascii=False, indent=1)
     return write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
@@ -45,17 +49,21 @@ def record_from_json(data: dict) -> TokenRecord:
                        memory_hits=memory_hits)
 
 
-def write_csv(path: Path, records: list[TokenRecord]) -> Path:
-    return write_atomically(path, lambda partial: _write_csv(partial, records))
+def write_csv(path: Path, records: list[TokenRecord], context: dict | None = None) -> Path:
+    """One row per token; `context` (the model, the datastore, the settings: name → value) adds a
+    column each, the same on every row (a token's own k, T and distances keep their columns)."""
+    return write_atomically(path, lambda partial: _write_csv(partial, records, context or {}))
 
 
-def _write_csv(path: Path, records: list[TokenRecord]) -> None:
+def _write_csv(path: Path, records: list[TokenRecord], context: dict) -> None:
+    shown = {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+             for key, value in context.items() if key not in CSV_COLUMNS}
     with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=[*CSV_COLUMNS, *shown])
         writer.writeheader()
         for r in records:
             nearest = r.neighbours[0] if r.neighbours else None
-            writer.writerow({
+            writer.writerow({**shown,
                 "step": r.step, "token_id": r.token_id, "token": r.token, "method": r.method,
                 "chosen_prob_lm": r.chosen_prob_lm, "chosen_prob_final": r.chosen_prob_final, "gain": r.gain,
                 "lambda": r.lambda_, "gate": r.gate,

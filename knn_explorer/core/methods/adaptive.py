@@ -72,6 +72,7 @@ class AdaptiveStep:
 class AdaptiveRetrievalMethod(Method):
     name = "adaptive"
     label = "Adaptive retrieval"
+    short_label = "Adaptive"  # a bar chart's tick drops "Adaptive retrieval" where it does not fit
     summary = ("kNN-LM that retrieves only where a small network predicts it helps, with the λ it "
                "predicts (He et al. 2021)")
     Settings = AdaptiveRetrievalSettings

@@ -33,6 +33,7 @@ from ...core.methods.sweep_names import find_sweep, registered_sweeps
 from .. import workers
 from ..widgets.evaluation_plots import EvaluationPlots, FitHeatmap, param_label, ShownRun, method_perplexities, run_label
 from ..export_report import report_export
+from ..widgets.evaluation_figure import write_figure
 from ..widgets.path_field import PathField
 from ..widgets.results_table import ResultsTable
 from ..runs import Run
@@ -70,6 +71,9 @@ class EvaluatePage(QWidget):
         self.inspect_job: workers.Job | None = None
         self._comparisons: dict[int, Comparison] = {}  # row id → per-token details, loaded once
         self._tables_run: ShownRun | None = None  # the run whose tokens the helped/hurt tables list
+        self._running: EvaluationRow | None = None  # the comparison running now, as its partial results show
+        self._partial_shown = False  # whether they have taken the view
+        self._partial: ShownRun | None = None  # the methods done so far
         self._settings = settings_file()
         self._make_widgets()
         self._restore()
@@ -180,12 +184,13 @@ class EvaluatePage(QWidget):
         self.export_png_button = QPushButton("Export PNG…")
         self.export_csv_button = QPushButton("Export CSV…")
         self.export_json_button = QPushButton("Export JSON…")
-        self.export_png_button.clicked.connect(lambda: self.export_pngs())
+        self.export_png_button.clicked.connect(lambda: self.export_png())
         self.export_csv_button.clicked.connect(lambda: self.export_csv())
         self.export_json_button.clicked.connect(lambda: self.export_json())
-        self.export_png_button.setToolTip("Both plots as PNG files")
-        self.export_csv_button.setToolTip("The selected run: a sweep's points, or a comparison's per-token log p")
-        self.export_json_button.setToolTip("The selected run's settings and results")
+        self.export_png_button.setToolTip("The plots as one PNG (1600 × 900), headed by what the runs were run with")
+        self.export_csv_button.setToolTip("The selected runs in one file (a 'run' column): a sweep's points or a "
+                                          "comparison's per-token log p, each row with the model, datastore and settings")
+        self.export_json_button.setToolTip("The selected runs' settings and results")
         exports = QHBoxLayout()
         exports.addWidget(QLabel("Kept runs"))
         exports.addStretch(1)
@@ -412,7 +417,8 @@ class EvaluatePage(QWidget):
                 try:
                     described = {name: method.describe() for name, method in objects.methods.items()}
                     c = compare(model, documents, list(objects.methods.values()), context_length=context,
-                                stride=stride, on_progress=control.report, should_stop=control.should_stop)
+                                stride=stride, on_progress=control.report, should_stop=control.should_stop,
+                                on_method=lambda name, partial: control.emit((name, partial)))  # row by row
                 finally:
                     objects.close()
                 # Each method's own settings are kept with the run; kNN-LM's also flat, as runs always had them.
@@ -441,10 +447,33 @@ class EvaluatePage(QWidget):
         self.run_button.setEnabled(False)
         self.fit_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        needs = mode == "compare" and any(get(m).needs_datastore for m in what)
+        self._running = EvaluationRow(kind="compare", model_name=model.name, datastore=datastore if needs else None,
+                                      parameters={"text": str(path), "context": context, "stride": stride,
+                                                  "methods": what if mode == "compare" else []},
+                                      results={})  # what a comparison's partial results are shown as
+        self._partial_shown = False
         self.job = workers.run_job(body, parent=self, progress=self._progressed, finished=self._finished,
                                    failed=self._failed, cancelled=lambda: self.status.setText("Cancelled; nothing kept"),
-                                   done=self._done)
+                                   done=self._done, item=self._method_done)
         return self.job
+
+    def _method_done(self, item) -> None:
+        """One method of the running comparison is done: show those done so far (the results table
+        fills row by row, the plots grow a bar), unless a kept run is picked meanwhile."""
+        name, partial = item
+        if not self._partial_shown:  # its first result takes the view from the kept runs
+            self._partial_shown = True
+            self.runs_list.clearSelection()
+        if self.runs_list.selectedItems():
+            return
+        row = self._running
+        row.results = partial.to_json()
+        self._partial = ShownRun(row, partial, title="running")
+        self._offer_gain_methods([self._partial])
+        self._show([self._partial])
+        self.status.setText(f"{labels().get(name, name)} done: perplexity {partial.ppl(name):.2f}; "
+                            f"{len(partial.methods)} of {len(row.parameters['methods'])} methods so far")
 
     def cancel(self) -> None:
         if self.job is not None and self.job.is_running():
@@ -474,6 +503,10 @@ class EvaluatePage(QWidget):
         self.error.emit(reason)
 
     def _done(self) -> None:
+        self._partial = None
+        if self._partial_shown and not self.runs_list.selectedItems():
+            self._selection_changed()  # a cancelled or failed comparison's partial results go
+        self._partial_shown = False
         self.progress.hide()
         self.run_button.setEnabled(True)
         self.fit_button.setEnabled(True)
@@ -518,6 +551,12 @@ class EvaluatePage(QWidget):
 
     def _selection_changed(self) -> None:
         runs = self.shown_runs()
+        self._offer_gain_methods(runs)
+        self._show(runs)
+        for button in (self.export_png_button, self.export_csv_button, self.export_json_button, self.forget_button):
+            button.setEnabled(bool(runs))
+
+    def _offer_gain_methods(self, runs: list[ShownRun]) -> None:
         methods = list(dict.fromkeys(m for r in runs if r.comparison is not None for m in r.comparison.methods
                                      if m != LM_ALONE))
         current = self.gain_method.currentData()
@@ -528,12 +567,10 @@ class EvaluatePage(QWidget):
         if current in methods:
             self.gain_method.setCurrentIndex(methods.index(current))
         self.gain_method.blockSignals(False)
-        self._show(runs)
-        for button in (self.export_png_button, self.export_csv_button, self.export_json_button, self.forget_button):
-            button.setEnabled(bool(runs))
 
     def _gain_method_changed(self) -> None:
-        self._show(self.shown_runs())
+        partial = self._partial is not None and not self.runs_list.selectedItems()
+        self._show([self._partial] if partial else self.shown_runs())
 
     def _show(self, runs: list[ShownRun]) -> None:
         self.plots.show_runs(runs, self.gain_method.currentData())
@@ -599,7 +636,9 @@ class EvaluatePage(QWidget):
                 self.status.setText(f"Opened held-out token #{index} with today's settings: {', '.join(changed)}")
             label = f"held-out token #{index} · {labels().get(method, method)} · run #{run.row.id}"
             self.inspect_requested.emit(Run(label=label, prompt=model.tokenizer.decode(prompt_ids),
-                                            prompt_ids=prompt_ids, settings={"method": method}, records=[record]))
+                                            prompt_ids=prompt_ids, settings={**now, "method": method},
+                                            records=[record], model=model.name,
+                                            datastore=run.row.datastore if needs_datastore else None))
 
         self.status.setText(f"Opening held-out token #{index} in the inspector…")
         self.inspect_job = workers.run_job(body, parent=self, finished=show, failed=self._failed)
@@ -613,7 +652,8 @@ class EvaluatePage(QWidget):
             return None
         if path is not None:
             return Path(path)
-        chosen, _ = QFileDialog.getSaveFileName(self, title, f"evaluation-{rows[-1].id}{suffix}", f"*{suffix}")
+        name = "evaluation-" + "-".join(str(r.id) for r in rows) + suffix
+        chosen, _ = QFileDialog.getSaveFileName(self, title, name, f"*{suffix}")
         return Path(chosen) if chosen else None
 
     def _report_export(self, what: str, path: Path, write):
@@ -621,33 +661,40 @@ class EvaluatePage(QWidget):
         return report_export(what, path, write, say=self.status.setText, fail=self._refuse)
 
     def export_csv(self, path: Path | None = None) -> Path | None:
-        path = self._target("Export run as CSV", ".csv", path)
+        """The selected runs (one, or the two shown) in one CSV, told apart by its `run` column."""
+        path = self._target("Export runs as CSV", ".csv", path)
         if path is None:
             return None
-        row = self.selected_rows()[-1]
-        decode, comparison = self._decoder(row), self._comparison(row)
-        return self._report_export(f"run #{row.id} as CSV", path, lambda: evaluation_export.write_csv(
-            row, path, comparison, lambda token_id: decode([token_id])))
+        rows = self.selected_rows()
+        runs = [(row, self._comparison(row), _one_token(self._decoder(row))) for row in rows]
+        return self._report_export(f"{_runs_named(rows)} as CSV", path,
+                                   lambda: evaluation_export.write_runs_csv(runs, path))
 
     def export_json(self, path: Path | None = None) -> Path | None:
-        path = self._target("Export run as JSON", ".json", path)
+        path = self._target("Export runs as JSON", ".json", path)
         if path is None:
             return None
-        row = self.selected_rows()[-1]
-        return self._report_export(f"run #{row.id} as JSON", path, lambda: evaluation_export.write_json(row, path))
-
-    def export_pngs(self, folder: Path | None = None) -> list[Path]:
         rows = self.selected_rows()
-        if not rows:
-            self._refuse("Select a kept run first")
-            return []
-        if folder is None:
-            chosen = QFileDialog.getExistingDirectory(self, "Folder for the plot PNGs")
-            if not chosen:
-                return []
-            folder = chosen
-        folder, stem = Path(folder), "evaluation-" + "-".join(str(r.id) for r in rows)
-        return self._report_export("the plots as PNG", folder, lambda: self.plots.export_pngs(folder, stem)) or []
+        return self._report_export(f"{_runs_named(rows)} as JSON", path,
+                                   lambda: evaluation_export.write_json(rows, path))
+
+    def export_png(self, path: Path | None = None) -> Path | None:
+        """The plots of the selected runs as one PNG figure (`widgets/evaluation_figure.py`)."""
+        path = self._target("Export the plots as PNG", ".png", path)
+        if path is None:
+            return None
+        runs, method = self.shown_runs(), self.gain_method.currentData()
+        return self._report_export(f"the plots of {_runs_named([r.row for r in runs])} as PNG", path,
+                                   lambda: write_figure(path, runs, method))
+
+
+def _runs_named(rows: list[EvaluationRow]) -> str:
+    """"run #3", "runs #3 and #5"."""
+    return f"run #{rows[0].id}" if len(rows) == 1 else "runs " + " and ".join(f"#{r.id}" for r in rows)
+
+
+def _one_token(decode: Callable[[list[int]], str]) -> Callable[[int], str]:
+    return lambda token_id: decode([token_id])
 
 
 def _kept_settings(row: EvaluationRow, method: str) -> dict:

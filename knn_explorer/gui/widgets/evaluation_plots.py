@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from ...core.datastore.catalog import EvaluationRow
@@ -50,10 +51,11 @@ class ShownRun:
 
     row: EvaluationRow
     comparison: Comparison | None = None
+    title: str | None = None  # instead of the row's legend label (a comparison still running has no number)
 
     @property
     def label(self) -> str:
-        return legend_label(self.row)
+        return self.title or legend_label(self.row)
 
 
 def run_label(row: EvaluationRow) -> str:
@@ -99,14 +101,25 @@ def _finite_points(row: EvaluationRow) -> tuple[np.ndarray, np.ndarray]:
 
 
 class EvaluationPlots(QWidget):
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, text_pt: int = 10):
+        """`text_pt`: the size of its text (10 on screen; larger for an exported figure)."""
         super().__init__(parent)
+        self.text_pt = text_pt
+        self.text_font = QFont()
+        self.text_font.setPointSize(text_pt)
         self.perplexity_plot = style_plot(pg.PlotWidget(), "Perplexity", left="perplexity", interactive=True)
         self.gain_plot = style_plot(pg.PlotWidget(), "Per-token gain", left="tokens",
                                     bottom="log p_method − log p_LM (nats)", interactive=True)
         for plot in (self.perplexity_plot, self.gain_plot):
             plot.setMinimumSize(320, 220)
-            plot.addLegend(offset=(-10, 10), labelTextColor=colours.TEXT)
+            plot.addLegend(offset=(-10, 10), labelTextColor=colours.TEXT, labelTextSize=f"{max(9, text_pt)}pt",
+                           brush=pg.mkBrush(255, 255, 255, 210))  # readable over a line that runs behind it
+            for name in ("left", "bottom"):
+                axis = plot.getPlotItem().getAxis(name)
+                axis.enableAutoSIPrefix(False)  # λ 0 … 1 read as 0 … 1, not "0 … 1000 (x0.001)"
+                if text_pt != 10:
+                    axis.setTickFont(self.text_font)
+                    axis.setLabel(axis.labelText, **{"font-size": f"{text_pt}pt"})
         self.perplexity_plot.setToolTip("Perplexity of each point; dashed: the LM alone on the same tokens")
         self.gain_plot.setToolTip("How many held-out tokens each method made more (right) or less (left) likely")
         layout = QHBoxLayout(self)
@@ -138,7 +151,7 @@ class EvaluationPlots(QWidget):
             item.setLogMode(x=log_x, y=False)
             item.getAxis("bottom").setTicks(None)
             plot.setTitle(f"Perplexity vs {param_label(param).split(' (')[0]}", color=colours.TEXT,
-                          size="10pt")
+                          size=self._title_size)
             lm_lines: list[float] = []
             lowest, highest = math.inf, 0.0
             for i, run in enumerate(self.runs):
@@ -146,7 +159,8 @@ class EvaluationPlots(QWidget):
                     continue
                 x, y = _finite_points(run.row)
                 colour = RUN_COLOURS[i]
-                plot.plot(x, y, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=7, symbolBrush=colour,
+                plot.plot(x, y, pen=pg.mkPen(colour, width=2 * self.text_pt / 10), symbol="o",
+                          symbolSize=round(7 * self.text_pt / 10), symbolBrush=colour,
                           symbolPen=pg.mkPen("w"), name=run.label)
                 ppl_lm = run.row.results["ppl_lm"]
                 if not any(math.isclose(ppl_lm, seen, rel_tol=1e-9) for seen in lm_lines):  # same text: one line
@@ -159,7 +173,7 @@ class EvaluationPlots(QWidget):
                 if len(y):
                     best = int(np.argmin(y))
                     # the best point, labelled above it (first run) or below it (second), so both read
-                    marker = pg.TextItem(f"{y[best]:.2f}", color=colour, anchor=(0.5, 1.3) if i == 0 else (0.5, -0.3))
+                    marker = self._text(f"{y[best]:.2f}", color=colour, anchor=(0.5, 1.3) if i == 0 else (0.5, -0.3))
                     marker.setPos(math.log10(x[best]) if log_x else x[best], y[best])
                     plot.addItem(marker)
                     lowest, highest = min(lowest, float(y.min())), max(highest, float(y.max()))
@@ -169,7 +183,7 @@ class EvaluationPlots(QWidget):
                 plot.setYRange(min(lowest, min(lm_lines)) * 0.85, max(top, max(lm_lines)) * 1.08, padding=0)
             return
         item.setLogMode(x=False, y=False)
-        plot.setTitle("Perplexity per method", color=colours.TEXT, size="10pt")
+        plot.setTitle("Perplexity per method", color=colours.TEXT, size=self._title_size)
         methods = list(dict.fromkeys(m for r in self.runs for m in method_perplexities(r.row)))
         ticks = [(i, _tick_label(m)) for i, m in enumerate(methods)]
         item.getAxis("bottom").setTicks([ticks])
@@ -184,7 +198,7 @@ class EvaluationPlots(QWidget):
             if len(self.runs) > 1:  # one run needs no legend
                 item.legend.addItem(bars, run.label)
             for xi, h in zip(x, heights):
-                label = pg.TextItem(f"{h:.2f}", color=colours.TEXT, anchor=(0.5, 1.0))
+                label = self._text(f"{h:.2f}", color=colours.TEXT, anchor=(0.5, 1.0))
                 label.setPos(xi, h)
                 plot.addItem(label)
             if ppl:
@@ -200,8 +214,8 @@ class EvaluationPlots(QWidget):
         plot.getPlotItem().legend.clear()
         with_details = [(i, r) for i, r in enumerate(self.runs) if r.comparison is not None]
         if not with_details:
-            plot.setTitle("Per-token gain", color=colours.TEXT, size="10pt")
-            text = pg.TextItem("Per-token gains come with method comparisons\n(Compare methods, or `eval --methods`)",
+            plot.setTitle("Per-token gain", color=colours.TEXT, size=self._title_size)
+            text = self._text("Per-token gains come with method comparisons\n(Compare methods, or `eval --methods`)",
                                color=colours.MUTED, anchor=(0.5, 0.5))
             plot.addItem(text)
             text.setPos(0, 0)
@@ -219,11 +233,24 @@ class EvaluationPlots(QWidget):
             fill = pg.mkColor(RUN_COLOURS[i])
             fill.setAlpha(90)
             plot.plot(edges, counts, stepMode="center", fillLevel=0, brush=fill, pen=pg.mkPen(colour, width=1.5),
-                      name=f"{labels().get(method, method)} · #{run.row.id}")
+                      name=f"{labels().get(method, method)} · {run.label}")
         zero = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(colours.MUTED, style=Qt.PenStyle.DashLine))
         plot.addItem(zero)
-        plot.setTitle(f"Per-token gain ({run.comparison.tokens:,} tokens)", color=colours.TEXT, size="10pt")
+        plot.setTitle(f"Per-token gain ({run.comparison.tokens:,} tokens)", color=colours.TEXT, size=self._title_size)
         plot.enableAutoRange()
+
+    @property
+    def _title_size(self) -> str:
+        return f"{self.text_pt}pt" if self.text_pt == 10 else f"{self.text_pt + 3}pt"
+
+    def _text(self, text: str, **options) -> pg.TextItem:
+        item = pg.TextItem(text, **options)
+        item.setFont(self.text_font)
+        return item
+
+    def has_gains(self) -> bool:
+        """Whether the gain plot shows a histogram (a comparison with a method besides the LM alone)."""
+        return any(r.comparison is not None and self.gain_method(r) is not None for r in self.runs)
 
     def gain_method(self, run: ShownRun) -> str | None:
         methods = [m for m in run.comparison.methods if m != LM_ALONE] if run.comparison is not None else []
@@ -235,20 +262,18 @@ class EvaluationPlots(QWidget):
         line = pg.InfiniteLine(ppl_lm, angle=0, pen=pg.mkPen(colour, width=1.2, style=Qt.PenStyle.DashLine),
                                label=label, labelOpts={"position": 0.02, "color": colour, "anchors": [(0, 1), (0, 1)]})
         line.setToolTip(f"LM alone: {ppl_lm:.3f}")
+        if label is not None:
+            line.label.setFont(self.text_font)
         self.perplexity_plot.addItem(line)
 
     def _reference_line(self, ppl: float, colour: str, label: str) -> None:
         line = pg.InfiniteLine(ppl, angle=0, pen=pg.mkPen(colour, width=1.2, style=Qt.PenStyle.DotLine),
                                label=label, labelOpts={"position": 0.3, "color": colour, "anchors": [(0, 1), (0, 1)]})
         line.setToolTip(f"{label.rsplit(' ', 1)[0]}: {ppl:.3f}")
+        line.label.setFont(self.text_font)
         self.perplexity_plot.addItem(line)
 
-    # ---- export ----------------------------------------------------------------------------
-    def export_pngs(self, folder: Path, stem: str) -> list[Path]:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        return [export_png(self.perplexity_plot, folder / f"{stem}-perplexity.png"),
-                export_png(self.gain_plot, folder / f"{stem}-gain.png")]
+    # export: `gui/widgets/evaluation_figure.py` draws the shown runs again at a figure's size
 
 
 def _tick_label(method: str) -> str:

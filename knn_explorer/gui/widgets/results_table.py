@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTab
 
 from ...core.methods import labels
 from ...core.methods.lm_alone import LM_ALONE
-from .evaluation_plots import ShownRun, legend_label, method_perplexities
+from .evaluation_plots import ShownRun, method_perplexities
 
 
 def _points(run: ShownRun) -> dict[str, float | None]:
@@ -47,7 +47,7 @@ class ResultsTable(QTableWidget):
                         "no neighbour proposed, at λ = 1)")
 
     def show_runs(self, runs: list[ShownRun]) -> None:
-        columns = [(legend_label(run.row), _points(run), run.row.results.get("ppl_lm")) for run in runs]
+        columns = [(run.label, _points(run), run.row.results.get("ppl_lm")) for run in runs]
         notes = [_notes(run) for run in runs]
         rows = list(dict.fromkeys(label for _name, points, _lm_ppl in columns for label in points))
         self.clear()
