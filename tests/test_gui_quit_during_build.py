@@ -17,9 +17,9 @@ def model(tiny_gpt2_dir):
 
 def interrupted_build(qtbot, catalog, model, docs, name):
     tracker = BuildTracker(catalog, model, name, [docs])
-    tracker.progress.connect(lambda _p: tracker.stop(keep=True))  # the app quits at the first report
     with qtbot.waitSignal(tracker.done, timeout=120_000):
         tracker.start()
+        tracker.stop(keep=True)  # the app quits as soon as the build has started
     tracker.wait()
     return tracker
 

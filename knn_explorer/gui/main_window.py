@@ -218,7 +218,8 @@ class MainWindow(QMainWindow):
         if state is not None:
             self.restoreState(state)
         else:  # once shown: before, the dock has no room to take
-            QTimer.singleShot(0, lambda: self.resizeDocks([self.library_dock], [min(320, self.width() // 4)],
+            # ~440 px shows every column of the library; a small screen gives it less.
+            QTimer.singleShot(0, lambda: self.resizeDocks([self.library_dock], [min(440, int(self.width() * 0.3))],
                                                           Qt.Orientation.Horizontal))
         self._explore_sized = explore is not None and self.splitter.restoreState(explore)
         clamp_to_screen(self)  # saved on a bigger monitor, perhaps
