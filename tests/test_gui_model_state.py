@@ -55,3 +55,16 @@ def test_a_model_switch_sets_aside_the_other_models_datastore(qtbot, tmp_path, t
     window.load_model(str(tiny_gpt2_dir))  # back to the model it was built with: it is used again
     qtbot.waitUntil(lambda: window.loading_spec is None, timeout=30_000)
     assert window.datastore_name == "notes"
+
+
+def test_side_by_side_starts_from_the_explore_prompt_and_keeps_its_own(qtbot, tiny_gpt2_dir):
+    window = loaded_window(qtbot, Catalog(), str(tiny_gpt2_dir))
+    page = window.side_by_side_page
+    page.prompt.setPlainText("")
+    window.controls.prompt.setPlainText("The quick brown")
+    window.show_page(page)
+    assert page.prompt.toPlainText() == "The quick brown"
+    page.prompt.setPlainText("Another prompt")
+    window.pages.setCurrentIndex(0)
+    window.show_page(page)
+    assert page.prompt.toPlainText() == "Another prompt"

@@ -219,7 +219,7 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
         else:  # once shown: before, the dock has no room to take
             # ~440 px shows every column of the library; a small screen gives it less.
-            QTimer.singleShot(0, lambda: self.resizeDocks([self.library_dock], [min(440, int(self.width() * 0.3))],
+            QTimer.singleShot(0, lambda: self.resizeDocks([self.library_dock], [min(440, int(self.width() * 0.26))],
                                                           Qt.Orientation.Horizontal))
         self._explore_sized = explore is not None and self.splitter.restoreState(explore)
         clamp_to_screen(self)  # saved on a bigger monitor, perhaps
@@ -662,6 +662,9 @@ class MainWindow(QMainWindow):
     def _page_changed(self, _index: int) -> None:
         if self.current_page() is self.evaluate_page:
             self.evaluate_page.set_context(self.model, self.datastore_name)
+        page = self.side_by_side_page
+        if self.current_page() is page and not page.prompt.toPlainText().strip():
+            page.prompt.setPlainText(self.controls.prompt.toPlainText())  # start from the Explore prompt
 
     def _token_selected(self, step: int, lane: str = "main") -> None:
         run = self.current_run

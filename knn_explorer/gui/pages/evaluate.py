@@ -173,7 +173,7 @@ class EvaluatePage(QWidget):
         form.addWidget(self.status)
         form.addWidget(self.fit_heatmap)
         form.addStretch(1)
-        left.setMinimumWidth(300)
+        left.setMinimumWidth(270)
         left.setMaximumWidth(380)
 
         self.runs_list = QListWidget()

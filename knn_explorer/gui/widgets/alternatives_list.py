@@ -31,7 +31,7 @@ class AlternativesList(QTreeWidget):
         self.setUniformRowHeights(True)
         self.setAlternatingRowColors(True)
         self.setToolTip("Click an alternative to continue generation from it instead of the chosen token")
-        self.setMinimumWidth(200)
+        self.setMinimumWidth(170)
         self.setStyleSheet("QTreeWidget::item { padding: 2px 0px; }")
 
     def set_alternatives(self, record: TokenRecord) -> None:

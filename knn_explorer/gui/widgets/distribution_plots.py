@@ -76,7 +76,7 @@ class DistributionPlot(pg.PlotWidget):
         self.empty_text.setPos(0, 0.5)
         self.probs: list[TokenProb] = []
         self.setToolTip(tooltip)
-        self.setMinimumSize(200, 150)
+        self.setMinimumSize(170, 150)
 
     def set_distribution(self, probs: list[TokenProb] | None, chosen_id: int | None, empty_reason: str = "") -> None:
         self.probs = list(probs or [])

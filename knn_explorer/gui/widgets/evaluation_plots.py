@@ -111,7 +111,7 @@ class EvaluationPlots(QWidget):
         self.gain_plot = style_plot(pg.PlotWidget(), "Per-token gain", left="tokens",
                                     bottom="log p_method − log p_LM (nats)", interactive=True)
         for plot in (self.perplexity_plot, self.gain_plot):
-            plot.setMinimumSize(320, 220)
+            plot.setMinimumSize(240, 200)
             plot.addLegend(offset=(-10, 10), labelTextColor=colours.TEXT, labelTextSize=f"{max(9, text_pt)}pt",
                            brush=pg.mkBrush(255, 255, 255, 210))  # readable over a line that runs behind it
             for name in ("left", "bottom"):

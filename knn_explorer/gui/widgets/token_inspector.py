@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSplitter, QTabWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QSizePolicy, QSplitter, QTabWidget, QTreeWidgetItem, QVBoxLayout,
+                               QWidget)
 
 from ...core.records import TokenProb, TokenRecord
 from .. import colours
@@ -74,6 +75,10 @@ class TokenInspector(QWidget):
         header.addWidget(self.summary_label)
         header.addStretch(1)
         header.addWidget(self.settings_label)
+        # On a narrow window the settings pill is cut rather than widening the inspector (its tooltip
+        # and the record keep every value).
+        self.settings_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.settings_label.setMinimumWidth(120)
 
         self.p_lm_plot = DistributionPlot("p<sub>LM</sub>", colours.P_LM, "top-k of the language model's distribution")
         self.p_knn_plot = DistributionPlot("p<sub>kNN</sub>", colours.P_KNN,
