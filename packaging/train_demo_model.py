@@ -1,4 +1,9 @@
-"""Train the embedded demo model: a small GPT-2 on the Python 3.11 documentation.
+"""Train the embedded demo model: a small Llama-architecture model on the Python 3.11 documentation.
+
+Rotary (relative) positions, RMSNorm and a SwiGLU feed-forward, as the Llama/Qwen/Mistral models
+users bring: with rotary positions a memory's keys carry content rather than absolute place, which
+is what the Memorizing Transformer's kNN attention needs (a GPT-2 with learned absolute positions
+retrieves "same position" as much as "same content").
 
 Reproducible recipe (fixed seed, fixed split, fixed step count). Runs on 2 CPU cores in well under
 an hour and writes a Hugging Face model folder (config, safetensors, tokenizer) plus metrics.json:
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from debian_text import rst_sources, unpack_debian_package
 
@@ -107,13 +112,13 @@ def main() -> None:
     held_out_stream = encode_stream(tokenizer, held_out_texts)
     print(f"train tokens {len(train_stream):,}  held-out tokens {len(held_out_stream):,}", flush=True)
 
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=args.context, n_embd=256, n_layer=4, n_head=4,
-        n_inner=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=args.context,
+        rms_norm_eps=1e-5, attention_dropout=0.0, tie_word_embeddings=True,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = GPT2LMHeadModel(config)
+    )  # 688 = the SwiGLU width with the parameters of a 1024-wide GELU FFN (3·688 ≈ 2·1024)
+    model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
