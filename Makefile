@@ -1,13 +1,14 @@
 # Two entry points, both self-contained on a fresh machine (see README):
 #   make run   — set up .venv and launch the app on the embedded demo model
 #   make test  — set up .venv and run the whole test suite
-# and, for developers: make test-fast (the suite less the tests marked slow), make lint (ruff).
+# and, for developers: make test-fast (the suite less the tests marked slow), make lint (ruff),
+# make bundle (the one-folder application in dist/knn-explorer/, packaging/knn-explorer.spec).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: run test test-fast lint setup clean
+.PHONY: run test test-fast lint bundle setup clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,12 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# PyInstaller comes with the `bundle` extra; the bundle holds this venv's torch (the CPU build).
+bundle: setup
+	$(BIN)/pip install --quiet -e '.[test,bundle]'
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/knn-explorer.spec
+	@du -sh dist/knn-explorer
 
 clean:
 	rm -rf $(VENV)

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
+
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -45,6 +47,7 @@ def one_line(exc: BaseException) -> str:
     from .core.datastore.catalog import CatalogError
     from .core.datastore.folder import DatastoreError
     from .core.datastore.library import LibraryError
+    from .core.desktop_integration import DesktopIntegrationError
     from .core.training.adapters import AdapterError
     from .core.mechanisms.memorizing import MemorizingError
     from .core.models import ModelLoadError
@@ -53,7 +56,7 @@ def one_line(exc: BaseException) -> str:
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ModelLoadError, LibraryError, DatastoreError, Cancelled, ValueError, AdapterError,
-                        MemorizingError, SpalmError, CatalogError, DatastoreBusy)):
+                        MemorizingError, SpalmError, CatalogError, DatastoreBusy, DesktopIntegrationError)):
         return text
     return f"{type(exc).__name__}: {text}"
 
@@ -74,6 +77,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="knn-explorer", description="See inside kNN-augmented language models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gui = sub.add_parser("gui", help="open the desktop app (the default)")
@@ -194,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild-catalog", help="rebuild a damaged catalog from the datastore folders "
                                                      "(the damaged file is kept aside)")
     _json_flag(rebuild)
+
+    desktop = sub.add_parser("install-desktop", help="add the app to this user's desktop menus (launcher entry, "
+                                                     "icon, metainfo under $XDG_DATA_HOME)")
+    desktop.add_argument("--uninstall", action="store_true", help="remove what install-desktop installed")
+    _json_flag(desktop)
     return parser
 
 
@@ -940,9 +949,33 @@ def _progress_printer():
     return show
 
 
+def cmd_install_desktop(args) -> int:
+    from .core import desktop_integration as desktop
+
+    if args.uninstall:
+        removed = desktop.uninstall()
+        if args.json:
+            print(json.dumps({"removed": [str(p) for p in removed]}))
+        elif removed:
+            print(f"removed the launcher ({len(removed)} files under {desktop.data_dir()})")
+        else:
+            print(f"nothing to remove: the launcher is not installed under {desktop.data_dir()}")
+        return 0
+    command = desktop.launch_command()
+    written = desktop.install(command=command)
+    if args.json:
+        print(json.dumps({"installed": [str(p) for p in written], "command": command}))
+        return 0
+    print(f"installed the launcher: {written[0]}")
+    print(f"  starts: {' '.join(command)} gui")
+    print(f"  icon and metainfo: {len(written) - 1} files under {desktop.data_dir()}")
+    return 0
+
+
 COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
             "sweep": cmd_sweep, "fit": cmd_fit, "train-gates": cmd_train_gates, "remove": cmd_remove,
-            "rebuild-catalog": cmd_rebuild_catalog, "methods": cmd_methods}
+            "rebuild-catalog": cmd_rebuild_catalog, "methods": cmd_methods,
+            "install-desktop": cmd_install_desktop}
 
 if __name__ == "__main__":
     sys.exit(main())

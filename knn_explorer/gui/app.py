@@ -6,6 +6,10 @@ import sys
 from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication, QSplashScreen
 
+from .. import __version__
+from ..core.desktop_integration import APP_ID
+from .about import app_icon
+
 
 def _splash() -> QSplashScreen:
     pixmap = QPixmap(460, 150)
@@ -32,6 +36,10 @@ def run(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("kNN Explorer")
     app.setOrganizationName("knn-explorer")
+    app.setApplicationVersion(__version__)
+    app.setWindowIcon(app_icon())
+    # Wayland matches the window to its launcher entry (and so its icon) by this name.
+    app.setDesktopFileName(APP_ID)
     from .dialogs.catalog_repair import open_catalog  # before the splash, which would hide its questions
 
     catalog = open_catalog()

@@ -24,6 +24,7 @@ from ..core.models import DEMO_SPEC, LoadedModel, import_model_stack, load_model
 from ..core.runtime import configure_threads
 from ..core.methods.lm_alone import LM_ALONE
 from . import workers
+from .about import app_icon, show_about
 from .build_tracker import waiting_for_build
 from .dialogs.build import BuildDialog, BuildTracker
 from .fitted_knn import FittedKnnSettings
@@ -51,6 +52,7 @@ class MainWindow(QMainWindow):
         configure_threads(reserve=1)  # a core for the UI thread, so work never starves it
         import_model_stack()  # here, not in the loading thread, where it would hold the GIL for 100s of ms
         self.setWindowTitle("kNN Explorer")
+        self.setWindowIcon(app_icon())
         self.resize(first_launch_size(self.screen()))
         self.settings = AppSettings()
         self.catalog = catalog or Catalog()
@@ -210,6 +212,9 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _checked=False, slot=slot: slot())
             action.setToolTip(f"{text} ({keys})")
             menu.addAction(action)
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction("About kNN Explorer", lambda: show_about(self))
+        help_menu.addAction("About Qt", lambda: QMessageBox.aboutQt(self))
 
     def _restore(self) -> None:
         geometry, state, explore = self.settings.window()
