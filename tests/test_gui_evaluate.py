@@ -8,18 +8,14 @@ import pytest
 from PySide6.QtGui import QImage
 
 from corpus import write_corpus
-from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.datastore.builder import BuildParameters
 from knn_explorer.core.datastore.library import build_datastore
-from knn_explorer.gui.main_window import MainWindow
+from window_helpers import loaded_window
 
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    window = loaded_window(qtbot)
     docs = write_corpus(tmp_path / "docs")
     build_datastore(window.catalog, "notes", window.model, [docs], BuildParameters(context_length=32, stride=16))
     window.use_datastore("notes")

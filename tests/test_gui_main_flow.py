@@ -12,14 +12,12 @@ from knn_explorer.core.generation import run_export
 from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.home import DEMO_DOCS_DIR
 from knn_explorer.gui.main_window import MainWindow
+from window_helpers import loaded_window
 
 
 @pytest.fixture
 def window(qtbot):
-    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    window = loaded_window(qtbot)
     return window
 
 

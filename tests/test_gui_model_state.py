@@ -6,15 +6,7 @@ from knn_explorer.core.datastore.builder import BuildParameters
 from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.datastore.library import build_datastore
 from knn_explorer.core.models import load_model
-from knn_explorer.gui.main_window import MainWindow
-
-
-def loaded_window(qtbot, catalog, spec):
-    window = MainWindow(catalog, model_spec=spec, build_demo=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
-    return window
+from window_helpers import loaded_window
 
 
 def test_a_failed_load_keeps_the_model_in_use_and_the_header_names_it(qtbot, tmp_path, tiny_gpt2_dir):

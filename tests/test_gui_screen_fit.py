@@ -6,8 +6,8 @@ from PySide6.QtCore import QPoint, QRect
 from PySide6.QtWidgets import (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox, QLineEdit,
                                QPlainTextEdit, QScrollArea, QScrollBar, QTextEdit, QWidget)
 
-from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.gui.main_window import MainWindow
+from window_helpers import loaded_window
 from knn_explorer.gui.screen_fit import clamped
 
 INPUTS = (QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QTextEdit, QAbstractButton, QAbstractSlider)
@@ -15,10 +15,7 @@ INPUTS = (QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QTextEdit, QAb
 
 @pytest.fixture
 def window(qtbot):
-    window = MainWindow(Catalog(), model_spec="demo", build_demo=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.model is not None, timeout=30_000)
+    window = loaded_window(qtbot)
     return window
 
 
