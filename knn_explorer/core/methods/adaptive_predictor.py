@@ -33,7 +33,7 @@ from ..training.adapters import AdapterError, read_adapter_info
 from ..home import RESOURCES
 
 ADAPTIVE = "adaptive"  # the adapter kind in the file's metadata
-DEMO_ADAPTIVE_PREDICTOR = RESOURCES / "demo" / "adaptive-retrieval.safetensors"  # packaging/train_demo_adaptive.py
+DEMO_ADAPTIVE_PREDICTOR = RESOURCES / "demo" / "adaptive-retrieval.safetensors"  # tools/train_demo_adaptive.py
 TOP_LOG_PROBS = 4
 INITIAL_LAMBDA = 0.25
 

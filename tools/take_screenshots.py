@@ -1,6 +1,6 @@
 """Regenerate docs/screenshots/ from the real app: demo model, demo documents, a fresh data home.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python packaging/take_screenshots.py [--out docs/screenshots]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python tools/take_screenshots.py [--out docs/screenshots]
 
 Takes about a minute on 2 cores (most of it building the demo datastore). Every picture is the
 real window in the state its name says; look at each before committing it.

@@ -1,6 +1,6 @@
 """Train the adaptive-retrieval λ predictor shipped with the demo model, and measure what it trades.
 
-    .venv/bin/python packaging/train_demo_adaptive.py [--out resources/demo/adaptive-retrieval.safetensors]
+    .venv/bin/python tools/train_demo_adaptive.py [--out resources/demo/adaptive-retrieval.safetensors]
 
 Builds the demo datastore from resources/demo/docs in a temporary data home, trains the predictor
 on those documents with leave-one-out retrieval (model frozen), writes it, then prints held-out

@@ -1,6 +1,6 @@
 """Train the Memorizing Transformer gates shipped with the demo model, and report what they do.
 
-    .venv/bin/python packaging/train_demo_gates.py [--layer 0] [--out resources/demo/memtrf-gates.safetensors]
+    .venv/bin/python tools/train_demo_gates.py [--layer 0] [--out resources/demo/memtrf-gates.safetensors]
 
 Trains the per-head gate biases of one layer of the demo model (model frozen) on
 resources/demo/docs in segments of 64 tokens with a 4,096-token memory, then prints held-out

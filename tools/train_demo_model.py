@@ -8,7 +8,7 @@ retrieves "same position" as much as "same content").
 Reproducible recipe (fixed seed, fixed split, fixed step count). Runs on 2 CPU cores in well under
 an hour and writes a Hugging Face model folder (config, safetensors, tokenizer) plus metrics.json:
 
-    python packaging/train_demo_model.py --out resources/demo/model
+    python tools/train_demo_model.py --out resources/demo/model
 
 Source text: the reStructuredText sources in Debian's `python3.11-doc` (PSF License 2.0).
 """

@@ -1,6 +1,6 @@
 """Train the SPALM gate shipped with the demo model, and compare LM, kNN-LM and SPALM.
 
-    .venv/bin/python packaging/train_demo_spalm_gate.py [--out resources/demo/spalm-gate.safetensors]
+    .venv/bin/python tools/train_demo_spalm_gate.py [--out resources/demo/spalm-gate.safetensors]
 
 Builds the demo datastore from resources/demo/docs in a temporary data home, trains SPALM's gate
 (w_g, b; model frozen) on those documents with leave-one-out retrieval, writes the gate, and prints

@@ -1,6 +1,6 @@
 """Write the demo document folder from the Flask documentation (BSD-3-Clause).
 
-    python packaging/make_demo_docs.py
+    python tools/make_demo_docs.py
 
 Flask's docs are English prose about one web framework: a domain the demo model (trained on the
 Python standard library docs) has not seen, with recurring names (`app.route`, `url_for`,
