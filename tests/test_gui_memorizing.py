@@ -4,7 +4,14 @@ from PySide6.QtCore import QPointF, Qt
 
 from knn_explorer.core.datastore.catalog import Catalog
 from knn_explorer.core.home import DEMO_DOCS_DIR
+from knn_explorer.core.mechanisms.memorizing import _decoder_layers
 from knn_explorer.gui.main_window import MainWindow
+
+
+def attention(model, layer: int):
+    """Layer `layer`'s attention module, whatever the architecture calls it."""
+    layers, name = _decoder_layers(model)
+    return getattr(layers[layer], name)
 
 
 def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passages(qtbot, tmp_path):
@@ -34,12 +41,12 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
     assert len(run.compare) == 6 and all(r.method == "none" for r in run.compare)
     view = window.inspector.memory_view
     assert window.inspector.lower_tabs.currentWidget() is view
-    heads = window.model.model.config.n_head
+    heads = window.model.model.config.num_attention_heads
     assert view.image.image.shape == (6, heads)
     assert np.allclose(view.image.image, [r.memory_attention for r in run.records])
     assert view.gates() == [float(v) for v in run.records[-1].memory_attention]  # joint mode: share per head
     # The model's own layer is back once the run ends: nothing of the memory is left attached.
-    assert not hasattr(window.model.model.transformer.h[2].attn, "_knn_memory")
+    assert not hasattr(attention(window.model, 2), "_knn_memory")
 
     # Click the cell of the first step's head 1: its hits are earlier tokens of the prompt.
     vb = view.heatmap_plot.getPlotItem().vb
@@ -95,7 +102,7 @@ def test_gate_training_dialog_trains_live_catalogues_the_adapter_and_hands_it_to
     assert read_adapter_info(path).model_fingerprint == window.model.model_fingerprint
     assert window.controls.memorizing.adapter.text() == path
     assert window.controls.method.currentData() == "memtrf"
-    assert not hasattr(window.model.model.transformer.h[0].attn, "_knn_memory")  # the model is itself again
+    assert not hasattr(attention(window.model, 0), "_knn_memory")  # the model is itself again
     dialog.grab().save(str(tmp_path / "gate-training.png"))
     dialog.close()
 
