@@ -489,11 +489,14 @@ def cmd_eval(args) -> int:
     result = evaluate(model, "\n\n".join(texts), method, context_length=args.context, stride=args.stride,
                       on_progress=_progress_printer())
     described = method.describe()
-    out = {**result.to_json(), **described}
+    measured = method.results()  # e.g. SPALM's gate
+    out = {**result.to_json(), **described, **({"method_results": measured} if measured else {})}
     lines = [f"{result.tokens:,} tokens of {args.text}", f"  LM alone      perplexity {result.ppl_lm:10.3f}"]
     if result.method != LM_ALONE:
         settings = " ".join(f"{key}={value}" for key, value in described.items() if key != "method")
         lines.append(f"  {method.label:<13} perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  {settings}")
+    if measured:
+        lines.append(_results_line(method.label, measured))
     return _finish(args, out, lines, keep=lambda: _record_eval(args, model, out))
 
 
@@ -514,15 +517,25 @@ def _eval_comparison(args) -> int:
     settings = {}
     for method in made:
         settings.update({key: value for key, value in method.describe().items() if key != "method"})
+    measured = {method.name: method.results() for method in made if method.results()}  # e.g. SPALM's gate
     out = {**result.to_json(), "model": model.name, "datastore": args.datastore, "text": str(args.text),
-           "settings": settings}
+           "settings": settings, **({"method_results": measured} if measured else {})}
     lines = [f"{result.tokens:,} tokens of {args.text}, windows of {result.context_length} tokens every {result.stride}"]
     for method in result.methods:
         ppl = result.ppl(method)
         change = "" if method == LM_ALONE else f"  ({ppl / result.ppl(LM_ALONE) - 1:+.1%})"
         lines.append(f"  {labels()[method]:<24} perplexity {ppl:10.3f}{change}")
+    lines += [_results_line(labels()[name], values) for name, values in measured.items()]
     return _finish(args, out, lines, keep=lambda: keep_comparison(
-        Catalog(), result, model.name, args.datastore, {"methods": methods, "text": str(args.text), **settings}))
+        Catalog(), result, model.name, args.datastore,
+        {"methods": methods, "text": str(args.text), **settings,
+         **({"method_results": measured} if measured else {})}))
+
+
+def _results_line(label: str, values: dict) -> str:
+    """"  SPALM: gate_mean 0.9312 · gate_std 0.0612 · …" (a method's `results()`)."""
+    shown = [f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in values.items()]
+    return f"  {label}: " + " · ".join(shown)
 
 
 def _eval_memorizing(args, model, method, texts: list[str]) -> int:

@@ -70,16 +70,17 @@ def test_retrieval_lowers_held_out_perplexity_and_lambda_zero_changes_nothing(in
 
 
 @pytest.mark.slow  # the demo datastore: >50k entries, built once for the module
-def test_spalm_on_the_demo_uses_the_gate_shipped_with_it(in_demo_home):
+def test_spalm_on_the_demo_uses_the_adapter_shipped_with_it(in_demo_home):
     from safetensors.torch import load_file
 
-    from knn_explorer.core.home import DEMO_SPALM_GATE
+    from knn_explorer.core.home import DEMO_SPALM_ADAPTER
 
     records = [json.loads(line) for line in cli("generate", "--model", "demo", "--datastore", "demo-docs", "--method",
                                                  "spalm", "--max-new-tokens", 3, "--prompt",
                                                  "To register a view function, use the", "--json").splitlines()]
-    shipped = load_file(str(DEMO_SPALM_GATE))
+    shipped = load_file(str(DEMO_SPALM_ADAPTER))
     assert float(shipped["bias"][0]) != pytest.approx(2.1972, abs=1e-3)  # trained, not the initial ln 9
+    assert float(shipped["embedding_delta"].abs().max()) > 0  # and W with it
     for record in records:
         assert record["gate"] != pytest.approx(0.9, abs=1e-4) and 0 < record["gate"] < 1
         assert all(Path(n["document"]).is_relative_to(DEMO_DOCS_DIR) for n in record["neighbours"])

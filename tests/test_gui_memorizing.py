@@ -123,13 +123,13 @@ def test_the_training_dialog_trains_a_spalm_gate_on_the_datastore_in_use(qtbot, 
     window.open_gate_training()
     dialog = window.gate_training_dialog
     dialog.method.setCurrentIndex(dialog.method.findData("spalm"))
-    assert dialog.name.text() == "spalm-gate" and dialog.datastore_label.text() == "notes"
+    assert dialog.name.text() == "spalm" and dialog.datastore_label.text() == "notes"
     assert not dialog.docs.isVisibleTo(dialog) and dialog.datastore_label.isVisibleTo(dialog)
     dialog.segment.setValue(16)
     with qtbot.waitSignal(dialog.adapter_ready, timeout=300_000) as blocker:
         assert dialog.start()
     method, path = blocker.args
-    assert method == "spalm" and window.catalog.adapter("spalm-gate").details["datastore"] == "notes"
+    assert method == "spalm" and window.catalog.adapter("spalm").details["datastore"] == "notes"
     assert window.controls.method.currentData() == "spalm" and window.controls.spalm.adapter.text() == path
     assert len(dialog.gate_plot.values()) == 1 and 0 < dialog.gate_plot.values()[0] < 1
     dialog.close()

@@ -4,11 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import save_tiny_model
 
 from knn_explorer.core.generation.step_generator import GenerationSettings, StepGenerator
 from knn_explorer.core.methods.spalm import SpalmMethod
-from knn_explorer.core.models import capture_output_input, load_model
+from knn_explorer.core.models import capture_output_input
 from knn_explorer.core.mechanisms.spalm import INITIAL_GATE_BIAS, Spalm, SpalmSettings
 
 
@@ -115,42 +114,3 @@ def test_leave_one_out_drops_each_position_itself_and_keeps_k():
     assert kept.ids.tolist() == [[3, 9], [4, 5]]  # row 0 loses itself; row 1 (not found) its farthest
     assert kept.values.tolist() == [[30, 90], [40, 50]]
     assert kept.distances.tolist() == [[1.0, 2.0], [0.5, 1.0]]
-
-
-def test_gate_training_learns_from_the_datastore_without_seeing_itself_and_saves_an_adapter(built, tmp_path):
-    from knn_explorer.core.training.adapters import AdapterError
-    from knn_explorer.core.training.spalm_training import (
-        SpalmTrainingSettings,
-        load_spalm_adapter,
-        train_spalm_gate,
-        without_self,
-    )
-
-    model, datastore, _ = built
-    spalm = Spalm(model, datastore, SpalmSettings(k=4))
-    seen = []
-    original = without_self
-
-    def spy(retrieval, own, k, temperature=1.0):
-        kept = original(retrieval, own, k, temperature)
-        seen.append((kept.ids, own))
-        return kept
-
-    import knn_explorer.core.training.spalm_training as training
-    training.without_self = spy
-    try:
-        result = train_spalm_gate(spalm, SpalmTrainingSettings(context_length=16, learning_rate=0.05,
-                                                               windows_per_step=2), checkpoint=tmp_path / "g.safetensors")
-    finally:
-        training.without_self = original
-    assert result.steps and all(np.isfinite(s.loss) for s in result.steps)
-    assert all((ids != own[:, None]).all() for ids, own in seen)  # no position retrieved itself
-    gate = spalm.gate
-    assert float(gate.weight.detach().abs().max()) > 0 or float(gate.bias.detach()) != pytest.approx(INITIAL_GATE_BIAS)
-    fresh = Spalm(model, datastore, SpalmSettings(k=4))
-    load_spalm_adapter(tmp_path / "g.safetensors", fresh)
-    assert torch.equal(fresh.gate.weight.detach(), gate.weight.detach())
-    assert float(fresh.gate.bias.detach()) == float(gate.bias.detach())
-    other = load_model(str(save_tiny_model(tmp_path / "other", "gpt2", seed=1)), device="cpu")
-    with pytest.raises(AdapterError, match="trained for model"):
-        load_spalm_adapter(tmp_path / "g.safetensors", Spalm(other, datastore, SpalmSettings(k=4)))

@@ -27,7 +27,6 @@ DEMO_MODEL_DIR = RESOURCES / "demo" / "model"
 DEMO_DOCS_DIR = RESOURCES / "demo" / "docs"
 DEMO_MEMTRF_ADAPTER = RESOURCES / "demo" / "memtrf-gates.safetensors"  # made by tools/train_demo_gates.py
 DEMO_SPALM_ADAPTER = RESOURCES / "demo" / "spalm.safetensors"  # gate + W; made by tools/train_demo_spalm.py
-DEMO_SPALM_GATE = RESOURCES / "demo" / "spalm-gate.safetensors"  # gate only; made by tools/train_demo_spalm_gate.py
 
 
 def data_home() -> Path:

@@ -68,6 +68,10 @@ class TokenRecord:
     chosen_prob_final: float
     lambda_: float | None = None  # kNN-LM interpolation weight actually used at this step
     gate: float | None = None  # SPALM gate
+    # SPALM: the retrieval's usefulness for the chosen token, log p_mem(y) − log p_h(y) in nats, with
+    # p_mem = softmax(W m_t) (the memory alone) and p_h = softmax(W h_t) (no memory); a working gate
+    # is low (lets the memory in) where this is high
+    memory_usefulness: float | None = None
     head_gates: list[float] | None = None  # Memorizing Transformer, one per head
     # Memorizing Transformer, per head: the share of its output that came from memory at this token
     # (gated: ‖g·mem‖ / (‖g·mem‖ + ‖(1 − g)·local‖); joint: the softmax mass on memory keys)

@@ -215,8 +215,9 @@ def _score(model: LoadedModel, tokens: torch.Tensor, spans: list[Span], document
            keep_keys: bool) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """One pass over every window with `methods`: (positions, log p_LM, log p per method, keys or None)."""
     remembering = [m for m in methods if m.reads_earlier_text]
-    if remembering:
-        batch_size = 1  # the memory reads one window of one document at a time
+    carrying = [m for m in methods if m.carries_cache]
+    if remembering or carrying:
+        batch_size = 1  # the memory reads one window of one document at a time; a carried cache, one window
     for method in methods:
         method.start_text()
     meter.start()
@@ -247,7 +248,9 @@ def _score(model: LoadedModel, tokens: torch.Tensor, spans: list[Span], document
                 logits = model.forward(input_ids, mask).logits
             own_logits = {}
             for method in methods:
-                if method.own_pass:  # the same window, with the method's change to the model
+                if method.carries_cache:  # its own pass, after the cache it carried from the previous window
+                    own_logits[method.name] = method.own_window(tokens, batch[0])
+                elif method.own_pass:  # the same window, with the method's change to the model
                     with method.method_pass(begin, begin):
                         own_logits[method.name] = model.forward(input_ids, mask).logits
             for row, s in enumerate(batch):
@@ -257,10 +260,13 @@ def _score(model: LoadedModel, tokens: torch.Tensor, spans: list[Span], document
                     log_p_lm=torch.log_softmax(logits[row, scored].float(), dim=-1).cpu(),
                     keys=captured[-1][row, scored],
                     hidden=None if hidden[-1] is None else hidden[-1][row, scored],
+                    targets=targets,
                 )
                 lm_parts.append(_gather(outputs.log_p_lm, targets))
                 for method in methods:
-                    if method.own_pass:
+                    if method.carries_cache:
+                        outputs.own_logits = own_logits[method.name]
+                    elif method.own_pass:
                         outputs.own_logits = own_logits[method.name][row, scored]
                     parts[method.name].append(_gather(method.combine(outputs).log_p_final, targets))
                 positions.append(torch.arange(s.first_target, s.end))
@@ -269,7 +275,7 @@ def _score(model: LoadedModel, tokens: torch.Tensor, spans: list[Span], document
                 done += len(targets)
             meter.update(done)
     finally:
-        for method in remembering:
+        for method in remembering + carrying:
             method.start_text()  # what it read of this text is no one else's business
     meter.update(done, force=True)
     return (torch.cat(positions).numpy(), torch.cat(lm_parts).numpy(),

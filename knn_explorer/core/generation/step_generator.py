@@ -144,6 +144,7 @@ class StepGenerator:
     def _record(self, token_id: int, log_p_lm: torch.Tensor, log_p_final: torch.Tensor,
                 method_step: MethodStep) -> TokenRecord:
         p_lm, p_final = log_p_lm.exp(), log_p_final.exp()
+        self.chosen = token_id  # RecordContext.chosen
         method_fields = {"p_knn": None, **self.method.describe_step(method_step, 0, self)}
         return TokenRecord(
             step=self.step_number,

@@ -83,6 +83,7 @@ class PassOutputs:
     keys: torch.Tensor  # B×d: the kNN key of each position's context
     hidden: torch.Tensor | None = None  # B×d: input of the output embedding (if `uses_hidden`)
     own_logits: torch.Tensor | None = None  # B×V: the method's own pass (if `own_pass`)
+    targets: torch.Tensor | None = None  # B: the tokens that did follow (evaluation only; None in generation)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class RecordContext:
     top: Callable[[torch.Tensor], list]  # probabilities (V) -> the record's top-k TokenProb list
     neighbours: Callable[..., list]  # (retrieval, weights, datastore, knn_weights=None) -> [Neighbour]
     memory_hit: Callable[[int, float], Any]  # (text position, weight) -> MemoryHit
+    chosen: int  # the token this step took (chosen or forced)
 
 
 class Method:
@@ -154,6 +156,7 @@ class Method:
     uses_hidden: ClassVar[bool] = False  # capture the output embedding's input on the shared pass
     own_pass: ClassVar[bool] = False  # run a second forward pass with the method's change to the model
     reads_earlier_text: ClassVar[bool] = False  # remembers text before the window (one document at a time)
+    carries_cache: ClassVar[bool] = False  # `compare` runs its own pass with `own_window`, one window at a time
     record_fields: ClassVar[tuple[str, ...]] = ()  # TokenRecord fields it fills (the rest stay null)
     sweeps: ClassVar[dict[str, Sweepable]] = {}  # settings fields `sweep` runs over held-out text (default: none)
     trainer: ClassVar[Trainer | None] = None  # set by a method whose adapter `train` learns (default: none)
@@ -195,12 +198,31 @@ class Method:
         """Before a step whose local attention starts at `window_start`: text before it that never
         went through the model (a long prompt) can be read now (only if `reads_earlier_text`)."""
 
+    def own_window(self, tokens: torch.Tensor, span) -> torch.Tensor | None:
+        """Only if `carries_cache`: `compare`'s own pass for this method over the window `span`
+        (a `windows.Span`) of `tokens` (the whole text's ids), called after the shared pass, the
+        windows in order after `start_text`. The method may run only the tokens the previous window
+        did not have, after the key/value cache it carried from it (Transformer-XL's short-term
+        memory, SPALM). Returns what `PassOutputs.own_logits` holds for the span's targets (their
+        contexts: positions first_target − 1 … end − 2), or None."""
+        raise NotImplementedError
+
     def combine(self, outputs: PassOutputs) -> MethodStep:
         raise NotImplementedError
 
     def describe_step(self, step: MethodStep, row: int, context: RecordContext) -> dict:
         """The TokenRecord fields this method fills for position `row` of `step` (`record_fields`)."""
         return {}
+
+    def results(self) -> dict:
+        """Numbers the method measured on the targets it has scored since it was made, besides their
+        probabilities (e.g. SPALM's gate statistics), for reports; default none."""
+        return {}
+
+    @classmethod
+    def results_note(cls, results: dict) -> str:
+        """`results()` in a few words, shown beside the method's perplexity (default: nothing)."""
+        return ""
 
     def describe(self) -> dict:
         """The settings and resources behind its numbers, for JSON, CSV and kept runs."""

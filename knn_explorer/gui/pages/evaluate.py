@@ -419,12 +419,14 @@ class EvaluatePage(QWidget):
                     c = compare(model, documents, list(objects.methods.values()), context_length=context,
                                 stride=stride, on_progress=control.report, should_stop=control.should_stop,
                                 on_method=lambda name, partial: control.emit((name, partial)))  # row by row
+                    measured = {name: m.results() for name, m in objects.methods.items() if m.results()}
                 finally:
                     objects.close()
                 # Each method's own settings are kept with the run; kNN-LM's also flat, as runs always had them.
+                # What a method measured besides perplexity (SPALM's gate) too.
                 row_id = keep_comparison(self.catalog, c, model.name, datastore if objects.datastore else None,
                                          {**parameters, "methods": what, **knn_settings.describe(),
-                                          "settings": described})
+                                          "settings": described, "method_results": measured})
                 return row_id, c, c.tokens, ""
             param, values = what
             name, setting = find_sweep(param)  # the method sweeps itself, built as the panels set it

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import numpy as np
 import pyqtgraph as pg
@@ -119,7 +120,9 @@ class DistributionPlot(pg.PlotWidget):
 
 
 class HistoryPlot(pg.PlotWidget):
-    """λ/gate (left axis, 0..1) and gain in nats (right axis) over the steps; the shown step marked."""
+    """λ/gate (left axis, 0..1) and gain in nats (right axis) over the steps; the shown step marked.
+    For SPALM also the retrieval's usefulness per step (dashed, right axis), so whether g_t falls
+    where the memory helps can be read off the plot."""
 
     step_clicked = Signal(int)
 
@@ -145,8 +148,11 @@ class HistoryPlot(pg.PlotWidget):
 
         self.weight_curve = pg.PlotDataItem(pen=pg.mkPen(colours.LAMBDA, width=2), connect="finite", name="λ / gate")
         self.gain_curve = pg.PlotDataItem(pen=pg.mkPen(colours.GAIN, width=2), connect="finite", name="gain")
+        self.usefulness_curve = pg.PlotDataItem(pen=pg.mkPen(colours.P_KNN, width=1.5, style=Qt.DashLine),
+                                                connect="finite", name="memory's usefulness")
         item.addItem(self.weight_curve)
         self.gain_view.addItem(self.gain_curve)
+        self.gain_view.addItem(self.usefulness_curve)
         self.zero_line = pg.InfiniteLine(pos=0, angle=0, pen=pg.mkPen("#ced4da", style=Qt.DashLine))
         self.gain_view.addItem(self.zero_line, ignoreBounds=True)
         self.marker = pg.InfiniteLine(pos=0, angle=90, pen=pg.mkPen(colours.TEXT, width=1.5, style=Qt.DashLine))
@@ -158,6 +164,9 @@ class HistoryPlot(pg.PlotWidget):
         self.marker.setVisible(False)
         self.steps = np.zeros(0)
         self.setToolTip("λ (or the gate) and the gain log p_final − log p_LM of each step's chosen token.\n"
+                        "SPALM: the dashed green line is the retrieval's usefulness, log p_mem − log p_h of the "
+                        "chosen token\n(the memory alone against h_t alone); the memory's weight is 1 − gate, so a "
+                        "gate that tracks it dips where it rises.\n"
                         "The dashed line marks the token shown above; click the plot to show another step.")
         self.setMinimumSize(220, 150)
         self.scene().sigMouseClicked.connect(self._clicked)
@@ -171,9 +180,18 @@ class HistoryPlot(pg.PlotWidget):
         weights = np.array([np.nan if record_weight(r) is None else record_weight(r) for r in history], dtype=float)
         gains = np.array([record_gain(r) for r in history], dtype=float)
         gains[~np.isfinite(gains)] = np.nan
+        usefulness = np.array([np.nan if r.memory_usefulness is None else r.memory_usefulness for r in history],
+                              dtype=float)
+        gated = bool(history) and all(r.gate is not None for r in history)
+        self.setTitle("gate and gain" if gated else "λ and gain", color=colours.TEXT, size="10pt")
         self.weight_curve.setData(self.steps, weights)
         self.gain_curve.setData(self.steps, gains)
-        span = gain_span(gains)
+        # A trained gate stays near 1: on 0..1 its movement would be a flat line, so it gets the range it uses.
+        low = float(np.nanmin(weights)) if gated and np.isfinite(weights).any() else 0.0
+        self.getPlotItem().setYRange(max(0.0, math.floor((low - 0.01) * 20) / 20) if gated else 0.0, 1, padding=0.05)
+        shown = np.isfinite(usefulness).any()
+        self.usefulness_curve.setData(self.steps if shown else [], usefulness if shown else [])
+        span = gain_span(np.concatenate([gains, usefulness]) if shown else gains)
         self.gain_view.setYRange(-span, span, padding=0.05)
         lo, hi = (float(self.steps.min()), float(self.steps.max())) if self.steps.size else (0.0, 10.0)
         self.getPlotItem().setXRange(lo - 0.5, max(hi, lo + 1) + 0.5, padding=0)

@@ -12,7 +12,7 @@ import math
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ...core.methods import labels
+from ...core.methods import UnknownMethod, get, labels
 from ...core.methods.lm_alone import LM_ALONE
 from .evaluation_plots import ShownRun, method_perplexities
 
@@ -27,10 +27,19 @@ def _points(run: ShownRun) -> dict[str, float | None]:
 
 
 def _notes(run: ShownRun) -> dict[str, str]:
-    """Row label → what follows the perplexity: generation tokens/s where the sweep timed it."""
+    """Row label → what follows the perplexity: generation tokens/s where the sweep timed it; what a
+    compared method measured besides perplexity (`Method.results_note`: SPALM's gate)."""
     r = run.row.results
     if run.row.kind != "sweep":
-        return {}
+        notes = {}
+        for name, values in (run.row.parameters.get("method_results") or {}).items():
+            try:
+                note = get(name).results_note(values)
+            except (UnknownMethod, KeyError, TypeError, ValueError):  # a plug-in gone, or older numbers
+                note = ""
+            if note:
+                notes[labels().get(name, name)] = f"  · {note}"
+        return notes
     notes = {f"{p['value']:g}": f"  · {p['tokens_per_s']:,.0f} tok/s" for p in r["results"] if p.get("tokens_per_s")}
     if notes and r.get("tokens_per_s_lm"):
         notes[labels()[LM_ALONE]] = f"  · {r['tokens_per_s_lm']:,.0f} tok/s"
@@ -44,7 +53,9 @@ class ResultsTable(QTableWidget):
         self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.setToolTip("Perplexity of each point of the selected runs (bold: each run's best; ∞: a target "
-                        "no neighbour proposed, at λ = 1)")
+                        "no neighbour proposed, at λ = 1).\nSPALM: g, its gate's mean ± spread over the tokens; "
+                        "r(g,u), the gate's correlation with the retrieval's usefulness u = log p_mem − log p_h\n"
+                        "(negative: the gate lets the memory in where it helps)")
 
     def show_runs(self, runs: list[ShownRun]) -> None:
         columns = [(run.label, _points(run), run.row.results.get("ppl_lm")) for run in runs]

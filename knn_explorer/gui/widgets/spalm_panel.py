@@ -1,4 +1,5 @@
-"""SPALM's parameters: k and the distance mode (the gate is learned; distances only rank neighbours)."""
+"""SPALM's parameters: k, the short-term memory and the distance mode (the gate and W are learned;
+distances only rank neighbours)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,16 +20,17 @@ class SpalmPanel(QWidget):
         self.short_term = QSpinBox(minimum=0, maximum=1 << 20, value=0, singleStep=64)
         self.short_term.setSpecialValueText("the model's maximum")
         self.short_term.setSuffix(" tokens")
-        self.short_term.setToolTip("Short-term memory: how many recent tokens the key/value cache keeps; when full, "
-                                   "generation continues from its most recent half")
+        self.short_term.setToolTip("Short-term memory (Transformer-XL's): how many recent tokens the key/value cache "
+                                   "keeps; when full, generation continues from its most recent half")
         self.exact = QCheckBox("exact distances")
         self.exact.setChecked(True)
         self.exact.setToolTip("Rank neighbours by distances recomputed from the stored keys (else the index's)")
-        self.adapter = PathField("A SPALM gate", "the demo's trained gate with the demo model, else untrained",
-                                 "A trained gate (.safetensors from Train gates / train-gates --method spalm)",
-                                 file_filter="Adapters (*.safetensors)")
-        note = QLabel("z = (1 − g)·m + g·h, g = σ(w·h + b): g per token is the chip colour under “λ / gate”. "
-                      "Untrained gate: g = 0.9.")
+        self.adapter = PathField("A SPALM adapter", "the demo's trained gate and W with the demo model, else untrained",
+                                 "A trained adapter: the gate, and the word embeddings W trained with it "
+                                 "(.safetensors from Train gates / train-gates --method spalm; gate-only files "
+                                 "keep the model's W)", file_filter="Adapters (*.safetensors)")
+        note = QLabel("z = (1 − g)·m + g·h, g = σ(w·h + b): g per token is the chip colour under “λ / gate” and "
+                      "the inspector's history plot. Untrained: g = 0.9, the model's W.")
         note.setWordWrap(True)
         note.setStyleSheet("color: #868e96")
         form.addRow("k", self.k)

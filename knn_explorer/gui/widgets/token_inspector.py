@@ -278,6 +278,8 @@ class TokenInspector(QWidget):
             parts.append(f"<b>λ</b> {record.lambda_:.3g}")
         elif record.gate is not None:
             parts.append(f"<b>gate</b> {record.gate:.3g}")
+            if record.memory_usefulness is not None:  # SPALM: log p_mem − log p_h of the chosen token
+                parts.append(f"<b>memory's usefulness</b> {format_gain(record.memory_usefulness)} nats")
         else:
             parts.append("<b>λ</b> —")
         r = record.retrieval

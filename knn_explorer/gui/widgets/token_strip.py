@@ -122,6 +122,8 @@ def record_tooltip(record: TokenRecord) -> str:
          "—" if weight is None else f"{weight:.3g}"),
         ("gain", f"{format_gain(record_gain(record))} nats"),
     ]
+    if record.memory_usefulness is not None:  # SPALM: the memory alone against h_t alone, for this token
+        rows.append(("memory's usefulness", f"{format_gain(record.memory_usefulness)} nats"))
     if record.neighbours:
         nearest = min(record.neighbours, key=lambda n: n.distance)
         rows.append(("nearest", f"{format_distance(nearest.distance)} "
