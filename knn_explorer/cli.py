@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--stride", type=_at_least(1), default=128)
     evaluate.add_argument("--methods", help=f"compare several of {','.join(method_names())} on the same targets "
                                             "and windows (those that retrieve need --datastore)")
+    _one_document_flag(evaluate)
     _memory_flags(evaluate)
     _method_flags(evaluate)
     _common_model_flags(evaluate)
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--context", type=_at_least(2), default=256)
     sweep.add_argument("--stride", type=_at_least(1), default=128)
     sweep.add_argument("--seed", type=int, default=0, help="which random fractions a size sweep takes")
+    _one_document_flag(sweep)
     _memory_flags(sweep, window=False)
     _common_model_flags(sweep)
     _json_flag(sweep)
@@ -235,6 +237,13 @@ _positive.__name__ = _fraction.__name__ = "number"
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+
+
+def _one_document_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--one-document", action="store_true",
+                        help="read a folder's files as ONE document, in path order, joined by a blank line: the "
+                             "Memorizing Transformer's memory then spans them (default: its memory holds one file "
+                             "at a time); other methods read the same tokens either way")
 
 
 def _common_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -481,7 +490,7 @@ def cmd_eval(args) -> int:
     if args.methods:
         return _eval_comparison(args)
     name = _method_name(args)
-    texts = _read_eval_texts(args.text)
+    texts = _read_eval_texts(args.text, args.one_document)
     model = _load_model(args)
     method = _make_method(args, model, name)
     if method.reads_earlier_text:  # segments, its memory on against off, as the paper measures it
@@ -509,7 +518,7 @@ def _eval_comparison(args) -> int:
     from .core.methods.lm_alone import LM_ALONE
 
     methods = _methods_list(args)
-    texts = _read_eval_texts(args.text)
+    texts = _read_eval_texts(args.text, args.one_document)
     model = _load_model(args)
     made = [_make_method(args, model, name) for name in methods]
     result = compare(model, texts, made, context_length=args.context, stride=args.stride,
@@ -694,13 +703,13 @@ def cmd_sweep(args) -> int:
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
         if method_sweep(args.param) is not None:
-            return _sweep_method(args, values, _read_eval_texts(args.text))
+            return _sweep_method(args, values, _read_eval_texts(args.text, args.one_document))
         check_sweep_values(None, args.param, values)  # ranges now; the datastore's size once it is open
     except ValueError as exc:
         reason = str(exc) if isinstance(exc, SweepValueError) else f"--values must be numbers separated by commas, " \
                                                                     f"not {args.values!r}"
         raise UsageError(reason) from None
-    texts = _read_eval_texts(args.text)
+    texts = _read_eval_texts(args.text, args.one_document)
     if args.param == "memory":
         return _sweep_memory(args, values, texts)
     text = "\n\n".join(texts)
@@ -809,11 +818,14 @@ def _check_writable_file(path: Path) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _read_eval_texts(path: Path) -> list[str]:
+def _read_eval_texts(path: Path, one_document: bool = False) -> list[str]:
+    """The held-out documents of `path`; with `one_document`, joined into one (in path order)."""
+    from .core.evaluation.comparison import DOCUMENT_SEPARATOR
     from .core.evaluation.perplexity import read_heldout
 
     try:
-        return read_heldout(path)
+        texts = read_heldout(path)
+        return [DOCUMENT_SEPARATOR.join(texts)] if one_document else texts
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -82,3 +82,21 @@ def test_the_demo_model_uses_the_gates_it_ships_with():
     untrained = json.loads(cli("generate", "--model", "demo", "--method", "memtrf", "--memory-layer", 2, "--prompt",
                                "Flask", "--max-new-tokens", 1, "--json").stdout)
     assert max(untrained["head_gates"]) < 1e-6  # another layer: no shipped gates apply
+
+
+def test_one_document_reads_a_folder_as_its_files_joined_so_the_memory_spans_them(tmp_path, tiny_gpt2_dir, long_docs):
+    text = next(long_docs.rglob("*.md")).read_text(encoding="utf-8")[:400]
+    folder, joined = tmp_path / "two", tmp_path / "joined"
+    folder.mkdir(), joined.mkdir()
+    (folder / "a.txt").write_text(text, encoding="utf-8")
+    (folder / "b.txt").write_text(text, encoding="utf-8")
+    (joined / "ab.txt").write_text(text + "\n\n" + text, encoding="utf-8")
+
+    def ppl(path, *extra):
+        out = cli("eval", "--model", tiny_gpt2_dir, "--method", "memtrf", "--memory-mode", "joint", "--window", 16,
+                  "--k", 4, "--text", path, "--json", *extra)
+        return json.loads(out.stdout)["ppl"]
+
+    as_one = ppl(folder, "--one-document")
+    assert as_one == pytest.approx(ppl(joined), rel=1e-9)  # the files, in path order, joined by a blank line
+    assert as_one != pytest.approx(ppl(folder), rel=1e-6)  # apart, the memory is cleared between them

@@ -47,6 +47,7 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
     assert view.gates() == [float(v) for v in run.records[-1].memory_attention]  # joint mode: share per head
     # The model's own layer is back once the run ends: nothing of the memory is left attached.
     assert not hasattr(attention(window.model, 2), "_knn_memory")
+    assert not any("forward" in vars(m) for m in window.model.model.modules())  # no fine-tuned layer left routed
 
     # Click the cell of the first step's head 1: its hits are earlier tokens of the prompt.
     vb = view.heatmap_plot.getPlotItem().vb
@@ -61,6 +62,7 @@ def test_memtrf_run_fills_the_memory_view_and_a_clicked_cell_lists_earlier_passa
     for i, hit in enumerate(first.memory_hits[1]):
         assert hit.position < prompt_tokens - 24  # older than the local window
         assert view.hits.topLevelItem(i).text(0) == f"{hit.position:,}"
+        assert view.hits.topLevelItem(i).text(3) == f"{hit.similarity:.3f}"  # what the lookup ranked it by
     assert "head 1" in view.hits_caption.text()
     view.grab().save(str(tmp_path / "memory-view.png"))
 

@@ -77,7 +77,7 @@ def test_joint_mode_with_an_empty_memory_is_the_base_model_and_with_memory_is_no
         assert len(share) == retrofit.heads and all(0 < s < 1 for s in share)
         assert float((logits - base).abs().max()) > 1e-4
         for hits in retrofit.last_step.hits:
-            assert all(0 <= position < 24 for position, _ in hits)  # only earlier tokens are in memory
+            assert all(0 <= position < 24 for position, _w, _c in hits)  # only earlier tokens are in memory
     finally:
         retrofit.remove()
 
@@ -310,7 +310,7 @@ def test_gated_memory_share_is_each_heads_output_norm_share_per_token(tiny):
                 assert step.memory_attention == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-6)
                 assert step.head_gates == pytest.approx(gates.tolist(), rel=1e-5)
                 for head, hits in enumerate(step.hits):
-                    assert sum(w for _p, w in hits) <= step.memory_attention[head] + 1e-6
+                    assert sum(w for _p, w, _c in hits) <= step.memory_attention[head] + 1e-6
                 shares.append(step.memory_attention)
         shares = torch.tensor(shares)
         assert float(shares.std(0).max()) > 1e-3  # not a constant band per head

@@ -42,6 +42,7 @@ class MemoryHit:
     weight: float  # its share of the head's output (gate × attention weight, or joint-softmax mass)
     context: str
     highlight: tuple[int, int]  # [start, end) of the token inside `context`
+    similarity: float | None = None  # cosine of the head's query and the entry's key (what the lookup ranks by)
 
 
 @dataclass(frozen=True)

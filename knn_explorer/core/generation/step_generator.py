@@ -163,11 +163,12 @@ class StepGenerator:
         values, ids = torch.topk(probs, min(self.settings.top_shown, probs.shape[-1]))
         return [TokenProb(self._decode(int(i)), int(i), float(v)) for v, i in zip(values, ids) if v > 0]
 
-    def memory_hit(self, position: int, weight: float) -> MemoryHit:
+    def memory_hit(self, position: int, weight: float, similarity: float | None = None) -> MemoryHit:
         before = self.model.tokenizer.decode(self.ids[max(0, position - 8):position])
         token = self._decode(self.ids[position])
         after = self.model.tokenizer.decode(self.ids[position + 1:position + 5])
-        return MemoryHit(position, token, weight, before + token + after, (len(before), len(before) + len(token)))
+        return MemoryHit(position, token, weight, before + token + after, (len(before), len(before) + len(token)),
+                         similarity)
 
     def neighbours(self, r: Retrieval, weights: torch.Tensor, datastore: Datastore,
                    knn_weights: torch.Tensor | None = None, row: int = 0) -> list[Neighbour]:

@@ -10,6 +10,14 @@ local attention, before the output projection. Two modes:
 - ``joint`` (training-free, as in Extended Mind Transformers): one softmax over the local keys and
   the retrieved ones; no parameters.
 
+Fine-tuned with the memory, as the paper does (`tune_layers`, `training/memory_finetuning.py`): the
+memory layer and the layers above it (attention, feed-forward and norms) and the final norm get
+trained copies, used by the memory's own forward passes only. The model's parameters are never
+written: a tuned layer's `forward` sends the memory's passes (the owner thread, memory on) to its
+copy and every other pass (the LM alone beside it, `set_aside`, another thread) to the original
+layer, so the base model stays bit-identical, and `remove()` drops the copies. The layers below
+the memory stay frozen, so the keys of the text it stores are those the model was trained to make.
+
 Rotary models (gpt_neox, llama, mistral, qwen2): memory keys and the queries that look them up are
 taken *before* the rotation. The lookup is then by content alone, as in the paper (its memory has
 no positions), and a retrieved key scores exactly as an un-rotated pair would: q·k before rotation
@@ -67,6 +75,14 @@ ATTENTION_MODULES = {
     "mistral": ("model.layers", "self_attn"),
     "qwen2": ("model.layers", "self_attn"),
 }
+# model_type -> the norm after the last decoder layer (fine-tuned with the layers above the memory).
+FINAL_NORMS = {
+    "gpt2": "transformer.ln_f",
+    "gpt_neox": "gpt_neox.final_layer_norm",
+    "llama": "model.norm",
+    "mistral": "model.norm",
+    "qwen2": "model.norm",
+}
 
 
 class MemorizingError(Exception):
@@ -98,7 +114,8 @@ class MemoryStep:
     # Per head, the share of its output that came from memory at this token: gated mode
     # ‖g·mem_h‖ / (‖g·mem_h‖ + ‖(1 − g)·local_h‖); joint mode the softmax mass on memory keys.
     memory_attention: list[float]
-    hits: list[list[tuple[int, float]]] = field(default_factory=list)  # per head: (position, weight)
+    # per head: (position, weight, cosine similarity of the query and the entry's key)
+    hits: list[list[tuple[int, float, float]]] = field(default_factory=list)
 
 
 def default_layer(num_layers: int) -> int:
@@ -191,8 +208,11 @@ class MemorizingRetrofit:
         device = next(model.parameters()).device
         self.gate_bias = torch.nn.Parameter(torch.full((self.heads,), INITIAL_GATE_BIAS, device=device))
         self.memory = MemoryStore(settings.memory_size, self.kv_heads, self.head_dim, device=device)
-        self.enabled = True
+        self._enabled = True
+        self._filling = False  # `filling()`: tuned weights without lookups
         self.adapter = None  # the AdapterInfo of loaded gates, if any
+        # Fine-tuned copies (`tune_layers`): module path -> (original module, its trained copy).
+        self._tuned: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self.last_step: MemoryStep | None = None
         self._window_start = 0  # absolute position of the first token local attention sees
         self._input_start = 0  # absolute position of the next forward pass's first token
@@ -219,9 +239,31 @@ class MemorizingRetrofit:
         self._owner = threading.get_ident()
 
     def remove(self) -> None:
+        """Detach from the model; its own layers (never written) are used again."""
+        self._untune()
         self._hook.remove()
         self.module.config = self._original_config
         del self.module._knn_memory
+
+    @property
+    def enabled(self) -> bool:
+        """Memory on: lookups, and the fine-tuned layers (if any). Off: the base model exactly."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+
+    @contextmanager
+    def filling(self):
+        """Passes inside the block only store text: the fine-tuned layers (whose keys the memory
+        holds) without lookups. The memory layer's keys do not depend on the memory."""
+        saved = self._enabled, self._filling
+        self._enabled, self._filling = False, True
+        try:
+            yield self
+        finally:
+            self._enabled, self._filling = saved
 
     def reset(self) -> None:
         """Forget everything: a new document starts."""
@@ -262,12 +304,14 @@ class MemorizingRetrofit:
         those makes another lane (the LM alone beside a memtrf run) invisible to the memory whatever
         the order of their passes; the store itself only changes in `set_window`, which the other
         lane never calls."""
-        saved = (self.enabled, list(self._pending), self._input_start, self._window_start, self.last_step)
-        self.enabled = False
+        saved = (self._enabled, self._filling, list(self._pending), self._input_start, self._window_start,
+                 self.last_step)
+        self._enabled = self._filling = False
         try:
             yield self
         finally:
-            self.enabled, self._pending, self._input_start, self._window_start, self.last_step = saved
+            (self._enabled, self._filling, self._pending, self._input_start, self._window_start,
+             self.last_step) = saved
 
     def resize_memory(self, size: int) -> None:
         """A new, empty memory of `size` tokens (a memory-size sweep); the gates stay."""
@@ -281,12 +325,104 @@ class MemorizingRetrofit:
     def memory_tokens(self) -> int:
         return len(self.memory)
 
+    # ---- fine-tuned layers ---------------------------------------------------------------------
+    def tunable_modules(self, first_layer: int | None = None) -> list[str]:
+        """The module paths fine-tuning trains: the decoder layers from `first_layer` (default: the
+        memory's) to the top, and the final norm."""
+        layers_path, _attention = ATTENTION_MODULES[self.loaded.model.config.model_type]
+        first = self.layer if first_layer is None else first_layer
+        count = len(_get(self.loaded.model, layers_path))
+        if not 0 <= first < count:
+            raise MemorizingError(f"layer {first} does not exist: the model has layers 0–{count - 1}")
+        paths = [f"{layers_path}.{i}" for i in range(first, count)]
+        norm = FINAL_NORMS[self.loaded.model.config.model_type]
+        return paths + [norm]
+
+    def tune_layers(self, paths: list[str] | None = None) -> dict[str, torch.nn.Parameter]:
+        """Give the modules at `paths` (default: `tunable_modules()`) trained copies, equal to the
+        originals until trained or given deltas; the memory's passes use them. Returns the copies'
+        parameters by their names in the model (e.g. "model.layers.3.mlp.up_proj.weight")."""
+        model = self.loaded.model
+        for path in paths if paths is not None else self.tunable_modules():
+            if path in self._tuned:
+                continue
+            try:
+                original = _get(model, path)
+            except AttributeError:
+                raise MemorizingError(f"the model has no module {path}") from None
+            # The copy shares the retrofit (the memory layer's attention calls it) and the configs.
+            memo = {id(self): self, id(model.config): model.config, id(self.module.config): self.module.config}
+            copy_ = copy.deepcopy(original, memo)
+            for parameter in copy_.parameters():
+                parameter.requires_grad_(True)
+            original.forward = self._dispatch(original.forward, copy_)
+            self._tuned[path] = (original, copy_)
+        return self.tuned_parameters()
+
+    def tuned_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {f"{path}.{name}": p for path, (_o, tuned) in self._tuned.items() for name, p in tuned.named_parameters()}
+
+    def base_parameters(self) -> dict[str, torch.Tensor]:
+        """The original parameters of the tuned modules, by the same names."""
+        return {f"{path}.{name}": p for path, (original, _t) in self._tuned.items()
+                for name, p in original.named_parameters()}
+
+    @torch.no_grad()
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """Trained minus base, in float32, per tuned parameter."""
+        base = self.base_parameters()
+        return {name: (p.detach().float() - base[name].detach().float()).cpu()
+                for name, p in self.tuned_parameters().items()}
+
+    @torch.no_grad()
+    def apply_weight_deltas(self, deltas: dict[str, torch.Tensor]) -> None:
+        """Tune the modules the deltas name and set their copies to base + delta."""
+        self.tune_layers(self._module_paths(sorted({name.rsplit(".", 1)[0] for name in deltas})))
+        tuned, base = self.tuned_parameters(), self.base_parameters()
+        for name, delta in deltas.items():
+            if name not in tuned:
+                raise MemorizingError(f"the model has no parameter {name}")
+            if tuple(delta.shape) != tuple(tuned[name].shape):
+                raise MemorizingError(f"{name} is {tuple(tuned[name].shape)} in the model, {tuple(delta.shape)} in "
+                                      "the adapter")
+            tuned[name].copy_((base[name].float() + delta.to(base[name].device).float()).to(tuned[name].dtype))
+
+    def _module_paths(self, parameter_parents: list[str]) -> list[str]:
+        """The tunable modules (layers, final norm) that contain these sub-module paths."""
+        candidates = self.tunable_modules(0)
+        found = []
+        for parent in parameter_parents:
+            owner = next((c for c in candidates if parent == c or parent.startswith(c + ".")), None)
+            if owner is None:
+                raise MemorizingError(f"{parent} is not in a layer that can be fine-tuned")
+            if owner not in found:
+                found.append(owner)
+        return found
+
+    def tuned_modules(self) -> list[str]:
+        return list(self._tuned)
+
+    def _tuned_active(self) -> bool:
+        return (self._enabled or self._filling) and threading.get_ident() == self._owner
+
+    def _dispatch(self, original_forward, tuned: torch.nn.Module):
+        def forward(*args, **kwargs):
+            if self._tuned_active():
+                return tuned(*args, **kwargs)
+            return original_forward(*args, **kwargs)
+        return forward
+
+    def _untune(self) -> None:
+        for original, _tuned in self._tuned.values():
+            del original.forward  # the class's forward again
+        self._tuned.clear()
+
     # ---- the attention function ------------------------------------------------------------
     def _capture_rotary(self, _module, _args, kwargs):
         self._rotary = kwargs.get("position_embeddings")
 
     def attend(self, module, query, key, value, attention_mask, scaling, dropout, **kwargs):
-        if query.shape[0] != 1 and not self.enabled:  # a batch of other texts, memory off: the plain layer
+        if query.shape[0] != 1 and not self._enabled:  # a batch of other texts, memory off: the plain layer
             return self._base_attention(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, **kwargs)
         if query.shape[0] != 1:
@@ -302,7 +438,7 @@ class MemorizingRetrofit:
                               positions))
         self._input_start += q_len  # a later pass without set_window continues after this one
 
-        use_memory = self.enabled and len(self.memory) > 0
+        use_memory = self._enabled and len(self.memory) > 0
         if self.settings.mode == "joint" and use_memory:
             return self._joint(module, query, query_plain, key, value, attention_mask, scaling)
         local, weights = self._base_attention(module, query, key, value, attention_mask, dropout=dropout,
@@ -321,7 +457,7 @@ class MemorizingRetrofit:
         memory_norm = from_memory[0, -1].detach().float().norm(dim=-1)
         local_norm = from_local[0, -1].detach().float().norm(dim=-1)
         share = memory_norm / (memory_norm + local_norm).clamp_min(torch.finfo(torch.float32).tiny)
-        self._note(found.slots[:, -1], weights_mem[:, -1].detach().float() * share[:, None], share,
+        self._note(found, weights_mem[:, -1].detach().float() * share[:, None], share,
                    gate.detach().flatten().float().tolist())
         return from_memory + from_local, weights
 
@@ -335,18 +471,19 @@ class MemorizingRetrofit:
         p_local, p_memory = joint[..., : local.shape[-1]].to(value.dtype), joint[..., local.shape[-1]:]
         out = p_local @ value_all + (p_memory[0, ..., None].to(value.dtype) * found.values).sum(-2)[None]
         last = p_memory[0, :, -1].detach().float()  # (H, k): the last position's mass on each memory key
-        self._note(found.slots[:, -1], last, last.sum(-1), None)
+        self._note(found, last, last.sum(-1), None)
         return out.transpose(1, 2).contiguous(), None
 
-    def _note(self, slots: torch.Tensor, weights: torch.Tensor, share: torch.Tensor,
-              gates: list[float] | None) -> None:
+    def _note(self, found, weights: torch.Tensor, share: torch.Tensor, gates: list[float] | None) -> None:
         """Keep the last query position's per-head memory share and strongest hits for the record.
 
-        `slots` and `weights` are (H, k): the entries each head retrieved and each one's part of the
-        head's output (they sum to `share`, (H,))."""
+        `weights` is (H, k): each retrieved entry's part of the head's output at the last position
+        (they sum to `share`, (H,)); `found` the lookup (slots and cosine similarities)."""
         top = weights.topk(min(self.settings.hits_shown, weights.shape[-1]), dim=-1)
-        positions = self.memory.positions[slots.gather(1, top.indices)].cpu()
-        hits = [[(int(p), float(w)) for p, w in zip(positions[h], top.values[h].cpu())] for h in range(self.heads)]
+        positions = self.memory.positions[found.slots[:, -1].gather(1, top.indices)].cpu()
+        similarity = found.similarity[:, -1].gather(1, top.indices).float().cpu()
+        hits = [[(int(p), float(w), float(c)) for p, w, c in zip(positions[h], top.values[h].cpu(), similarity[h])]
+                for h in range(self.heads)]
         self.last_step = MemoryStep(gates, share.cpu().tolist(), hits)
 
     def _gate_list(self) -> list[float] | None:

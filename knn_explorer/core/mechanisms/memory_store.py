@@ -22,6 +22,7 @@ class MemoryLookup:
     slots: torch.Tensor  # (heads, queries, k) int64, indices into the store's buffers
     logits: torch.Tensor  # (heads, queries, k): scaled dot products q·k, as local attention scores them
     values: torch.Tensor  # (heads, queries, k, head_dim)
+    similarity: torch.Tensor  # (heads, queries, k): cosine of the query and each entry's key
 
 
 class MemoryStore:
@@ -74,24 +75,33 @@ class MemoryStore:
 
         `queries` is (heads, n, head_dim); query head h reads key/value head h // (heads / kv_heads)
         (grouped-query attention). Logits are the layer's own scaled dot products, so memory and
-        local attention scores are on one scale.
+        local attention scores are on one scale; they carry gradients to the queries (fine-tuning),
+        the choice of entries does not.
         """
         heads, n, dim = queries.shape
         kv_heads = self.keys.shape[0]
         group = heads // kv_heads
         k = min(k, self.size)
         q = queries.to(self.keys.dtype).reshape(kv_heads, group * n, dim)
-        unit_q = torch.nn.functional.normalize(q, dim=-1)
-        if self.chunks is None:
-            similarity = unit_q @ self.unit_keys[:, : self.size].transpose(1, 2)
-            slots = similarity.topk(k, dim=-1).indices  # (kv_heads, group * n, k)
-        else:
-            slots = self._search_chunks(unit_q, k)
-        head = torch.arange(kv_heads, device=slots.device)[:, None, None]
-        picked_keys, picked_values = self.keys[head, slots], self.values[head, slots]  # (kv_heads, group * n, k, dim)
+        with torch.no_grad():
+            unit_q = torch.nn.functional.normalize(q, dim=-1)
+            if self.chunks is None:
+                cosine, slots = (unit_q @ self.unit_keys[:, : self.size].transpose(1, 2)).topk(k, dim=-1)
+            else:
+                slots = self._search_chunks(unit_q, k)  # (kv_heads, group * n, k)
+            # rows of the (kv_heads · capacity, dim) buffers: index_select is far faster than [head, slots]
+            rows = (slots + torch.arange(kv_heads, device=slots.device)[:, None, None] * self.capacity).reshape(-1)
+            if self.chunks is not None:
+                cosine = (unit_q[:, :, None, :] * self._rows(self.unit_keys, rows, slots.shape)).sum(-1)
+        picked_keys, picked_values = self._rows(self.keys, rows, slots.shape), self._rows(self.values, rows, slots.shape)
         logits = (q[:, :, None, :] * picked_keys).sum(-1) * scaling
         return MemoryLookup(slots=slots.reshape(heads, n, k), logits=logits.reshape(heads, n, k),
-                            values=picked_values.reshape(heads, n, k, dim))
+                            values=picked_values.reshape(heads, n, k, dim), similarity=cosine.reshape(heads, n, k))
+
+    @staticmethod
+    def _rows(buffer: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """`buffer[head, slot]` for the flat `rows`, as (kv_heads, queries, k, dim)."""
+        return buffer.view(-1, buffer.shape[-1]).index_select(0, rows).view(*shape, buffer.shape[-1])
 
     def _search_chunks(self, unit_q: torch.Tensor, k: int) -> torch.Tensor:
         """Top-k slots from the exact part (the chunk being filled) and the FAISS-indexed chunks."""

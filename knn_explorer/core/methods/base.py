@@ -140,7 +140,7 @@ class RecordContext:
 
     top: Callable[[torch.Tensor], list]  # probabilities (V) -> the record's top-k TokenProb list
     neighbours: Callable[..., list]  # (retrieval, weights, datastore, knn_weights=None) -> [Neighbour]
-    memory_hit: Callable[[int, float], Any]  # (text position, weight) -> MemoryHit
+    memory_hit: Callable[..., Any]  # (text position, weight, similarity=None) -> MemoryHit
     chosen: int  # the token this step took (chosen or forced)
 
 

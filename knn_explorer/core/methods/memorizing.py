@@ -77,18 +77,15 @@ class MemorizingTransformerMethod(Method):
     def catch_up(self, ids: list[int], window_start: int, window: int) -> None:
         """Run text that never passed through the model (a prompt longer than the window) through
         it, a window at a time, so the memory holds it. The memory layer's keys do not depend on the
-        memory, so it is off meanwhile. The step that follows passes the rest of `ids`."""
+        memory, so lookups are off meanwhile (`filling`: fine-tuned layers, whose keys the memory
+        holds, without lookups). The step that follows passes the rest of `ids`."""
         if self._filled_to < window_start:
             memory, model = self.retrofit, self.model
-            was = memory.enabled
-            memory.enabled = False
-            try:
+            with memory.filling():
                 for start in range(self._filled_to, window_start, window):
                     chunk = ids[start:min(start + window, window_start)]
                     memory.set_window(start, start)
                     model.forward(torch.tensor([chunk], device=model.device), last_logits_only=True)
-            finally:
-                memory.enabled = was
         self._filled_to = max(self._filled_to, len(ids))
 
     def combine(self, outputs: PassOutputs) -> MethodStep:
@@ -102,14 +99,16 @@ class MemorizingTransformerMethod(Method):
         return {
             "head_gates": last.head_gates,
             "memory_attention": last.memory_attention,
-            "memory_hits": [[context.memory_hit(position, weight) for position, weight in head] for head in last.hits],
+            "memory_hits": [[context.memory_hit(position, weight, similarity) for position, weight, similarity in head]
+                            for head in last.hits],
         }
 
     def describe(self) -> dict:
         memory = self.retrofit
         return {"method": self.name, "memory_layer": memory.layer, "memory_mode": memory.settings.mode,
                 "memory_size": memory.settings.memory_size, "k": memory.settings.k,
-                "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None}
+                "gates": memory.gates().tolist() if memory.settings.mode == "gated" else None,
+                "fine_tuned": memory.tuned_modules()}
 
     def sweep(self, texts, param, values, context_length=256, stride=128, on_progress=None, should_stop=None):
         """Perplexity with memories of each size (`sweeps.sweep_memory_size`: one pass per size, the

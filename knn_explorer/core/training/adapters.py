@@ -1,7 +1,16 @@
-"""Small trained parts saved apart from the model: the Memorizing Transformer's gate biases.
+"""Small trained parts saved apart from the model: the Memorizing Transformer's gate biases and,
+when the model was fine-tuned with its memory, the trained layers' weights.
 
 An adapter is one safetensors file: the tensors, plus metadata (kind, the base model's name and
 fingerprint, the layer and settings it was trained with). Loading checks it belongs to the model.
+
+A Memorizing Transformer adapter holds `gate_bias` (one per head of the memory layer) and, if the
+model was fine-tuned with its memory (`training/memory_finetuning.py`), one `delta.<parameter>`
+tensor per trained parameter (e.g. `delta.model.layers.3.mlp.up_proj.weight`): trained minus base
+weight, in float16 (a delta is small, so float16 keeps it to ~1e-3 of itself, far below the
+weights' own scale). Loading adds them to the base weights in copies the memory's passes use
+(`MemorizingRetrofit.apply_weight_deltas`); the model's own weights are never written. A delta
+only means something against the weights it was trained from, hence the fingerprint check.
 """
 from __future__ import annotations
 
@@ -14,10 +23,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..home import DEMO_MEMTRF_ADAPTER
-from ..mechanisms.memorizing import MemorizingRetrofit, MemorizingSettings, default_layer, layer_count
+from ..mechanisms.memorizing import MemorizingError, MemorizingRetrofit, MemorizingSettings, default_layer, layer_count
 from ..models import DEMO_SPEC, LoadedModel
 
 MEMTRF = "memtrf"
+DELTA = "delta."  # prefix of the trained weights' tensors in an adapter file
 
 
 class AdapterError(Exception):
@@ -33,16 +43,19 @@ class AdapterInfo:
 
 
 def save_memorizing_adapter(path: Path, retrofit: MemorizingRetrofit, training: dict | None = None) -> Path:
-    """Write the retrofit's gate biases; written to a temporary name first, so a crash leaves no half file."""
+    """Write the retrofit's gate biases and, if it has fine-tuned layers, their weight deltas (float16);
+    written to a temporary name first, so a crash leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     s = retrofit.settings
+    tensors = {"gate_bias": retrofit.gate_bias.detach().float().cpu().contiguous()}
+    tensors.update({DELTA + name: delta.half().contiguous() for name, delta in retrofit.weight_deltas().items()})
     details = {"layer": retrofit.layer, "mode": s.mode, "k": s.k, "memory_size": s.memory_size,
-               "heads": retrofit.heads, "training": training or {}}
+               "heads": retrofit.heads, "fine_tuned": retrofit.tuned_modules(), "training": training or {}}
     metadata = {"kind": MEMTRF, "model_name": retrofit.loaded.name,
                 "model_fingerprint": retrofit.loaded.model_fingerprint, "details": json.dumps(details)}
     partial = path.with_name(path.name + ".partial")
-    save_file({"gate_bias": retrofit.gate_bias.detach().float().cpu().contiguous()}, str(partial), metadata=metadata)
+    save_file(tensors, str(partial), metadata=metadata)
     partial.replace(path)
     return path
 
@@ -70,9 +83,18 @@ def load_memorizing_adapter(path: Path, retrofit: MemorizingRetrofit) -> Adapter
     if info.details.get("layer") != retrofit.layer:
         raise AdapterError(f"{Path(path).name} gates layer {info.details.get('layer')}, the memory is in layer "
                            f"{retrofit.layer}")
-    bias = load_file(str(path))["gate_bias"]
+    tensors = load_file(str(path))
+    if "gate_bias" not in tensors:
+        raise AdapterError(f"{Path(path).name} has no gates (no 'gate_bias' tensor)")
+    bias = tensors["gate_bias"]
     if bias.shape != retrofit.gate_bias.shape:
         raise AdapterError(f"{Path(path).name} has {bias.shape[0]} gates; this layer has {retrofit.heads} heads")
+    deltas = {name[len(DELTA):]: t for name, t in tensors.items() if name.startswith(DELTA)}
+    if deltas:
+        try:
+            retrofit.apply_weight_deltas(deltas)
+        except MemorizingError as exc:
+            raise AdapterError(f"{Path(path).name} does not fit this model: {exc}") from None
     with torch.no_grad():
         retrofit.gate_bias.copy_(bias.to(retrofit.gate_bias))
     return info

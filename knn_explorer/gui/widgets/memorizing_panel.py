@@ -55,9 +55,10 @@ class MemorizingPanel(QWidget):
             "at work on a typed prompt; use a few hundred for long documents. The model's maximum: a short text "
             "never reaches the memory.")
         self.window.valueChanged.connect(self._window_changed)
-        self.adapter = PathField("A gate adapter", "demo gates with the demo model, else untrained",
-                                 "Trained gates (.safetensors from Train memory gates / train-gates); empty: the demo "
-                                 "model's shipped gates, or untrained gates (σ(−16): the model unchanged)",
+        self.adapter = PathField("A gate adapter", "the demo's adapter with the demo model, else untrained",
+                                 "Trained gates (.safetensors from Train memory gates / train-gates; an adapter may "
+                                 "also carry layers fine-tuned with the memory); empty: the demo model's shipped "
+                                 "gates, or untrained gates (σ(−16): the model unchanged)",
                                  file_filter="Adapters (*.safetensors)")
         self.layer_note = QLabel("")
         self.layer_note.setObjectName("MemoryLayerNote")

@@ -7,7 +7,8 @@
   ‖g·mem‖ / (‖g·mem‖ + ‖(1 − g)·local‖), so it moves with the token even though g does not; joint:
   the softmax mass on memory keys), with a colour bar; steps whose memory was still empty are grey;
 - for a clicked cell (or the shown step and the strongest head), the earlier passages that head
-  drew on, with their weights.
+  drew on: their weights (share of the head's output) and the cosine similarity of the head's
+  query and each entry's key, which is what the lookup ranks by.
 
 It renders record fields only; items are created once and updated in place.
 """
@@ -45,6 +46,7 @@ class MemoryView(QWidget):
     """Gates, a tokens × heads heatmap of memory share, and the hits of one (step, head)."""
 
     cell_selected = Signal(int, int)  # step, head
+    HIT_COLUMNS = ("Position", "Token", "Weight", "Similarity", "Passage")
     HEATMAP_TIP = ("Share of each head's output that came from memory, per generated token (light → dark; the bar on\n"
                    "the right gives the scale). Gated: ‖g·memory‖ / (‖g·memory‖ + ‖(1−g)·local‖); joint: the\n"
                    "attention mass on memory entries. Grey: the memory was still empty (the text had not yet\n"
@@ -95,12 +97,13 @@ class MemoryView(QWidget):
         self.hits_caption.setObjectName("InspectorCaption")
         self.hits = QTreeWidget()
         self.hits.setRootIsDecorated(False)
-        self.hits.setColumnCount(4)
-        self.hits.setHeaderLabels(["Position", "Token", "Weight", "Passage"])
+        self.hits.setColumnCount(len(self.HIT_COLUMNS))
+        self.hits.setHeaderLabels(list(self.HIT_COLUMNS))
         self.hits.header().setStretchLastSection(True)
         self.hits.header().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.hits.setToolTip("Earlier tokens of this text that the head retrieved from memory, strongest first;\n"
-                             "weight = the token's share of the head's output")
+                             "weight = the token's share of the head's output; similarity = the cosine of the\n"
+                             "head's query and the token's key (the lookup keeps the k most similar)")
 
         plots = QSplitter(Qt.Horizontal)
         plots.addWidget(self.gate_plot)
@@ -186,10 +189,11 @@ class MemoryView(QWidget):
     def _hit_item(hit: MemoryHit) -> QTreeWidgetItem:
         start, end = hit.highlight
         passage = f"{_inline(hit.context[:start])}«{_inline(hit.context[start:end])}»{_inline(hit.context[end:])}"
-        item = QTreeWidgetItem([f"{hit.position:,}", visible_token(hit.token), f"{hit.weight:.3g}", passage])
-        item.setToolTip(3, hit.context)
-        item.setTextAlignment(0, Qt.AlignRight | Qt.AlignVCenter)
-        item.setTextAlignment(2, Qt.AlignRight | Qt.AlignVCenter)
+        similarity = "" if hit.similarity is None else f"{hit.similarity:.3f}"  # runs saved before it was recorded
+        item = QTreeWidgetItem([f"{hit.position:,}", visible_token(hit.token), f"{hit.weight:.3g}", similarity, passage])
+        item.setToolTip(4, hit.context)
+        for column in (0, 2, 3):
+            item.setTextAlignment(column, Qt.AlignRight | Qt.AlignVCenter)
         return item
 
     def _cell(self, scene_pos) -> tuple[TokenRecord, int] | None:
@@ -224,5 +228,11 @@ class MemoryView(QWidget):
         if memory_was_empty(record):
             self.heatmap_plot.setToolTip(f"{where}\nthe memory was still empty")
         else:
+            hits = record.memory_hits[head] if head < len(record.memory_hits) else []
+            strongest = ""
+            if hits:
+                top = hits[0]
+                similar = "" if top.similarity is None else f", similarity {top.similarity:.3f}"
+                strongest = f"\nstrongest hit: “{visible_token(top.token)}” at {top.position:,}{similar}"
             self.heatmap_plot.setToolTip(f"{where}\n{record.memory_attention[head]:.3f} of the head's output came "
-                                         f"from memory\n(click to list what it retrieved)")
+                                         f"from memory{strongest}\n(click to list what it retrieved)")
