@@ -557,8 +557,8 @@ def _eval_memorizing(args, model, method, texts: list[str]) -> int:
     out = {**result.to_json(), **described, "segment": segment, "documents": len(texts)}
     return _finish(args, out, keep=lambda: _record_eval(args, model, out), lines=[
         f"{result.tokens:,} tokens of {args.text} in segments of {segment} tokens",
-        f"  LM alone (same segments)  perplexity {result.ppl_lm:10.3f}",
-        f"  Memorizing Transformer    perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
+        f"  without memory (same segments)  perplexity {result.ppl_lm:10.3f}",
+        f"  Memorizing Transformer          perplexity {result.ppl:10.3f}  ({out['relative_change']:+.1%})  "
         f"layer {out['memory_layer']} · {out['memory_mode']} · memory {out['memory_size']:,} tokens · k={out['k']}"])
 
 

@@ -321,17 +321,20 @@ def test_gated_memory_share_is_each_heads_output_norm_share_per_token(tiny):
 
 def test_auto_layer_is_the_trained_gates_layer_else_three_quarters_of_the_depth(tmp_path):
     from knn_explorer.core.home import DEMO_MEMTRF_ADAPTER
-    from knn_explorer.core.training.adapters import memorizing_with_gates, plan_memory_layer, save_memorizing_adapter
+    from knn_explorer.core.training.adapters import (memorizing_with_gates, plan_memory_layer, read_adapter_info,
+                                                     save_memorizing_adapter)
 
     demo = load_model("demo", device="cpu")
+    shipped = read_adapter_info(DEMO_MEMTRF_ADAPTER).details["layer"]
     plan = plan_memory_layer(demo, MemorizingSettings())
-    assert (plan.layer, plan.layers, plan.adapter) == (0, 4, DEMO_MEMTRF_ADAPTER)
-    assert plan.describe() == "layer 0 (from the trained gates)"
+    assert (plan.layer, plan.layers, plan.adapter) == (shipped, 4, DEMO_MEMTRF_ADAPTER)
+    assert plan.describe() == f"layer {shipped} (from the trained gates)"
     joint = plan_memory_layer(demo, MemorizingSettings(mode="joint"))
     assert (joint.layer, joint.adapter, joint.describe()) == (2, None, "layer 2 (¾ of the depth)")
-    chosen = plan_memory_layer(demo, MemorizingSettings(layer=0))  # the gates fit the chosen layer: used
-    assert (chosen.layer, chosen.reason, chosen.adapter) == (0, "chosen", DEMO_MEMTRF_ADAPTER)
-    assert plan_memory_layer(demo, MemorizingSettings(layer=2)).adapter is None  # another layer: untrained
+    chosen = plan_memory_layer(demo, MemorizingSettings(layer=shipped))  # the gates fit the chosen layer: used
+    assert (chosen.layer, chosen.reason, chosen.adapter) == (shipped, "chosen", DEMO_MEMTRF_ADAPTER)
+    other = (shipped + 1) % 4
+    assert plan_memory_layer(demo, MemorizingSettings(layer=other)).adapter is None  # another layer: untrained
 
     gpt2 = load_model(str(save_tiny_model(tmp_path / "gpt2", "gpt2")), device="cpu")  # 2 layers: auto is 1
     retrofit = MemorizingRetrofit(gpt2, MemorizingSettings(layer=0))

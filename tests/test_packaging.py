@@ -43,7 +43,7 @@ def test_package_data_holds_every_resource():
     assert shipped_resources() == every
     names = {str(p.relative_to(resources)) for p in every}
     for needed in ("demo/model/config.json", "demo/model/model.safetensors", "demo/knnlm-fit.json",
-                   "demo/memtrf-gates.safetensors", "demo/spalm.safetensors", "icons/knn-explorer.svg",
+                   "demo/memtrf.safetensors", "demo/spalm.safetensors", "icons/knn-explorer.svg",
                    "desktop/io.github.knnexplorer.KnnExplorer.desktop"):
         assert needed in names
 

@@ -1,39 +1,37 @@
-"""Fine-tune the demo model with its Memorizing Transformer memory: the recipe for the demo's adapter.
+"""Train the demo's Memorizing Transformer adapter: a copy curriculum, then fine-tuning with the memory.
 
-Not shipped yet: the demo model cannot copy from its own context, so on it no variant of this
-recipe has made the memory help (resources/demo/README.md, "Fine-tuning with the memory"). With
-`--out` elsewhere it is the experiment; with the default it would replace the gate-only adapter.
+    .venv/bin/python tools/train_demo_memorizing.py [--copy-steps 1500] [--steps 300]
+        [--out resources/demo/memtrf.safetensors]      (output: tools/train_demo_memorizing.log)
 
-    nice -n 15 .venv/bin/python tools/train_demo_memorizing.py [--layer 3] [--steps 240]
-        [--out resources/demo/memtrf-adapter.safetensors]
+- **Memory**: a kNN memory in layer `--layer` (default 3 of 0–3), keys and queries normalised
+  for the lookup, keys stored before the rotary embedding, a FIFO of `--memory` tokens of the
+  same document, k = 32 entries per head, per-head learned gates. Layer 3 rather than 2 (¾ of the
+  depth) because the lookup is an induction step: it needs a previous-token head below it, and
+  the demo's forms in layer 2 (resources/demo/README.md).
+- **What is trained**: trained copies (`MemorizingRetrofit.tune_layers`) of the layers from
+  `--tune-from` (2) up — attention, SwiGLU feed-forward, both RMSNorms — and the final norm, plus
+  the gate biases; layers 0–1 and the tied embeddings stay frozen. The model's own weights are never
+  written: the adapter holds float16 deltas, used by the memory's passes only.
+- **Stage 1, copying** (`core/training/copy_curriculum.py`, `--copy-steps` updates of 16 windows of
+  256 tokens, lr `--copy-lr`, no memory): the demo model, after its 30-minute training, cannot copy
+  from its own context, and a memory is useless to a model that cannot use what it brings back.
+  Windows of the training text, most holding a repeated span or repeated random tokens, teach
+  layers 2–3 to copy (a previous-token head in layer 2, an induction head in layer 3).
+- **Stage 2, the paper's fine-tuning** (`core/training/memory_finetuning.py`): the long files of the
+  Python 3.11 documentation the model was trained on (the training split of
+  tools/train_demo_model.py; files of at least `--min-tokens` tokens cut to `--max-tokens`, in a
+  fixed shuffled order) read in consecutive `--segment`-token segments, the memory holding each
+  document's earlier segments; AdamW lr `--lr` (warm-up 10, cosine to a tenth), gates lr 0.05 from
+  σ(−2), `--per-step` segments per update, gradients clipped to 1.
+- **Held-out text**: resources/demo/heldout (Flask documentation, never seen) read as ONE document in
+  path order (31k tokens; each file alone is at most ~6k tokens, too short for a memory sweep past
+  4k). Printed: the LM alone, and the Memorizing Transformer with memories of 0 (the fine-tuned
+  model alone), 1k, 4k, 16k and 32k tokens, on windows of 256 tokens every 128 — what
+  `knn-explorer eval --methods none,memtrf --one-document` and `sweep --param memory
+  --one-document` print with the adapter in place.
 
-As the paper (Wu et al. 2022) fine-tunes a pretrained model to use its memory:
-
-- **Memory**: a kNN memory in one attention layer (`--layer`, default 3 of 0–3: see
-  resources/demo/README.md for the measurement that chose it over layer 2, the ¾-depth layer),
-  keys and queries normalised for the lookup, keys stored before the rotary embedding, a FIFO of
-  `--memory` tokens of the same document, k = 32 entries per head, per-head learned gates.
-- **What is trained**: the gate biases and the memory layer and every layer above it (attention,
-  SwiGLU feed-forward, both RMSNorms) plus the final norm; the layers below and the tied
-  embeddings stay frozen, so the memory layer's input — what its keys are made from — is the base
-  model's (`core/training/memory_finetuning.py`). AdamW, lr `--lr` (warm-up 10 updates, cosine to
-  a tenth), gates lr 0.05 from σ(−2); `--per-step` segments per update, gradients clipped to 1.
-- **Training text**: the long files of the Python 3.11 documentation the demo model was trained on
-  (Debian's python3.11-doc, the same training split as tools/train_demo_model.py; files of at
-  least `--min-tokens` tokens, longest first), read as documents in consecutive `--segment`-token
-  segments with the memory carried across a document's segments. The model's own training text, so
-  fine-tuning teaches it to use the memory, not a new domain: the fine-tuned model without memory
-  stays close to the base model on the Flask text (the sweep's 0 point says how close).
-- **Held-out text**: resources/demo/heldout (Flask documentation, never seen) read as ONE document
-  in path order (31k tokens; each file alone is at most ~6k tokens, too short for a memory sweep
-  past 4k). Printed: perplexity of the LM alone, and of the Memorizing Transformer with memories
-  of 0 (the fine-tuned model alone), 1k, 4k, 16k and 32k tokens, on windows of 256 tokens every
-  128 (`knn-explorer eval --methods none,memtrf --one-document` and `sweep --param memory
-  --one-document` give the same numbers once the adapter is in place).
-
-Deterministic (fixed document order, no sampling or dropout, 2 threads). About 12 minutes on 2 CPU
-cores for the defaults. Writes the adapter: gate biases + float16 weight deltas (trained − base)
-of the fine-tuned layers, and the training summary in its metadata.
+Deterministic (seeded curriculum, fixed document order, no dropout, 2 threads). About 30 minutes on
+2 CPU cores. Writes the gate biases, the float16 weight deltas and the training summary (metadata).
 """
 from __future__ import annotations
 
@@ -58,6 +56,7 @@ from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod  # 
 from knn_explorer.core.models import load_model  # noqa: E402
 from knn_explorer.core.runtime import configure_threads  # noqa: E402
 from knn_explorer.core.training.adapters import save_memorizing_adapter  # noqa: E402
+from knn_explorer.core.training.copy_curriculum import CopyCurriculum, teach_copying  # noqa: E402
 from knn_explorer.core.training.memory_finetuning import FineTuneSettings, train_with_memory  # noqa: E402
 
 HELDOUT = RESOURCES / "demo" / "heldout"
@@ -78,6 +77,19 @@ def python_documents(model, min_tokens: int, max_tokens: int) -> list[list[int]]
     return long
 
 
+def python_stream(model) -> torch.Tensor:
+    """All of the training split, documents joined by the end-of-text token: the copy curriculum's text."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from train_demo_model import load_documents
+
+    train, _held_out = load_documents()
+    eos = model.tokenizer.eos_token_id or 0
+    ids = []
+    for text in train:
+        ids += model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [eos]
+    return torch.tensor(ids)
+
+
 def flask_documents(model) -> list[list[int]]:
     """resources/demo/docs as one document (path order): the datastore's text."""
     text = DOCUMENT_SEPARATOR.join(read_heldout(DEMO_DOCS_DIR))
@@ -94,15 +106,31 @@ def evaluate(model, retrofit, heldout: list[str], context: int, stride: int, siz
             "sweep": {str(p["value"]): p["ppl"] for p in sweep.results}, "seconds": round(time.monotonic() - started)}
 
 
+def repeat_test(model, retrofit, tokens: int = 120) -> dict:
+    """Perplexity of a held-out passage's first `tokens` tokens and of their repeat right after, in
+    one window, with the retrofit's trained layers (memory empty): does the model copy?"""
+    text = (HELDOUT / "tutorial" / "blog.rst").read_text(encoding="utf-8")
+    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"][:tokens]
+    x = torch.tensor([ids + ids], device=model.device)
+    with torch.no_grad(), retrofit.filling():
+        logits = model.model(input_ids=x[:, :-1]).logits[0].float()
+    retrofit.reset()
+    nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none")
+    return {"first": round(float(nll[: tokens - 1].mean().exp()), 2), "repeat": round(float(nll[tokens - 1:].mean().exp()), 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
     parser.add_argument("--layer", type=int, default=3)
-    parser.add_argument("--memory", type=int, default=8192, help="memory (tokens) during training")
+    parser.add_argument("--memory", type=int, default=16384, help="memory (tokens) during training")
     parser.add_argument("--segment", type=int, default=256)
     parser.add_argument("--per-step", type=int, default=4, help="segments per update")
-    parser.add_argument("--steps", type=int, default=240)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--tune-from", type=int, default=2, help="first trained layer (both stages)")
+    parser.add_argument("--copy-steps", type=int, default=1500, help="stage 1: copy-curriculum updates (0: none)")
+    parser.add_argument("--copy-lr", type=float, default=2e-3)
     parser.add_argument("--text", choices=["python", "flask"], default="python")
     parser.add_argument("--min-tokens", type=int, default=4096, help="shortest training document (tokens)")
     parser.add_argument("--max-tokens", type=int, default=16384, help="training documents are cut to this many tokens")
@@ -124,8 +152,20 @@ def main() -> int:
           f"{args.steps} updates read {args.steps * args.per_step * args.segment:,}", flush=True)
     retrofit = MemorizingRetrofit(model, MemorizingSettings(layer=args.layer, memory_size=args.memory))
     settings = FineTuneSettings(segment_length=args.segment, segments_per_step=args.per_step, steps=args.steps,
-                                learning_rate=args.lr)
+                                learning_rate=args.lr, tune_from=args.tune_from)
     started = time.monotonic()
+    copying = {}
+    if args.copy_steps:
+        curriculum = CopyCurriculum(steps=args.copy_steps, learning_rate=args.copy_lr, tune_from=args.tune_from)
+
+        def copy_report(step):
+            if step.step % 50 == 0 or step.step == args.copy_steps:
+                print(f"copy {step.step:4d}  loss {step.loss:.3f}  {time.monotonic() - started:5.0f} s", flush=True)
+
+        copied = teach_copying(model, retrofit, python_stream(model), curriculum, on_step=copy_report)
+        copying = {"steps": args.copy_steps, "learning_rate": args.copy_lr, "seconds": round(copied.seconds),
+                   "repeat": repeat_test(model, retrofit)}
+        print(f"stage 1: {copied.seconds / 60:.1f} min; a repeated passage: {copying['repeat']}", flush=True)
 
     def report(step):
         if step.step % 20 == 0 or step.step == args.steps:
@@ -134,7 +174,7 @@ def main() -> int:
                   flush=True)
 
     result = train_with_memory(model, retrofit, docs, settings, on_step=report)
-    summary = {**result.summary(), "text": args.text, "documents": len(docs), "segment": args.segment,
+    summary = {**result.summary(), "copy_curriculum": copying, "text": args.text, "documents": len(docs), "segment": args.segment,
                "segments_per_step": args.per_step, "learning_rate": args.lr, "memory": args.memory,
                "fine_tuned": retrofit.tuned_modules()}
     print(f"fine-tuned {', '.join(retrofit.tuned_modules())} in {result.seconds / 60:.1f} min; loss "

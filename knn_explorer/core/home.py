@@ -25,7 +25,7 @@ def _resources() -> Path:
 RESOURCES = _resources()
 DEMO_MODEL_DIR = RESOURCES / "demo" / "model"
 DEMO_DOCS_DIR = RESOURCES / "demo" / "docs"
-DEMO_MEMTRF_ADAPTER = RESOURCES / "demo" / "memtrf-gates.safetensors"  # made by tools/train_demo_gates.py
+DEMO_MEMTRF_ADAPTER = RESOURCES / "demo" / "memtrf.safetensors"  # gates + fine-tuned layers; made by tools/train_demo_memorizing.py
 DEMO_SPALM_ADAPTER = RESOURCES / "demo" / "spalm.safetensors"  # gate + W; made by tools/train_demo_spalm.py
 
 

@@ -7,6 +7,7 @@ differences).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,7 +85,9 @@ def evaluate_memorizing(
     a time; the memory holds the document's earlier segments (reset between documents). The LM
     number is the same model on the same segments with the memory switched off, so the context it
     lacks is exactly what the memory could supply; it is not comparable to `evaluate`'s
-    sliding-window perplexity.
+    sliding-window perplexity. A retrofit fine-tuned with its memory is compared with its own
+    fine-tuned layers without lookups (the paper's "same model without memory"); the base model's
+    number is `evaluate`'s.
     """
     length = max(2, min(segment_length, model.max_positions))
     encoded = [model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] for text in documents]
@@ -104,10 +107,12 @@ def evaluate_memorizing(
                 end = min(start + length, len(ids) - 1)
                 input_ids = tokens[None, start:end].to(model.device)
                 targets = tokens[start + 1 : end + 1]
-                for enabled, parts in ((False, lm_parts), (True, memory_parts)):
-                    retrofit.enabled = enabled
+                for with_memory, parts in ((False, lm_parts), (True, memory_parts)):
+                    retrofit.enabled = True
                     retrofit.set_window(start, start)
-                    logits = model.model(input_ids=input_ids).logits[0]
+                    # Without memory: the same model (its fine-tuned layers, if any) with no lookups.
+                    with nullcontext() if with_memory else retrofit.filling():
+                        logits = model.model(input_ids=input_ids).logits[0]
                     log_p = torch.log_softmax(logits.float(), dim=-1).cpu()
                     parts.append(log_p.gather(1, targets[:, None])[:, 0].double())
                 targets_all.append(targets)
