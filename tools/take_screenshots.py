@@ -17,6 +17,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def show_page(window, page) -> None:
+    """Bring up the tab holding `page` (pages sit inside scroll areas, so not the tab's own widget)."""
+    for index in range(window.pages.count()):
+        tab = window.pages.widget(index)
+        if tab is page or tab.isAncestorOf(page):
+            window.pages.setCurrentIndex(index)
+            return
+    raise RuntimeError(f"no tab holds {page!r}")
+
+
 def controls_ready(window) -> bool:
     return window.controls.generate.isEnabled()
 
@@ -142,7 +152,7 @@ def main() -> int:
     # The Evaluate page: the four methods on one held-out document, then two λ sweeps overlaid.
     window.controls.method.setCurrentIndex(window.controls.method.findData("knnlm"))
     page = window.evaluate_page
-    window.pages.setCurrentWidget(page)
+    show_page(window, page)
     page.text_field.setText(str(DEMO_DOCS_DIR.parent / "heldout" / "api.rst"))
 
     def evaluate() -> None:
@@ -169,7 +179,7 @@ def main() -> int:
 
     # Side by side: one prompt, the four methods, aligned by step.
     side = window.side_by_side_page
-    window.pages.setCurrentWidget(side)
+    show_page(window, side)
     side.prompt.setPlainText(args.prompt)
     side.set_methods(["none", "knnlm", "spalm", "memtrf"])
     side.max_tokens.setValue(16)
