@@ -250,7 +250,22 @@ def test_memory_size_sweep_from_the_page_needs_no_datastore(qtbot, window):
     (kept,) = window.catalog.evaluations("sweep")
     assert kept.results["param"] == "memory" and kept.datastore is None
     assert [p["value"] for p in kept.results["results"]] == [0, 64]
-    assert kept.results["results"][0]["ppl"] == pytest.approx(kept.results["ppl_lm"], rel=1e-6)
+    # memory 0 is the demo adapter's fine-tuned layers without lookups: the paper's "same model
+    # without memory", not the LM alone
+    from knn_explorer.core.evaluation.comparison import compare
+    from knn_explorer.core.evaluation.perplexity import read_heldout
+    from knn_explorer.core.mechanisms.memorizing import MemorizingSettings
+    from knn_explorer.core.methods.memorizing import MemorizingTransformerMethod
+
+    alone = MemorizingTransformerMethod(window.model, MemorizingSettings(memory_size=0))
+    try:
+        assert alone.retrofit.tuned_modules()  # the shipped adapter carries fine-tuned layers
+        direct = compare(window.model, read_heldout(page.text_field.text()), [alone], context_length=32,
+                         stride=16)
+    finally:
+        alone.close()
+    assert kept.results["results"][0]["ppl"] == pytest.approx(direct.ppl(alone.name), rel=1e-6)
+    assert kept.results["ppl_lm"] == pytest.approx(direct.ppl("none"), rel=1e-6)
     page.param_combo.setCurrentIndex(page.param_combo.findData("k"))
     assert page.run() is None and "datastore" in page.status.text()
 
