@@ -55,3 +55,16 @@ def small_datastore(tmp_path_factory, tiny_gpt2_dir, session_home):
     docs = write_corpus(tmp_path_factory.mktemp("docs"))
     build_datastore(catalog, "small", model, [docs], BuildParameters(context_length=32, stride=16, batch_size=4))
     return model, catalog, open_datastore(catalog, "small", model), docs
+
+
+@pytest.fixture(autouse=True)
+def collect_qt_garbage_on_the_main_thread(request):
+    """Qt objects must be destroyed on the thread that made them. A GUI test's windows often end in
+    reference cycles (signals, lambdas, retrofits' hooks); left to the cyclic collector, they may be
+    freed whenever it next runs — possibly in a worker thread of a later test, which crashes Qt
+    (seen in CI: a segfault "Garbage-collecting" inside a model-loading worker). Collect them here."""
+    yield
+    if "qtbot" in request.fixturenames:
+        import gc
+
+        gc.collect()
