@@ -208,7 +208,7 @@ class MemorizingRetrofit:
         device = next(model.parameters()).device
         self.gate_bias = torch.nn.Parameter(torch.full((self.heads,), INITIAL_GATE_BIAS, device=device))
         self.memory = MemoryStore(settings.memory_size, self.kv_heads, self.head_dim, device=device)
-        self._enabled = True
+        self.enabled = True  # memory on: lookups and the fine-tuned layers; off: the base model exactly
         self._filling = False  # `filling()`: tuned weights without lookups
         self.adapter = None  # the AdapterInfo of loaded gates, if any
         # Fine-tuned copies (`tune_layers`): module path -> (original module, its trained copy).
@@ -245,25 +245,16 @@ class MemorizingRetrofit:
         self.module.config = self._original_config
         del self.module._knn_memory
 
-    @property
-    def enabled(self) -> bool:
-        """Memory on: lookups, and the fine-tuned layers (if any). Off: the base model exactly."""
-        return self._enabled
-
-    @enabled.setter
-    def enabled(self, value: bool) -> None:
-        self._enabled = bool(value)
-
     @contextmanager
     def filling(self):
         """Passes inside the block only store text: the fine-tuned layers (whose keys the memory
         holds) without lookups. The memory layer's keys do not depend on the memory."""
-        saved = self._enabled, self._filling
-        self._enabled, self._filling = False, True
+        saved = self.enabled, self._filling
+        self.enabled, self._filling = False, True
         try:
             yield self
         finally:
-            self._enabled, self._filling = saved
+            self.enabled, self._filling = saved
 
     def reset(self) -> None:
         """Forget everything: a new document starts."""
@@ -304,13 +295,13 @@ class MemorizingRetrofit:
         those makes another lane (the LM alone beside a memtrf run) invisible to the memory whatever
         the order of their passes; the store itself only changes in `set_window`, which the other
         lane never calls."""
-        saved = (self._enabled, self._filling, list(self._pending), self._input_start, self._window_start,
+        saved = (self.enabled, self._filling, list(self._pending), self._input_start, self._window_start,
                  self.last_step)
-        self._enabled = self._filling = False
+        self.enabled = self._filling = False
         try:
             yield self
         finally:
-            (self._enabled, self._filling, self._pending, self._input_start, self._window_start,
+            (self.enabled, self._filling, self._pending, self._input_start, self._window_start,
              self.last_step) = saved
 
     def resize_memory(self, size: int) -> None:
@@ -403,7 +394,7 @@ class MemorizingRetrofit:
         return list(self._tuned)
 
     def _tuned_active(self) -> bool:
-        return (self._enabled or self._filling) and threading.get_ident() == self._owner
+        return (self.enabled or self._filling) and threading.get_ident() == self._owner
 
     def _dispatch(self, original_forward, tuned: torch.nn.Module):
         def forward(*args, **kwargs):
@@ -422,7 +413,7 @@ class MemorizingRetrofit:
         self._rotary = kwargs.get("position_embeddings")
 
     def attend(self, module, query, key, value, attention_mask, scaling, dropout, **kwargs):
-        if query.shape[0] != 1 and not self._enabled:  # a batch of other texts, memory off: the plain layer
+        if query.shape[0] != 1 and not self.enabled:  # a batch of other texts, memory off: the plain layer
             return self._base_attention(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, **kwargs)
         if query.shape[0] != 1:
@@ -438,7 +429,7 @@ class MemorizingRetrofit:
                               positions))
         self._input_start += q_len  # a later pass without set_window continues after this one
 
-        use_memory = self._enabled and len(self.memory) > 0
+        use_memory = self.enabled and len(self.memory) > 0
         if self.settings.mode == "joint" and use_memory:
             return self._joint(module, query, query_plain, key, value, attention_mask, scaling)
         local, weights = self._base_attention(module, query, key, value, attention_mask, dropout=dropout,

@@ -36,10 +36,10 @@ import torch
 
 from ..evaluation.comparison import padded_windows
 from ..datastore.folder import Datastore, DocumentEntry
-from ..mechanisms.knnlm import KnnLM, KnnLmSettings, Retrieval, neighbour_weights
+from ..mechanisms.knnlm import KnnLM, KnnLmSettings, Retrieval
 from ..models import LoadedModel
 from ..progress import Cancelled, PhaseMeter, ProgressCallback
-from ..training.spalm_training import without_self
+from ..training.spalm_training import without_own_documents, without_self
 from ..windows import Span, sliding_windows
 from .adaptive_predictor import RetrievalPredictor, save_predictor
 
@@ -110,16 +110,9 @@ class PredictorTraining:
 
 def without_own_document(retrieval: Retrieval, own_document: int, entry_documents: np.ndarray, k: int,
                          temperature: float = 1.0) -> Retrieval:
-    """Keep each row's k nearest neighbours that are not in document `own_document` (fewer if the
-    search found fewer: the rest get id −1, distance +inf and weight 0)."""
-    other = (retrieval.ids >= 0) & (entry_documents[np.maximum(retrieval.ids, 0)] != own_document)
-    order = np.argsort(~other, axis=1, kind="stable")[:, :k]  # other documents' first, nearest first
-    kept = np.take_along_axis(other, order, axis=1)
-    ids = np.where(kept, np.take_along_axis(retrieval.ids, order, axis=1), -1)
-    distances = np.where(kept, np.take_along_axis(retrieval.distances, order, axis=1), np.inf).astype(np.float32)
-    values = torch.from_numpy(np.where(kept, np.take_along_axis(retrieval.values.numpy(), order, axis=1), -1))
-    return Retrieval(ids=ids, distances=distances, values=values,
-                     weights=neighbour_weights(torch.from_numpy(distances).double(), temperature))
+    """`without_own_documents` with one document left out for every row."""
+    own = np.full(len(retrieval.ids), own_document)
+    return without_own_documents(retrieval, own, entry_documents, k, temperature)
 
 
 def document_windows(datastore: Datastore, length: int, stride: int, max_tokens: int) -> list[tuple[Span, DocumentEntry]]:

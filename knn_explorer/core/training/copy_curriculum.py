@@ -18,7 +18,6 @@ the ones a lookup needs. `memory_finetuning.train_with_memory` is the second sta
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -27,7 +26,7 @@ import torch
 from ..mechanisms.memorizing import MemorizingRetrofit
 from ..models import LoadedModel
 from ..progress import Cancelled
-from .update_loop import GateTrainingResult, TrainingStep, frozen
+from .update_loop import GateTrainingResult, TrainingStep, UpdateLoop, frozen
 
 
 @dataclass(frozen=True)
@@ -95,26 +94,19 @@ def teach_copying(
     sampler = RepeatSampler(stream, model.model.config.vocab_size, settings)
     weights = list(retrofit.tune_layers(retrofit.tunable_modules(settings.tune_from)).values())
     optimiser = torch.optim.AdamW(weights, lr=settings.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    result, started = GateTrainingResult(), time.monotonic()
+    loop = UpdateLoop(optimiser, 1, settings.steps, lambda: retrofit.gates().tolist(), on_step, clip_norm=1.0,
+                      phase="copy curriculum")
     model.model.eval()  # no dropout: deterministic
     try:
         with frozen(model.model), retrofit.filling():  # the trained copies, no lookups
-            for step in range(1, settings.steps + 1):
+            for _step in range(settings.steps):
                 if should_stop is not None and should_stop():
                     raise Cancelled("training cancelled")
                 x = sampler.batch().to(model.device)
                 logits = model.model(input_ids=x[:, :-1], use_cache=False).logits
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                         x[:, 1:].reshape(-1))
-                optimiser.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(weights, 1.0)
-                optimiser.step()
-                result.steps.append(TrainingStep(step, float(loss.detach()), retrofit.gates().tolist()))
-                if on_step is not None:
-                    on_step(result.steps[-1])
-        result.seconds = time.monotonic() - started
-        return result
+                loop.add(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                           x[:, 1:].reshape(-1)))
+        return loop.finish()
     finally:
         for p in weights:
             p.grad = None

@@ -22,7 +22,6 @@ from scratch"). Here:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,8 +29,8 @@ import torch
 
 from ..mechanisms.memorizing import MemorizingRetrofit
 from ..models import LoadedModel
-from ..progress import Cancelled, PhaseMeter, ProgressCallback
-from .update_loop import GateTrainingResult, TrainingStep, frozen
+from ..progress import Cancelled, ProgressCallback
+from .update_loop import GateTrainingResult, TrainingStep, UpdateLoop, frozen
 
 
 @dataclass(frozen=True)
@@ -105,19 +104,15 @@ def train_with_memory(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, [scale, lambda _step: 1.0])
-    meter = PhaseMeter("fine-tuning", steps, "steps", on_progress)
-    meter.start()
-    result, losses, started = GateTrainingResult(), [], time.monotonic()
-    parameters = weights + [retrofit.gate_bias]
+    loop = UpdateLoop(optimiser, per_step, steps, lambda: retrofit.gates().tolist(), on_step, on_progress,
+                      clip_norm=settings.clip_norm, schedule=schedule, phase="fine-tuning")
     model.model.eval()  # no dropout: deterministic
     was_enabled = retrofit.enabled
     retrofit.enabled = True
     try:
         with frozen(model.model):
-            optimiser.zero_grad()
-            document = None
-            position = 0
-            while len(result.steps) < steps:
+            document, position = None, 0
+            while len(loop.result.steps) < steps:
                 number, start, end = segments[position % len(segments)]
                 position += 1
                 if should_stop is not None and should_stop():
@@ -128,23 +123,8 @@ def train_with_memory(
                 tokens = torch.tensor(docs[number][start:end + 1], dtype=torch.long, device=model.device)
                 retrofit.set_window(start, start)
                 logits = model.model(input_ids=tokens[None, :-1], use_cache=False).logits[0]
-                loss = torch.nn.functional.cross_entropy(logits.float(), tokens[1:])
-                (loss / per_step).backward()
-                losses.append(float(loss.detach()))
-                if len(losses) == per_step:
-                    torch.nn.utils.clip_grad_norm_(parameters, settings.clip_norm)
-                    optimiser.step()
-                    schedule.step()
-                    optimiser.zero_grad()
-                    step = TrainingStep(len(result.steps) + 1, sum(losses) / len(losses), retrofit.gates().tolist())
-                    losses.clear()
-                    result.steps.append(step)
-                    if on_step is not None:
-                        on_step(step)
-                    meter.update(step.step)
-        meter.update(len(result.steps), force=True)
-        result.seconds = time.monotonic() - started
-        return result
+                loop.add(torch.nn.functional.cross_entropy(logits.float(), tokens[1:]))
+        return loop.finish()
     finally:
         retrofit.gate_bias.requires_grad_(True)
         for p in weights:

@@ -56,10 +56,12 @@ class UpdateLoop:
     def __init__(self, optimiser: torch.optim.Optimizer, per_update: int, updates: int,
                  gates: Callable[[], list[float]], on_step: Callable[[TrainingStep], None] | None = None,
                  on_progress: ProgressCallback | None = None, checkpoint_every: int = 0,
-                 save: Callable[[dict], None] | None = None):
+                 save: Callable[[dict], None] | None = None, clip_norm: float | None = None,
+                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None, phase: str = "training"):
         self.optimiser, self.per_update, self.gates = optimiser, max(1, per_update), gates
+        self.clip_norm, self.schedule = clip_norm, schedule
         self.on_step, self.checkpoint_every, self.save = on_step, checkpoint_every, save
-        self.meter = PhaseMeter("training", updates, "steps", on_progress)
+        self.meter = PhaseMeter(phase, updates, "steps", on_progress)
         self.result = GateTrainingResult()
         self._losses: list[float] = []
         self._started = time.monotonic()
@@ -82,7 +84,12 @@ class UpdateLoop:
         return self.result
 
     def _update(self) -> None:
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for group in self.optimiser.param_groups for p in group["params"]],
+                                           self.clip_norm)
         self.optimiser.step()
+        if self.schedule is not None:
+            self.schedule.step()
         self.optimiser.zero_grad()
         step = TrainingStep(len(self.result.steps) + 1, sum(self._losses) / len(self._losses), self.gates())
         self._losses.clear()
