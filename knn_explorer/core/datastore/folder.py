@@ -27,7 +27,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .index import FaissSearch, IndexSpec, TorchExactSearch
+from .exact_search import ExactSearch
+from .index import FaissSearch, IndexSpec
 from .query_chunks import neighbour_key_bytes, query_chunks
 
 FORMAT_VERSION = 1
@@ -189,7 +190,7 @@ class Datastore:
         self.values = np.fromfile(self.folder / "values.i32", dtype=np.int32)
         self.positions = np.fromfile(self.folder / "positions.i64", dtype=np.int64).reshape(-1, 2)
         if self.index_spec.kind == "flat":  # exact search needs no index, only the keys
-            self.searcher = TorchExactSearch(self.keys, device)
+            self.searcher = ExactSearch(self.keys, device)
         else:
             try:
                 index = faiss.read_index(str(self.folder / "index.faiss"))
@@ -208,15 +209,19 @@ class Datastore:
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(distances, ids), each B×k, nearest first. Missing results (fewer than k found) get
-        id -1 and distance +inf. `exact` recomputes squared L2 from the stored fp16 keys."""
+        id -1 and distance +inf. `exact` recomputes squared L2 from the stored fp16 keys; an
+        approximate index then returns `index_spec.rerank`·k candidates, of which the exact
+        distances keep the k nearest (the re-rank is what lifts IVF-PQ's recall, docs/SCALE.md)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.size)
-        distances, ids = self.searcher.search(queries, k)
+        candidates = k if not exact or self.index_spec.kind == "flat" else min(self.size, k * self.index_spec.rerank)
+        distances, ids = self.searcher.search(queries, candidates)
         if exact:
-            distances = self.exact_distances(queries, ids)
+            distances = np.where(ids < 0, np.inf, self.exact_distances(queries, ids))  # missing ones sort last
             order = np.argsort(distances, axis=1, kind="stable")
             distances = np.take_along_axis(distances, order, axis=1)
             ids = np.take_along_axis(ids, order, axis=1)
+            distances, ids = distances[:, :k], ids[:, :k]
         distances = np.where(ids < 0, np.inf, distances).astype(np.float32)
         return distances, ids
 

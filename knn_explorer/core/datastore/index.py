@@ -1,7 +1,7 @@
 """FAISS index over datastore keys: which kind for which size, how to train, add and search.
 
-- flat:  exact L2 (IndexFlatL2, BLAS-batched) over float32 copies of the fp16 keys, so "approximate"
-         and "exact" distances coincide. For datastores whose float32 keys fit in FLAT_MAX_BYTES.
+- flat:  exact L2 over the memory-mapped fp16 keys (`exact_search.py`); no index file. For
+         datastores whose float32 keys would fit in FLAT_MAX_BYTES.
 - ivfpq: IVF coarse quantizer + product quantization (the kNN-LM paper's IVF4096,PQ64 scaled to
          the datastore). Trained on a fixed-size random sample, then keys are added in chunks, so
          memory does not grow with the keys' float size.
@@ -35,6 +35,7 @@ class IndexSpec:
     train_size: int = 0
     hnsw_m: int = 32
     ef_search: int = 128
+    rerank: int = 1  # an exact search takes rerank·k candidates from the index and keeps the k nearest
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -173,38 +174,3 @@ class FaissSearch:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-
-
-class TorchExactSearch:
-    """Exact squared-L2 search for flat datastores: one matrix product and a top-k, on the CPU or a
-    GPU. Measured on 2 cores (90k × 256 keys, 128 queries): 0.20 s against 0.53 s for
-    IndexFlatL2, and a single query does not pay FAISS's OpenMP start-up."""
-
-    QUERY_CHUNK = 256
-    LOAD_CHUNK = 16_384
-
-    def __init__(self, keys: np.ndarray, device: str = "cpu"):
-        self.device = device
-        self.keys = torch.empty((len(keys), keys.shape[1]), dtype=torch.float32, device=device)
-        # Converted by torch in chunks: torch releases the GIL while copying (numpy's astype would
-        # hold it for the whole array, freezing a GUI thread for ~100 ms on a 90k-entry datastore).
-        for start in range(0, len(keys), self.LOAD_CHUNK):
-            chunk = torch.from_numpy(np.array(keys[start : start + self.LOAD_CHUNK]))
-            self.keys[start : start + len(chunk)] = chunk.to(device=device, dtype=torch.float32)
-        self.norms = (self.keys * self.keys).sum(dim=1)
-
-    def set_nprobe(self, nprobe: int) -> None:  # exact: nothing to probe
-        pass
-
-    @torch.no_grad()
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, len(self.keys))
-        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
-        distances, ids = [], []
-        for chunk in q.split(self.QUERY_CHUNK):
-            # |q - k|² = |q|² - 2 q·k + |k|², the |q|² term added after the top-k (it ranks nothing).
-            partial = self.norms - 2.0 * chunk @ self.keys.T
-            d, i = partial.topk(k, dim=1, largest=False)
-            distances.append((d + (chunk * chunk).sum(dim=1, keepdim=True)).clamp(min=0))
-            ids.append(i)
-        return torch.cat(distances).cpu().numpy(), torch.cat(ids).cpu().numpy().astype(np.int64)

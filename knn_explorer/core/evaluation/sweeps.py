@@ -27,7 +27,7 @@ import torch
 
 from .comparison import compare
 from ..datastore.folder import Datastore
-from ..datastore.index import TorchExactSearch
+from ..datastore.exact_search import ExactSearch
 from ..mechanisms.knnlm import KnnLM, KnnLmSettings
 from ..mechanisms.memorizing import MAX_MEMORY
 from ..methods.lm_alone import LM_ALONE
@@ -130,7 +130,7 @@ def _subset_retriever(datastore: Datastore, fraction: float, seed: int) -> Retri
     """Exact search over a random `fraction` of the stored keys: no model forward, no re-encoding."""
     chosen = np.sort(np.random.default_rng(seed).choice(datastore.size, subset_entries(datastore, fraction),
                                                         replace=False))
-    search = TorchExactSearch(datastore.keys[chosen])
+    search = ExactSearch(datastore.keys[chosen])
 
     def retrieve(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         distances, local = search.search(keys, k)
