@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from knn_explorer.core.datastore.index import FLAT_MAX_BYTES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
+from knn_explorer.core.datastore.index import FLAT_SCAN_MAX_BYTES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
 
 
 def clustered_keys(n=20_000, d=32, seed=0):
@@ -24,8 +24,8 @@ def recall_at_10(index, keys, queries):
 
 def test_auto_picks_exact_for_small_and_ivfpq_for_large():
     assert choose_index("auto", 1_000, 256).kind == "flat"
-    assert choose_index("auto", FLAT_MAX_BYTES // (4 * 768), 768).kind == "flat"
-    big = choose_index("auto", FLAT_MAX_BYTES // (4 * 768) + 1, 768)
+    assert choose_index("auto", FLAT_SCAN_MAX_BYTES // (2 * 768), 768).kind == "flat"
+    big = choose_index("auto", FLAT_SCAN_MAX_BYTES // (2 * 768) + 1, 768)
     assert big.kind == "ivfpq" and 768 % big.m == 0 and big.m <= 64
     assert big.train_size >= 39 * big.nlist
     assert choose_index("hnsw", 10, 8).kind == "hnsw"

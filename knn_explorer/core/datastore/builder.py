@@ -28,6 +28,8 @@ import torch
 from . import documents as docs
 from .folder import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_documents, read_manifest,
                      write_json_atomic)
+from .compress_phase import compress_folder
+from .compression import Compression
 from .index import build_index, choose_index
 from ..models import LoadedModel
 from ..progress import Cancelled, PhaseMeter, ProgressCallback
@@ -45,6 +47,12 @@ class BuildParameters:
     index: str = "auto"  # auto | flat | ivfpq | hnsw
     device: str = "cpu"  # where the index is trained (the model's device is where it was loaded)
     max_file_bytes: int = docs.DEFAULT_MAX_BYTES
+    pca_dim: int = 0  # keys reduced to this many dimensions by PCA before indexing (0: kept)
+    prune_k: int = 0  # entries merged greedily with their k nearest same-token neighbours (0: not pruned)
+
+    @property
+    def compression(self) -> Compression:
+        return Compression(pca_dim=self.pca_dim, prune_k=self.prune_k)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -91,6 +99,7 @@ class DatastoreBuilder:
 
     # ---- orchestration -------------------------------------------------------------------
     def run(self) -> BuildReport:
+        self.params.compression.check(self.model.key_site.dim, entries=2**62)  # refuse before encoding
         self.folder.mkdir(parents=True, exist_ok=True)
         seconds: dict[str, float] = {}
         resumed_from = self._resumable_state()
@@ -102,9 +111,14 @@ class DatastoreBuilder:
         if manifest["state"] == "encoding":
             started = time.monotonic()
             self._encode(manifest)
-            manifest["state"] = "indexing"
+            manifest["state"] = "compressing" if self.params.compression else "indexing"
             write_json_atomic(self.folder / "manifest.json", manifest)
             seconds["encoding"] = time.monotonic() - started
+        if manifest["state"] in ("compressing", "committing"):
+            started = time.monotonic()
+            manifest = compress_folder(self.folder, manifest, self.params.compression, self.on_progress,
+                                       self.should_stop)
+            seconds["compressing"] = time.monotonic() - started
         if manifest["state"] == "indexing":
             started = time.monotonic()
             self._index(manifest)
@@ -131,8 +145,9 @@ class DatastoreBuilder:
             and manifest.get("sources") == self._source_texts()
             and manifest.get("context_length") == self.context_length
             and manifest.get("stride") == self.stride
+            and _compression_of(manifest) == self.params.compression
         )
-        if same and manifest.get("state") in ("encoding", "indexing", COMPLETE):
+        if same and manifest.get("state") in ("encoding", "compressing", "committing", "indexing", COMPLETE):
             return manifest["state"]
         return None
 
@@ -300,22 +315,32 @@ class DatastoreBuilder:
 
     # ---- phase 3: indexing ---------------------------------------------------------------
     def _index(self, manifest: dict) -> None:
-        entries, dim = manifest["entries"], manifest["dim"]
-        spec = choose_index(self.params.index, entries, dim)
-        keys = KeyFile(self.folder / "keys.f16", entries, dim)
-        meter = PhaseMeter("indexing", entries, "keys", self.on_progress)
-        meter.update(0, force=True)
-        if spec.kind != "flat":  # flat datastores are searched exactly on keys.f16: no index file
-            index = build_index(
-                keys, spec, device=self.params.device, on_progress=lambda done, _total: meter.update(done),
-                should_stop=self.should_stop,
-            )
-            tmp = self.folder / "index.faiss.tmp"
-            faiss.write_index(index, str(tmp))
-            os.replace(tmp, self.folder / "index.faiss")
-        meter.update(entries, force=True)
-        manifest.update(state=COMPLETE, index=spec.to_json(), index_description=spec.describe())
-        write_json_atomic(self.folder / "manifest.json", manifest)
+        index_folder(self.folder, manifest, self.params.index, self.params.device, self.on_progress, self.should_stop)
+
+
+def index_folder(folder: Path, manifest: dict, kind: str, device: str = "cpu",
+                 on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+    """Index the folder's keys (phase 3) and mark the datastore complete."""
+    entries, dim = manifest["entries"], manifest["dim"]
+    spec = choose_index(kind, entries, dim)
+    keys = KeyFile(folder / "keys.f16", entries, dim)
+    meter = PhaseMeter("indexing", entries, "keys", on_progress)
+    meter.update(0, force=True)
+    if spec.kind != "flat":  # flat datastores are searched exactly on keys.f16: no index file
+        index = build_index(keys, spec, device=device, on_progress=lambda done, _total: meter.update(done),
+                            should_stop=should_stop)
+        tmp = folder / "index.faiss.tmp"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, folder / "index.faiss")
+    meter.update(entries, force=True)
+    manifest.update(state=COMPLETE, index=spec.to_json(), index_description=spec.describe())
+    write_json_atomic(folder / "manifest.json", manifest)
+
+
+def _compression_of(manifest: dict) -> Compression:
+    """The compression a build's manifest asked for (none, for builds older than compression)."""
+    parameters = manifest.get("parameters") or {}
+    return Compression(pca_dim=int(parameters.get("pca_dim", 0)), prune_k=int(parameters.get("prune_k", 0)))
 
 
 def encode_keys(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

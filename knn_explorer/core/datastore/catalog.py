@@ -57,6 +57,8 @@ class DatastoreRow(Base):
     index_description: Mapped[str] = mapped_column(String)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # What was applied after encoding: {"pca_dim", "prune_k", "input_dim", "entries_before", ...}; None: nothing
+    compression: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     documents: Mapped[list["DocumentRow"]] = relationship(
         back_populates="datastore", cascade="all, delete-orphan", order_by="DocumentRow.id"
@@ -180,6 +182,7 @@ class Catalog:
             raise CatalogDamaged(f"the catalog {self.path} is damaged ({verdict}); {REBUILD_HINT}")
         if not self.read_only or url == "sqlite://":
             Base.metadata.create_all(self.engine)
+            _add_new_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _one_line_error(self, context) -> None:
@@ -223,6 +226,7 @@ class Catalog:
                 tokenizer_fingerprint=manifest["tokenizer_fingerprint"], key_site=manifest["key_site"]["module"],
                 dim=manifest["dim"], entries=manifest["entries"], index_kind=manifest["index"]["kind"],
                 index_description=manifest["index_description"], size_bytes=size_bytes,
+                compression=manifest.get("compression"),
             )
             row.documents = [
                 DocumentRow(path=d["path"], size=d["size"], mtime=d["mtime"], sha256=d["sha256"], status="indexed",
@@ -377,6 +381,17 @@ def _writable(path: Path) -> bool:
     if path.exists():  # SQLite also writes its -wal and -shm files beside it
         return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
     return os.access(next((p for p in path.parents if p.exists()), path.parent), os.W_OK)
+
+
+def _add_new_columns(engine) -> None:
+    """Columns added after a catalog was first created (create_all makes only missing tables)."""
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" '
+                                            f"{column.type.compile(engine.dialect)}"))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -10,6 +10,8 @@
       positions.i64     N×2: (document id, character offset of the next token)
       keys.f16          N×d float16, row-major, no header (memory-mapped for reading)
       index.faiss       the FAISS index over keys (IVF-PQ, HNSW; flat datastores search keys.f16 exactly)
+      pca.f32           (PCA-reduced datastores) the projection queries go through: mean, then components
+      counts.i32        (pruned datastores) how many original entries each entry stands for
       progress.json     how far encoding got (for resuming a killed build)
 
 Entry i means: "after the context that ends just before positions[i], the next token was
@@ -27,6 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .compression import Projection
 from .exact_search import ExactSearch
 from .index import FaissSearch, IndexSpec
 from .query_chunks import neighbour_key_bytes, query_chunks
@@ -73,6 +76,14 @@ def damage(folder: Path, manifest: dict) -> str | None:
         size = path.stat().st_size
         if size != expected:
             return f"{name} is {'shorter' if size < expected else 'longer'} than its manifest says"
+    compression = manifest.get("compression") or {}
+    if compression.get("pca_dim"):
+        expected = (compression["pca_dim"] + 1) * compression.get("input_dim", 0) * 4
+        if not (folder / "pca.f32").is_file() or (folder / "pca.f32").stat().st_size != expected:
+            return "pca.f32 is missing or does not match its manifest"
+    if compression.get("prune_k"):
+        if not (folder / "counts.i32").is_file() or (folder / "counts.i32").stat().st_size != entries * 4:
+            return "counts.i32 is missing or does not match its manifest"
     if not (folder / "documents.jsonl").is_file() or not (folder / "texts").is_dir():
         return "its document list or extracted texts are missing"
     if manifest["index"].get("kind") != "flat":
@@ -189,6 +200,13 @@ class Datastore:
         self.keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(self.size, self.dim))
         self.values = np.fromfile(self.folder / "values.i32", dtype=np.int32)
         self.positions = np.fromfile(self.folder / "positions.i64", dtype=np.int64).reshape(-1, 2)
+        compression = self.manifest.get("compression") or {}
+        self.compression: dict = compression
+        self.query_dim: int = compression.get("input_dim", self.dim)  # the model's key size
+        self.projection = (Projection.load(self.folder / "pca.f32", self.query_dim, compression.get("explained", 0.0))
+                           if compression.get("pca_dim") else None)
+        self.counts = (np.memmap(self.folder / "counts.i32", dtype=np.int32, mode="r", shape=(self.size,))
+                       if compression.get("prune_k") else None)
         if self.index_spec.kind == "flat":  # exact search needs no index, only the keys
             self.searcher = ExactSearch(self.keys, device)
         else:
@@ -213,6 +231,8 @@ class Datastore:
         approximate index then returns `index_spec.rerank`·k candidates, of which the exact
         distances keep the k nearest (the re-rank is what lifts IVF-PQ's recall, docs/SCALE.md)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.projection is not None:  # stored keys live in the reduced space
+            queries = np.ascontiguousarray(self.projection(queries), dtype=np.float32)
         k = min(k, self.size)
         candidates = k if not exact or self.index_spec.kind == "flat" else min(self.size, k * self.index_spec.rerank)
         distances, ids = self.searcher.search(queries, candidates)
@@ -224,6 +244,12 @@ class Datastore:
             distances, ids = distances[:, :k], ids[:, :k]
         distances = np.where(ids < 0, np.inf, distances).astype(np.float32)
         return distances, ids
+
+    def log_counts(self, ids: np.ndarray) -> np.ndarray | None:
+        """log(how many original entries each found entry stands for), or None when unpruned."""
+        if self.counts is None:
+            return None
+        return np.log(np.asarray(self.counts[np.maximum(ids, 0)], dtype=np.float64))
 
     def exact_distances(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Squared L2 from each query to its candidates' stored keys (B×k). The keys are gathered a

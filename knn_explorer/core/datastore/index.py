@@ -13,6 +13,7 @@ Training can run on a GPU: FAISS-GPU when installed, otherwise k-means in torch 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -20,8 +21,11 @@ import faiss
 import numpy as np
 import torch
 
-FLAT_MAX_BYTES = 256 * 2**20  # "auto" switches to IVF-PQ when float32 keys would exceed this
-TRAIN_MAX_BYTES = 64 * 2**20  # the float32 training sample; fixed, so build memory does not grow with N
+FLAT_SCAN_MAX_BYTES = 128 * 2**20  # "auto": exact search while one scan reads at most this many fp16 key bytes
+TRAIN_MAX_BYTES = 512 * 2**20  # the float32 training sample; bounded, so build memory does not grow with N
+MAX_LISTS = 4096  # k-means time grows with lists × sample: 4096 lists train in minutes on 2 cores
+NPROBE_MIN, NPROBE_FRACTION = 32, 64  # probe nlist / 64 lists, at least 32
+RERANK = 8  # approximate indexes hand rerank·k candidates to the exact re-rank
 ADD_CHUNK = 65_536
 
 
@@ -45,31 +49,45 @@ class IndexSpec:
         return cls(**data)
 
     def describe(self) -> str:
+        rerank = f" re-rank {self.rerank}k" if self.rerank > 1 else ""
         if self.kind == "ivfpq":
-            return f"IVF{self.nlist},PQ{self.m}x{self.nbits} nprobe={self.nprobe}"
+            return f"IVF{self.nlist},PQ{self.m}x{self.nbits} nprobe={self.nprobe}{rerank}"
         if self.kind == "hnsw":
-            return f"HNSW{self.hnsw_m} efSearch={self.ef_search}"
+            return f"HNSW{self.hnsw_m} efSearch={self.ef_search}{rerank}"
         return "Flat (exact)"
 
 
 def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
-    """Resolve `auto` by size and fill in parameters scaled to the datastore."""
+    """Resolve `auto` by size and fill in parameters scaled to the datastore (the measurements
+    behind them: docs/SCALE.md)."""
     if kind == "auto":
-        kind = "flat" if entries * dim * 4 <= FLAT_MAX_BYTES else "ivfpq"
+        kind = "flat" if entries * dim * 2 <= FLAT_SCAN_MAX_BYTES else "ivfpq"
     if kind == "flat":
         return IndexSpec("flat")
     if kind == "hnsw":
-        return IndexSpec("hnsw")
+        return IndexSpec("hnsw", rerank=RERANK)
     if kind != "ivfpq":
         raise ValueError(f"unknown index kind {kind!r}: use auto, flat, ivfpq or hnsw")
-    # ~4·sqrt(N) lists, a power of two, with >= 39 training points per list as FAISS asks, from a
-    # training sample of at most TRAIN_MAX_BYTES.
-    train_size = min(entries, 262_144, TRAIN_MAX_BYTES // (4 * dim))
+    # ~4·sqrt(N) lists, a power of two, at most MAX_LISTS, with >= 39 training points per list as
+    # FAISS asks (64 when the sample budget allows), from a sample of at most train_max_bytes().
+    budget = train_max_bytes() // (4 * dim)
     nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(entries)))))
-    nlist = max(1, min(nlist, train_size // 39, 65_536))
+    nlist = max(1, min(nlist, MAX_LISTS, budget // 39, entries // 39))
+    train_size = min(entries, budget, max(64 * nlist, 256 * 39))
     m = _pq_subquantizers(dim)
     nbits = 8 if train_size >= 256 * 39 else max(1, int(math.log2(max(2, train_size // 39))))
-    return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=min(32, nlist), train_size=train_size)
+    nprobe = min(nlist, max(NPROBE_MIN, nlist // NPROBE_FRACTION))
+    return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, train_size=train_size, rerank=RERANK)
+
+
+def train_max_bytes() -> int:
+    """The float32 training sample's budget: TRAIN_MAX_BYTES, or a 16th of the machine's memory
+    when that is smaller."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on every platform (Windows)
+        return TRAIN_MAX_BYTES
+    return max(16 * 2**20, min(TRAIN_MAX_BYTES, physical // 16))
 
 
 def _pq_subquantizers(dim: int) -> int:

@@ -174,7 +174,7 @@ def fit(datastore: Datastore, collected: Collected, lambdas: list[float] | None 
     for rows in query_chunks(len(c.targets), neighbour_key_bytes(k, datastore.dim)):
         if should_stop is not None and should_stop():
             raise Cancelled("fit cancelled")
-        values, distances = retrieve(c.keys[rows], k)  # the one retrieval every point shares
+        values, distances, log_counts = retrieve(c.keys[rows], k)  # the one retrieval every point shares
         nearest.append(distances[:, 0])
         if temperatures is None:
             temperatures = default_temperatures(distances[:, 0])
@@ -183,9 +183,9 @@ def fit(datastore: Datastore, collected: Collected, lambdas: list[float] | None 
             base_sum = 0.0
         targets, log_p_lm = c.targets[rows], c.log_p_lm[rows]
         for i, temperature in enumerate(temperatures):
-            p_knn = target_knn_probs(values, distances, targets, k, float(temperature))
+            p_knn = target_knn_probs(values, distances, targets, k, float(temperature), log_counts)
             sums[i] += _log_mix(log_p_lm, p_knn, lam).sum(axis=0)
-        p_base = target_knn_probs(values, distances, targets, k, baseline.temperature)
+        p_base = target_knn_probs(values, distances, targets, k, baseline.temperature, log_counts)
         base_sum += float(_log_mix(log_p_lm, p_base, base_lam).sum() if baseline.lambda_ > 0 else log_p_lm.sum())
         meter.update(rows.stop)
     n = len(c.targets)

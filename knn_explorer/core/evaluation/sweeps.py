@@ -91,10 +91,13 @@ def collect(model: LoadedModel, text: str, context_length: int = 256, stride: in
 
 
 def target_knn_probs(values: np.ndarray, distances: np.ndarray, targets: np.ndarray, k: int,
-                     temperature: float) -> np.ndarray:
-    """p_kNN(target) of each row from its first k neighbours (missing ones: distance +inf)."""
+                     temperature: float, log_counts: np.ndarray | None = None) -> np.ndarray:
+    """p_kNN(target) of each row from its first k neighbours (missing ones: distance +inf);
+    `log_counts`: a pruned datastore's log count per neighbour (its weight is count · exp(−d/T))."""
     d = distances[:, :k].astype(np.float64)
     logits = np.where(np.isfinite(d), -d / temperature, -np.inf)
+    if log_counts is not None:
+        logits = logits + log_counts[:, :k]
     top = logits.max(axis=1, keepdims=True)
     weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
     total = weights.sum(axis=1, keepdims=True)
@@ -110,14 +113,15 @@ def mixed_log_probs(log_p_lm: np.ndarray, p_knn: np.ndarray, lam: float) -> np.n
         return np.logaddexp(np.log(lam) + np.log(p_knn), np.log1p(-lam) + log_p_lm)
 
 
-Retriever = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (next tokens, distances)
+# (queries, k) -> (next tokens, distances, log counts or None): see target_knn_probs
+Retriever = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
 
 def _retriever(datastore: Datastore, exact: bool) -> Retriever:
     """The same retrieval kNN-LM runs."""
     def retrieve(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         found = KnnLM(datastore, KnnLmSettings(k=k, exact_distances=exact)).retrieve(torch.from_numpy(keys))
-        return found.values.numpy(), found.distances
+        return found.values.numpy(), found.distances, datastore.log_counts(found.ids)
     return retrieve
 
 
@@ -132,11 +136,13 @@ def _subset_retriever(datastore: Datastore, fraction: float, seed: int) -> Retri
                                                         replace=False))
     search = ExactSearch(datastore.keys[chosen])
 
-    def retrieve(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if datastore.projection is not None:  # the stored keys are PCA-reduced
+            keys = datastore.projection(keys)
         distances, local = search.search(keys, k)
         ids = np.where(local >= 0, chosen[np.maximum(local, 0)], -1)
         values = np.where(ids >= 0, datastore.values[np.maximum(ids, 0)], -1)
-        return values, np.where(ids < 0, np.inf, distances)
+        return values, np.where(ids < 0, np.inf, distances), datastore.log_counts(ids)
     return retrieve
 
 
@@ -235,10 +241,10 @@ def sweep(datastore: Datastore, collected: Collected, param: str, values: list[f
         for rows in query_chunks(len(c.targets), neighbour_key_bytes(k_search, datastore.dim)):
             if should_stop is not None and should_stop():
                 raise Cancelled("sweep cancelled")
-            neighbour_values, distances = retrieve(c.keys[rows], k_search)
+            neighbour_values, distances, log_counts = retrieve(c.keys[rows], k_search)
             for i in group:
                 k, temperature, lam = _point_settings(settings, param, values[i])
-                p_knn = target_knn_probs(neighbour_values, distances, c.targets[rows], k, temperature)
+                p_knn = target_knn_probs(neighbour_values, distances, c.targets[rows], k, temperature, log_counts)
                 log_p_sums[i] += float(np.sum(mixed_log_probs(c.log_p_lm[rows], p_knn, lam)))
             meter.update(number * len(c.targets) + rows.stop)  # the total once the last point is scored
     for value, log_p_sum in zip(values, log_p_sums):

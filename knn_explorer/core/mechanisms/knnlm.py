@@ -72,9 +72,13 @@ class KnnStep:
     retrieval: Retrieval
 
 
-def neighbour_weights(distances: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(−d/T) over each row; missing neighbours (d = +inf) get weight 0."""
+def neighbour_weights(distances: torch.Tensor, temperature: float,
+                      log_counts: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(−d/T) over each row; missing neighbours (d = +inf) get weight 0. A pruned
+    datastore's entries weigh count · exp(−d/T): `log_counts` is added to the logits."""
     logits = -distances / temperature
+    if log_counts is not None:
+        logits = logits + log_counts
     return torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
 
@@ -109,7 +113,9 @@ class KnnLM:
         s = self.settings
         distances, ids = self.datastore.search(queries.float().cpu().numpy(), k or s.k, exact=s.exact_distances)
         values = torch.from_numpy(np.where(ids >= 0, self.datastore.values[np.maximum(ids, 0)], -1).astype(np.int64))
-        weights = neighbour_weights(torch.from_numpy(distances).double(), s.temperature)
+        log_counts = self.datastore.log_counts(ids)
+        weights = neighbour_weights(torch.from_numpy(distances).double(), s.temperature,
+                                    None if log_counts is None else torch.from_numpy(log_counts))
         return Retrieval(ids=ids, distances=distances, values=values, weights=weights)
 
     def combine(self, log_p_lm: torch.Tensor, queries: torch.Tensor) -> KnnStep:

@@ -98,7 +98,8 @@ def sweep_retrieved_fraction(model: LoadedModel, method: AdaptiveRetrievalMethod
         if should_stop is not None and should_stop():
             raise Cancelled("sweep cancelled")
         found = knn.retrieve(torch.from_numpy(c.keys[rows]))
-        p_knn[rows] = target_knn_probs(found.values.numpy(), found.distances, targets[rows], s.k, s.temperature)
+        p_knn[rows] = target_knn_probs(found.values.numpy(), found.distances, targets[rows], s.k, s.temperature,
+                                       knn.datastore.log_counts(found.ids))
         meter.update(rows.stop)
     adaptive = _mixed(log_p_lm, p_knn, lambdas)
     fixed = mixed_log_probs(log_p_lm, p_knn, knn_lambda)

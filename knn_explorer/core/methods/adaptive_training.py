@@ -133,13 +133,16 @@ def collect_rows(model: LoadedModel, datastore: Datastore, settings: AdaptiveTra
                  on_progress: ProgressCallback | None = None,
                  should_stop: Callable[[], bool] | None = None) -> TrainingRows:
     """Features, log p_LM(target) and p_kNN(target) without what is left out, for the datastore's own tokens."""
+    if datastore.counts is not None:  # own-document entries are found by their numbers, which pruning changes
+        raise ValueError(f"datastore '{datastore.name}' is pruned (entries merged across documents); "
+                         "train on the datastore it was pruned from")
     length = min(int(datastore.manifest.get("context_length", 256)), model.max_positions)
     stride = int(datastore.manifest.get("stride", length // 2))
     spans = document_windows(datastore, length, stride, settings.max_tokens)
     tokens = torch.from_numpy(np.fromfile(datastore.folder / "tokens.i32", dtype=np.int32).astype(np.int64))
     knn = KnnLM(datastore, settings.knn_settings())
     entry_documents = datastore.positions[:, 0]
-    predictor = RetrievalPredictor(datastore.dim if settings.use_key else 0)
+    predictor = RetrievalPredictor(datastore.query_dim if settings.use_key else 0)
     meter = PhaseMeter("collecting", sum(s.end - s.first_target for s, _ in spans), "tokens", on_progress)
     features, log_p_lm, p_knn, window, done = [], [], [], [], 0
     for start in range(0, len(spans), settings.windows_per_pass):
@@ -241,7 +244,7 @@ def train_adaptive_predictor(model: LoadedModel, datastore: Datastore,
     started = time.monotonic()
     rows = collect_rows(model, datastore, settings, on_progress, should_stop)
     collecting = time.monotonic() - started
-    predictor, report = fit_predictor(rows, datastore.dim if settings.use_key else 0, settings, on_progress,
+    predictor, report = fit_predictor(rows, datastore.query_dim if settings.use_key else 0, settings, on_progress,
                                       should_stop)
     report.seconds_collecting = collecting
     if out is not None:
