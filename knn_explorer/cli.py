@@ -96,8 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--stride", type=_at_least(1), default=128, help="window step in tokens (default 128)")
     build.add_argument("--batch-size", type=_at_least(1), default=8)
     build.add_argument("--max-file-mb", type=_positive, default=50.0, help="skip files larger than this")
+    _compression_flags(build)
     _common_model_flags(build)
     _json_flag(build)
+
+    compress = sub.add_parser("compress", help="make a smaller copy of a datastore: PCA of its keys, pruning, or both")
+    compress.add_argument("source", help="the datastore to compress (it stays as it is)")
+    compress.add_argument("--name", required=True, help="name of the compressed datastore")
+    compress.add_argument("--index", default="auto", choices=["auto", "flat", "ivfpq", "hnsw"])
+    _compression_flags(compress)
+    _json_flag(compress)
 
     listing = sub.add_parser("list", help="list datastores and unfinished builds")
     _json_flag(listing)
@@ -319,6 +327,44 @@ def _screenshot(path: Path, size: tuple[int, int], page: str) -> int:
     return 0
 
 
+def _compression_flags(command) -> None:
+    command.add_argument("--pca", type=_at_least(0), default=0, metavar="DIM",
+                         help="reduce the keys to DIM dimensions by PCA (queries are projected the same way)")
+    command.add_argument("--prune", type=_at_least(0), default=0, metavar="K",
+                         help="merge each entry with those of its K nearest neighbours that predict the same token")
+
+
+def cmd_compress(args) -> int:
+    from .core.datastore.catalog import Catalog
+    from .core.datastore.compress_existing import compress_datastore
+    from .core.datastore.compression import Compression
+
+    m = compress_datastore(Catalog(), args.source, args.name, Compression(pca_dim=args.pca, prune_k=args.prune),
+                           index=args.index, on_progress=_progress_printer())
+    c = m["compression"]
+    summary = {"name": m["name"], "from": args.source, "entries": m["entries"], "dim": m["dim"],
+               "index": m["index_description"], "compression": c}
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    applied = [f"PCA {c['input_dim']} → {c['pca_dim']} ({c['explained']:.1%} of the variance)"] if c.get("pca_dim") else []
+    if c.get("prune_k"):
+        applied.append(f"pruned {c['entries_before']:,} → {c['entries_after']:,} entries (k = {c['prune_k']})")
+    print(f"compressed '{args.source}' into '{m['name']}': {m['entries']:,} entries × {m['dim']}, "
+          f"index {m['index_description']}; {'; '.join(applied)}")
+    return 0
+
+
+def describe_compression(compression: dict | None) -> str:
+    """"PCA 768→256, pruned 1.0M→0.6M" for lists; "" for an uncompressed datastore."""
+    if not compression:
+        return ""
+    parts = [f"PCA {compression['input_dim']}→{compression['pca_dim']}"] if compression.get("pca_dim") else []
+    if compression.get("prune_k"):
+        parts.append(f"pruned {compression['entries_before']:,}→{compression.get('entries_after', 0):,}")
+    return ", ".join(parts)
+
+
 def cmd_build(args) -> int:
     from .core.datastore.catalog import Catalog
     from .core.datastore.builder import BuildParameters
@@ -329,6 +375,7 @@ def cmd_build(args) -> int:
     params = BuildParameters(
         context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,
         device=str(model.device.type), max_file_bytes=int(args.max_file_mb * 1024 * 1024),
+        pca_dim=args.pca, prune_k=args.prune,
     )
     report = build_datastore(Catalog(), args.name, model, args.docs, params, on_progress=_progress_printer())
     fitted = _remember_demo_fit(args, model)
@@ -337,6 +384,7 @@ def cmd_build(args) -> int:
         "name": m["name"], "folder": str(report.folder), "model": m["model"]["name"], "entries": m["entries"],
         "tokens": m["tokens"], "dim": m["dim"], "key_site": m["key_site"]["description"],
         "index": m["index_description"], "seconds": report.seconds, "resumed_from": report.resumed_from,
+        "compression": m.get("compression"),
         "documents": [{"path": d["path"], "status": "indexed", "tokens": d["token_count"]} for d in report.documents],
         "skipped": [{"path": s["path"], "status": "skipped", "reason": s["reason"]} for s in report.skipped],
         **({"fitted": fitted} if fitted else {}),
@@ -345,8 +393,9 @@ def cmd_build(args) -> int:
         print(json.dumps(summary, ensure_ascii=False))
         return 0
     resumed = f" (resumed from {report.resumed_from})" if report.resumed_from else ""
+    compressed = describe_compression(m.get("compression"))
     print(f"built '{m['name']}'{resumed}: {m['entries']:,} entries × {m['dim']} from {len(report.documents)} documents, "
-          f"index {m['index_description']}")
+          f"index {m['index_description']}{f' ({compressed})' if compressed else ''}")
     for s in report.skipped:
         print(f"  skipped {s['path']}: {s['reason']}")
     if fitted:
@@ -385,6 +434,7 @@ def cmd_list(args) -> int:
         datastores.append({
             "name": row.name, "model": row.model_name, "entries": row.entries, "dim": row.dim,
             "size_mb": round(row.size_bytes / 2**20, 2), "index": row.index_description,
+            "compression": row.compression,
             "created": row.created.isoformat(timespec="seconds"), "status": "damaged" if damage else "complete",
             **({"reason": damage} if damage else {}), "folder": row.folder,
             "documents": [
@@ -410,7 +460,8 @@ def cmd_list(args) -> int:
     for d in datastores:
         skipped = sum(doc["status"] == "skipped" for doc in d["documents"])
         damaged = f"\tDAMAGED: {d['reason']} (remove it and build it again)" if d["status"] == "damaged" else ""
-        print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}\tmodel {d['model']}\t"
+        compressed = f" ({describe_compression(d['compression'])})" if d["compression"] else ""
+        print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}{compressed}\tmodel {d['model']}\t"
               f"{len(d['documents']) - skipped} documents, {skipped} skipped{damaged}")
     for b in unfinished:
         if b["status"] == "building":
@@ -997,7 +1048,7 @@ def cmd_install_desktop(args) -> int:
     return 0
 
 
-COMMANDS = {"gui": cmd_gui, "build": cmd_build, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
+COMMANDS = {"gui": cmd_gui, "build": cmd_build, "compress": cmd_compress, "list": cmd_list, "generate": cmd_generate, "eval": cmd_eval,
             "sweep": cmd_sweep, "fit": cmd_fit, "train-gates": cmd_train_gates, "remove": cmd_remove,
             "rebuild-catalog": cmd_rebuild_catalog, "methods": cmd_methods,
             "install-desktop": cmd_install_desktop}

@@ -212,3 +212,23 @@ def test_generate_methods_prints_columns_aligned_by_step(built, tiny_gpt2_dir):
     table = cli(*common, "--datastore", "notes", "--methods", "none,knnlm").stdout.splitlines()
     assert "LM alone" in table[0] and "kNN-LM" in table[0] and len(table) >= 6
     assert_one_line_error(cli(*common, "--methods", "knnlm", check=False), 2, "--datastore")
+
+
+def test_compress_makes_a_smaller_datastore_that_eval_uses(built, tiny_gpt2_dir, tmp_path):
+    dim = built[1]["dim"]
+    out = json.loads(cli("compress", "notes", "--name", "notes-small", "--pca", dim // 2, "--prune", 4,
+                         "--json").stdout)
+    assert out["dim"] == dim // 2 and out["entries"] < built[1]["entries"]
+    assert out["compression"]["entries_before"] == built[1]["entries"]
+    listed = {d["name"]: d for d in json.loads(cli("list", "--json").stdout)["datastores"]}
+    assert listed["notes-small"]["compression"]["pca_dim"] == dim // 2 and listed["notes"]["compression"] is None
+    assert f"PCA {dim}→{dim // 2}" in cli("list").stdout
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("The quick brown fox jumps over the lazy dog while the route decorator binds a view.\n" * 3)
+    result = json.loads(cli("eval", "--model", tiny_gpt2_dir, "--datastore", "notes-small", "--text", held_out,
+                            "--context", 32, "--stride", 16, "--json").stdout)
+    assert result["ppl"] != result["ppl_lm"]
+    assert_one_line_error(cli("compress", "notes", "--name", "wide", "--pca", dim, check=False), 1, "PCA to")
+    assert_one_line_error(cli("compress", "notes-small", "--name", "again", "--prune", 2, check=False), 1,
+                          "compressed already")
+    assert "wide" not in {d["name"] for d in json.loads(cli("list", "--json").stdout)["datastores"]}

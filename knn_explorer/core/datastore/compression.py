@@ -30,7 +30,7 @@ PCA_SAMPLE = 200_000  # keys the projection is fitted on (fewer when the trainin
 BLOCK = 65_536  # keys projected or searched per step
 
 
-class CompressionError(Exception):
+class CompressionError(ValueError):
     """Compression settings that cannot apply to this datastore; str() is a one-line reason."""
 
 
