@@ -355,17 +355,8 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def describe_compression(compression: dict | None) -> str:
-    """"PCA 768→256, pruned 1.0M→0.6M" for lists; "" for an uncompressed datastore."""
-    if not compression:
-        return ""
-    parts = [f"PCA {compression['input_dim']}→{compression['pca_dim']}"] if compression.get("pca_dim") else []
-    if compression.get("prune_k"):
-        parts.append(f"pruned {compression['entries_before']:,}→{compression.get('entries_after', 0):,}")
-    return ", ".join(parts)
-
-
 def cmd_build(args) -> int:
+    from .core.datastore.compression import describe_applied
     from .core.datastore.catalog import Catalog
     from .core.datastore.builder import BuildParameters
     from .core.datastore.library import build_datastore, check_can_build
@@ -393,7 +384,7 @@ def cmd_build(args) -> int:
         print(json.dumps(summary, ensure_ascii=False))
         return 0
     resumed = f" (resumed from {report.resumed_from})" if report.resumed_from else ""
-    compressed = describe_compression(m.get("compression"))
+    compressed = describe_applied(m.get("compression"))
     print(f"built '{m['name']}'{resumed}: {m['entries']:,} entries × {m['dim']} from {len(report.documents)} documents, "
           f"index {m['index_description']}{f' ({compressed})' if compressed else ''}")
     for s in report.skipped:
@@ -424,6 +415,7 @@ def _remember_demo_fit(args, model) -> dict | None:
 
 def cmd_list(args) -> int:
     from .core.datastore import build_lock
+    from .core.datastore.compression import describe_applied
     from .core.datastore.catalog import Catalog
     from .core.datastore.library import datastore_damage
 
@@ -460,7 +452,7 @@ def cmd_list(args) -> int:
     for d in datastores:
         skipped = sum(doc["status"] == "skipped" for doc in d["documents"])
         damaged = f"\tDAMAGED: {d['reason']} (remove it and build it again)" if d["status"] == "damaged" else ""
-        compressed = f" ({describe_compression(d['compression'])})" if d["compression"] else ""
+        compressed = f" ({describe_applied(d['compression'])})" if d["compression"] else ""
         print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}{compressed}\tmodel {d['model']}\t"
               f"{len(d['documents']) - skipped} documents, {skipped} skipped{damaged}")
     for b in unfinished:

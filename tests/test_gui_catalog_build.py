@@ -142,6 +142,36 @@ def test_dialog_builds_a_folder_showing_progress_and_skipped_files(qtbot, model,
     assert _untooltipped(dialog) == []
 
 
+def test_dialog_builds_with_pca_and_pruning_and_shows_the_compressing_step(qtbot, model, docs):
+    catalog = Catalog()
+    dialog = _dialog(qtbot, catalog, model)
+    _configure(qtbot, dialog, docs, "compact")
+    dim = model.key_site.dim
+    assert dialog.pca_spin.text() == "off" and dialog.prune_spin.text() == "off"  # off unless asked
+    assert dialog.pca_spin.maximum() == dim - 1
+    dialog.pca_spin.setValue(dim // 2)
+    dialog.prune_spin.setValue(4)
+    assert dialog.parameters().compression.pca_dim == dim // 2 and dialog.parameters().prune_k == 4
+    steps = []
+    dialog.build_started.connect(lambda tracker: tracker.progress.connect(
+        lambda p: steps.append((p.phase, dialog.phase_label.text(), dialog.step_label.text()))))
+    qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(dialog.tracker.finished, timeout=BUILD_TIMEOUT):
+        pass
+    assert any(label.startswith("Compressing") for _, label, _ in steps)
+    assert all("Compressing" in chain for *_, chain in steps)  # the chain names the extra step
+    assert [p for p, *_ in steps].index("pruning") < [p for p, *_ in steps].index("indexing")
+    row = catalog.datastore("compact")
+    assert row.dim == dim // 2 and row.compression["prune_k"] == 4 and row.entries < row.compression["entries_before"]
+    view = CatalogView(catalog)
+    qtbot.addWidget(view)
+    item = next(view.tree.topLevelItem(i) for i in range(view.tree.topLevelItemCount())
+                if view.tree.topLevelItem(i).text(0) == "compact")
+    index_column = [view.tree.headerItem().text(c) for c in range(view.tree.columnCount())].index("Index")
+    assert item.text(index_column).endswith("PCA+pruned")
+    assert f"PCA {dim}→{dim // 2}" in item.toolTip(index_column)
+
+
 def test_name_is_validated_inline_and_start_needs_a_model(qtbot, model, docs, monkeypatch):
     catalog = Catalog()
     build_datastore(catalog, "taken", model, [docs], PARAMS)

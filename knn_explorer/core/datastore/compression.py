@@ -54,6 +54,16 @@ class Compression:
             raise CompressionError(f"PCA to {self.pca_dim} dimensions needs at least that many entries ({entries})")
 
 
+def describe_applied(record: dict | None) -> str:
+    """"PCA 768→256, pruned 1,000,000→612,000" for lists; "" for an uncompressed datastore."""
+    if not record:
+        return ""
+    parts = [f"PCA {record['input_dim']}→{record['pca_dim']}"] if record.get("pca_dim") else []
+    if record.get("prune_k"):
+        parts.append(f"pruned {record['entries_before']:,}→{record.get('entries_after', 0):,}")
+    return ", ".join(parts)
+
+
 @dataclass
 class Projection:
     """x ↦ (x − mean) · componentsᵀ."""

@@ -56,10 +56,15 @@ INDEX_CHOICES = [  # (label, BuildParameters.index, tooltip)
     ("HNSW", "hnsw", "Approximate search with a navigable small-world graph: fast, more memory"),
 ]
 PHASES = {  # phase -> (title, step, share of the overall bar: start, end)
-    "reading": ("Reading documents", 1, 0.0, 0.10),
-    "encoding": ("Encoding contexts with the model", 2, 0.10, 0.90),
-    "indexing": ("Building the search index", 3, 0.90, 1.0),
+    "reading": ("Reading documents", "reading", 0.0, 0.10),
+    "encoding": ("Encoding contexts with the model", "encoding", 0.10, 0.85),
+    "fitting PCA": ("Compressing: fitting the PCA", "compressing", 0.85, 0.86),
+    "projecting keys": ("Compressing: projecting the keys", "compressing", 0.86, 0.88),
+    "pruning": ("Compressing: merging entries", "compressing", 0.86, 0.90),
+    "copying kept keys": ("Compressing: writing the kept entries", "compressing", 0.90, 0.92),
+    "indexing": ("Building the search index", "indexing", 0.92, 1.0),
 }
+STEPS = ("reading", "encoding", "compressing", "indexing")
 BAR_MAX = 1000
 CANCELLED_TEXT = "Cancelled — nothing was kept"
 ERROR_STYLE = "color: #c62828;"
@@ -182,6 +187,20 @@ class BuildDialog(QDialog):
                                     "context − stride tokens of context. Must be smaller than the context length.")
         self.context_spin.valueChanged.connect(self._context_changed)
 
+        key_dim = model.key_site.dim if model is not None else 4096
+        self.pca_spin = QSpinBox()
+        self.pca_spin.setRange(0, max(0, key_dim - 1))
+        self.pca_spin.setSpecialValueText("off")
+        self.pca_spin.setSuffix(" dimensions")
+        self.pca_spin.setToolTip(f"Reduce the keys from {key_dim} dimensions by PCA: a smaller, faster datastore "
+                                 "(queries are projected the same way). Off keeps them whole.")
+        self.prune_spin = QSpinBox()
+        self.prune_spin.setRange(0, 256)
+        self.prune_spin.setSpecialValueText("off")
+        self.prune_spin.setSuffix(" neighbours")
+        self.prune_spin.setToolTip("Prune by merging each entry with those of its k nearest neighbours that predict "
+                                   "the same token (kept entries count what they absorbed). Off keeps every entry.")
+
         form = QGridLayout()
         form.setHorizontalSpacing(12)
         form.setVerticalSpacing(6)
@@ -196,11 +215,16 @@ class BuildDialog(QDialog):
         form.addWidget(self.context_spin, 3, 1)
         form.addWidget(QLabel("Stride"), 3, 2)
         form.addWidget(self.stride_spin, 3, 3)
+        form.addWidget(QLabel("PCA to"), 4, 0)
+        form.addWidget(self.pca_spin, 4, 1)
+        form.addWidget(QLabel("Prune"), 4, 2)
+        form.addWidget(self.prune_spin, 4, 3)
         form.setColumnStretch(1, 1)
         form.setColumnStretch(3, 1)
         for row, col, tip in ((0, 0, self.name_edit.toolTip()), (2, 0, self.index_combo.toolTip()),
                               (2, 2, self.device_combo.toolTip()), (3, 0, self.context_spin.toolTip()),
-                              (3, 2, self.stride_spin.toolTip())):
+                              (3, 2, self.stride_spin.toolTip()), (4, 0, self.pca_spin.toolTip()),
+                              (4, 2, self.prune_spin.toolTip())):
             form.itemAtPosition(row, col).widget().setToolTip(tip)
 
         settings = QWidget()
@@ -395,6 +419,7 @@ class BuildDialog(QDialog):
         return replace(
             self._base_parameters, context_length=self.context_spin.value(), stride=self.stride_spin.value(),
             index=self.index_combo.currentData(), device=self.device_combo.currentData(),
+            pca_dim=self.pca_spin.value(), prune_k=self.prune_spin.value(),
         )
 
     def fill_from(self, build: UnfinishedBuild) -> None:
@@ -409,6 +434,8 @@ class BuildDialog(QDialog):
         self.device_combo.setCurrentIndex(1 if params.device == "cuda" and self.cuda_available else 0)
         self.context_spin.setValue(params.context_length)
         self.stride_spin.setValue(params.stride)
+        self.pca_spin.setValue(params.pca_dim)
+        self.prune_spin.setValue(params.prune_k)
         self._update_state()
 
     def resume_hint(self) -> str | None:
@@ -535,10 +562,10 @@ class BuildDialog(QDialog):
         self.skipped_table.setRowCount(0)
 
     def _on_progress(self, progress: Progress) -> None:
-        title, step, start, end = PHASES.get(progress.phase, (progress.phase.capitalize(), 0, 0.0, 1.0))
+        title, step, start, end = PHASES.get(progress.phase, (progress.phase.capitalize(), None, 0.0, 1.0))
         if not (self.tracker and self.tracker.stopping()):
             self.phase_label.setText(title)
-        self._show_steps(progress.phase)
+        self._show_steps(step)
         overall = start + (end - start) * min(1.0, progress.fraction)
         self.progress_bar.setValue(max(self.progress_bar.value(), round(overall * BAR_MAX)))
         self.count_label.setText(f"{progress.done:,} / {progress.total:,} {progress.unit}")
@@ -624,7 +651,8 @@ class BuildDialog(QDialog):
 
     def _show_steps(self, current: str | None) -> None:
         """The step chain: done steps ticked, the current one bold, the rest muted."""
-        order = list(PHASES)
+        compressed = bool(self.tracker and self.tracker.params.compression)
+        order = [step for step in STEPS if step != "compressing" or compressed]
         position = len(order) if current == "complete" else order.index(current) if current in order else -1
         parts = []
         for index, phase in enumerate(order):

@@ -50,6 +50,7 @@ from PySide6.QtWidgets import (
 
 from ...core.datastore import build_lock
 from ...core.datastore.catalog import BuildRow, Catalog, DatastoreRow
+from ...core.datastore.compression import describe_applied
 from ...core.datastore.library import (Compatibility, UnfinishedBuild, compatibility, remove_datastore,
                                        resume_problem, unfinished_build)
 from ...core.models import LoadedModel
@@ -418,7 +419,11 @@ class CatalogView(QWidget):
         item.setToolTip(MODEL, f"Built by {row.model_name}\nKeys: input of {row.key_site} ({row.dim} dimensions)")
         item.setToolTip(ENTRIES, f"{row.entries:,} entries")
         item.setToolTip(SIZE, f"{row.size_bytes / 2**20:,.1f} MB ({row.size_bytes:,} bytes) on disk")
-        item.setToolTip(INDEX, row.index_description)
+        compressed = describe_applied(row.compression)
+        item.setToolTip(INDEX, row.index_description + (f"\nCompressed: {compressed}" if compressed else ""))
+        if compressed:  # "IVF-PQ · PCA+pruned": the details are in the tooltip
+            applied = "+".join(tag for tag, key in (("PCA", "pca_dim"), ("pruned", "prune_k")) if row.compression.get(key))
+            item.setText(INDEX, f"{_short_index(row.index_description)} · {applied}")
         item.setToolTip(CREATED, f"Built {_local_time(row.created)}")
         for column in NUMBERS:
             item.setTextAlignment(column, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
