@@ -175,6 +175,18 @@ class KeyFile:
         return cls(path, entries, dim)
 
 
+def gpu_can_hold(device: str, nbytes: int) -> bool:
+    """Whether `device` is a CUDA device with room for `nbytes` and as much again to spare."""
+    if not str(device).startswith("cuda"):
+        return False
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return 2 * nbytes <= free
+
+
 class Datastore:
     """Read side of a complete datastore: search, exact distances, and neighbour sources."""
 
@@ -198,8 +210,9 @@ class Datastore:
         except (KeyError, TypeError, ValueError) as exc:
             raise damaged_error(self.name, f"its manifest or document list is unreadable: {exc!r}") from None
         self.keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(self.size, self.dim))
-        self.values = np.fromfile(self.folder / "values.i32", dtype=np.int32)
-        self.positions = np.fromfile(self.folder / "positions.i64", dtype=np.int64).reshape(-1, 2)
+        # Mapped, not read: at 100M entries values and positions are 2 GB, of which a lookup touches k.
+        self.values = np.memmap(self.folder / "values.i32", dtype=np.int32, mode="r", shape=(self.size,))
+        self.positions = np.memmap(self.folder / "positions.i64", dtype=np.int64, mode="r", shape=(self.size, 2))
         compression = self.manifest.get("compression") or {}
         self.compression: dict = compression
         self.query_dim: int = compression.get("input_dim", self.dim)  # the model's key size
@@ -207,17 +220,24 @@ class Datastore:
                            if compression.get("pca_dim") else None)
         self.counts = (np.memmap(self.folder / "counts.i32", dtype=np.int32, mode="r", shape=(self.size,))
                        if compression.get("prune_k") else None)
-        if self.index_spec.kind == "flat":  # exact search needs no index, only the keys
-            self.searcher = ExactSearch(self.keys, device)
-        else:
-            try:
-                index = faiss.read_index(str(self.folder / "index.faiss"))
-            except RuntimeError:  # FAISS's own message is a multi-line C++ trace
-                raise damaged_error(self.name, "index.faiss is not a readable FAISS index") from None
-            if index.ntotal != self.size or index.d != self.dim:
-                raise damaged_error(self.name, "index.faiss holds other entries than its manifest says")
-            self.searcher = FaissSearch(index)
+        self.searcher = self._searcher(device)
         self._text = lru_cache(maxsize=64)(self._read_text)
+
+    def _searcher(self, device: str):
+        """Exact search for flat datastores, and on a GPU that can hold the keys (a scan at GPU
+        memory bandwidth beats an approximate index there: 15 GB of keys in a few ms); otherwise
+        the FAISS index (moved to the GPU when FAISS's GPU build is installed)."""
+        if self.index_spec.kind == "flat" or gpu_can_hold(device, self.keys.nbytes):
+            return ExactSearch(self.keys, device)
+        try:
+            index = faiss.read_index(str(self.folder / "index.faiss"))
+        except RuntimeError:  # FAISS's own message is a multi-line C++ trace
+            raise damaged_error(self.name, "index.faiss is not a readable FAISS index") from None
+        if index.ntotal != self.size or index.d != self.dim:
+            raise damaged_error(self.name, "index.faiss holds other entries than its manifest says")
+        if device.startswith("cuda") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        return FaissSearch(index)
 
     def check_compatible(self, model_fingerprint: str, tokenizer_fingerprint: str, model_name: str) -> None:
         check_compatible(self.manifest, model_fingerprint, tokenizer_fingerprint, model_name)

@@ -199,7 +199,8 @@ def open_datastore(catalog: Catalog, name: str, model: LoadedModel | None = None
             raise LibraryError(f"datastore '{name}' is not complete (its build was interrupted); run the build again to finish it")
         known = ", ".join(r.name for r in catalog.datastores()) or "none"
         raise LibraryError(f"no datastore named '{name}' (known: {known})")
-    datastore = Datastore(Path(row.folder))
+    # searched where the model runs: exact on a GPU that holds the keys (folder.py)
+    datastore = Datastore(Path(row.folder), device=model.device.type if model is not None else "cpu")
     if model is not None:
         datastore.check_compatible(model.model_fingerprint, model.tokenizer_fingerprint, model.name)
     return datastore
