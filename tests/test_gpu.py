@@ -1,4 +1,6 @@
 """The CUDA paths: encoding on the GPU, IVF-PQ training with torch on the GPU. Skipped without one."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -33,3 +35,18 @@ def test_cuda_build_matches_cpu_build_and_is_usable_on_cpu(tmp_path, tiny_gpt2_d
     records = list(StepGenerator(gpu, "The quick", GenerationSettings(max_new_tokens=3, stop_at_eos=False),
                                  KnnLmMethod(gpu, KnnLmSettings(k=4), Resources(datastore))))
     assert len(records) == 3 and all(r.neighbours for r in records)
+
+
+def test_a_datastore_opened_for_a_cuda_model_is_searched_exactly_on_the_gpu(tmp_path, tiny_gpt2_dir):
+    from knn_explorer.core.datastore.exact_search import ExactSearch
+
+    catalog = Catalog()
+    gpu = load_model(str(tiny_gpt2_dir), device="cuda")
+    build_datastore(catalog, "ivf", gpu, [write_corpus(tmp_path / "docs")],
+                    BuildParameters(context_length=32, stride=16, index="ivfpq"))
+    on_gpu, on_cpu = open_datastore(catalog, "ivf", gpu), Datastore(Path(catalog.datastore("ivf").folder))
+    assert isinstance(on_gpu.searcher, ExactSearch) and on_gpu.searcher.keys.device.type == "cuda"
+    queries = np.asarray(on_cpu.keys[::50][:16], dtype=np.float32) + 0.01
+    exact = ExactSearch(on_cpu.keys).search(queries, 8)
+    distances, ids = on_gpu.search(queries, 8)
+    assert np.array_equal(ids, exact[1]) and np.allclose(distances, exact[0], rtol=1e-4, atol=1e-4)
