@@ -45,3 +45,15 @@ def test_no_float32_copy_of_the_keys_is_kept(mapped_keys):
     assert isinstance(searcher.keys, np.memmap)  # the file itself, not a copy
     assert searcher.norms.numel() == len(mapped_keys)
     assert np.allclose(searcher.norms.numpy(), (mapped_keys.astype(np.float32) ** 2).sum(1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 300.0])  # 300: dot products far past fp16's 65,504
+def test_few_queries_take_the_fp16_scan_and_still_get_the_exact_neighbours(tmp_path, magnitude):
+    rng = np.random.default_rng(2)
+    keys = (rng.normal(size=(20_000, 48)) * magnitude).astype(np.float16)
+    searcher = ExactSearch(keys)
+    queries = (keys[:5].astype(np.float32) + rng.normal(size=(5, 48)).astype(np.float32) * magnitude * 0.3)
+    distances, ids = searcher.search(queries, 10)
+    want_d, want_ids = direct(keys, queries, 10)
+    assert np.array_equal(ids, want_ids)
+    assert np.allclose(distances, want_d, rtol=1e-4)

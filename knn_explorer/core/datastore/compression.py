@@ -121,7 +121,8 @@ def greedy_merge(keys, values: np.ndarray, k: int, search: Search | None = None,
     n = len(values)
     counts = np.ones(n, dtype=np.int64)
     if search is None:
-        exact = ExactSearch(keys)
+        mapped = keys if isinstance(keys, np.ndarray) else np.memmap(keys.path, np.float16, "r", shape=keys.shape)
+        exact = ExactSearch(mapped)  # an exact scan reads every key anyway
         search = lambda queries, kk: exact.search(queries, kk)[1]  # noqa: E731
     absorber = np.zeros(n, dtype=bool)  # has absorbed others: stays
     for start in range(0, n, BLOCK // 16):

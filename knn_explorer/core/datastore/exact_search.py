@@ -1,13 +1,18 @@
 """Exact search over the fp16 keys, without a float32 copy of them.
 
-A flat datastore is searched on keys.f16 as it lies on disk, memory-mapped: a block of rows at a
-time is widened to float32 and scored with one matrix product, and each block's top-k is merged
-into a running top-k. Opening costs the mapped file (its pages are the page cache's) plus 4 bytes
-per entry for the squared norms; a search holds one float32 block (BLOCK_BYTES) per query chunk.
-A float32 copy of all keys (the previous design) cost 2× the key file, and 5× at its peak.
+A flat datastore is searched on keys.f16 as it lies on disk, memory-mapped. Opening costs the mapped
+file (its pages are the page cache's) plus 4 bytes per entry for the squared norms. A float32 copy
+of all keys (the previous design) cost 2× the key file, and 5× at its peak.
 
-On a GPU the fp16 keys are copied to the device once (the file's size, not twice it) and widened
-block by block there.
+Two scans, by batch size (measured on 2 cores, 1M × 768 keys, docs/SCALE.md):
+- **A few queries** (generation: one per token): one fp16 matrix product over all keys ranks
+  candidates (rerank·k of them), whose distances are then recomputed in float32 from their
+  keys. Widening 1.5 GB of keys to float32 for one query costs more than the product itself.
+- **Many queries** (evaluation, sweeps): the keys are widened block by block and each block is
+  scored for a whole chunk of queries with one float32 matrix product, so the widening is paid
+  once per chunk of QUERY_CHUNK queries.
+
+On a GPU the fp16 keys are copied to the device once (the file's size, not twice it).
 """
 from __future__ import annotations
 
@@ -16,40 +21,41 @@ import warnings
 import numpy as np
 import torch
 
-BLOCK_BYTES = 32 * 2**20  # one float32 block of keys: large enough for BLAS, small enough for a cache
+BLOCK_BYTES = 8 * 2**20  # one float32 block of keys: large enough for BLAS, small enough for a cache
+FP16_BLOCK = 262_144  # keys per fp16 product (bounds its output to 256k scores per query)
+FEW_QUERIES = 16  # up to this many queries take the fp16 scan
+RERANK = 8  # the fp16 scan hands RERANK·k candidates (at least MIN_CANDIDATES) to the exact distances
+MIN_CANDIDATES = 256
+FP16_RANGE = 16_384.0  # dot products are scaled into ±this before the fp16 product (fp16 tops out at 65,504)
 
 
 class ExactSearch:
     """Exact squared-L2 search: ‖q‖² − 2 q·k + ‖k‖², ranked by the last two terms."""
 
-    QUERY_CHUNK = 256
+    QUERY_CHUNK = 1024
 
     def __init__(self, keys: np.ndarray, device: str = "cpu"):
-        """`keys` is N×d in any float dtype; a memmap stays a memmap on the CPU."""
+        """`keys` is N×d (fp16 as stored; other dtypes are converted once); a memmap stays a memmap."""
         self.device = device
         self.size, self.dim = keys.shape
         self.block = max(1024, BLOCK_BYTES // (4 * max(1, self.dim)))
         if device == "cpu":
-            self.keys = keys
-        else:  # fp16 on the device: a copy the file's size, widened block by block when searched
-            self.keys = torch.empty((self.size, self.dim), dtype=torch.float16, device=device)
-            for start, block in self._blocks(keys):
-                self.keys[start : start + len(block)] = block.to(device=device, dtype=torch.float16)
+            self.keys = keys if keys.dtype == np.float16 else np.asarray(keys, dtype=np.float16)
+            self._keys16 = tensor_view(self.keys)
+        else:  # fp16 on the device: a copy the file's size
+            self._keys16 = torch.empty((self.size, self.dim), dtype=torch.float16, device=device)
+            for start, block in self._blocks(tensor_view(np.asarray(keys, dtype=np.float16))):
+                self._keys16[start : start + len(block)] = block.to(device=device, dtype=torch.float16)
+            self.keys = self._keys16
         self.norms = torch.empty(self.size, dtype=torch.float32, device=device)
-        for start, block in self._blocks(self.keys):
+        for start, block in self._blocks(self._keys16):
             self.norms[start : start + len(block)] = (block * block).sum(dim=1)
+        self.max_norm = float(self.norms.max().sqrt()) if self.size else 0.0
 
-    def _blocks(self, keys):
-        """(first row, float32 block) over `keys`, a numpy array/memmap or a device tensor."""
+    def _blocks(self, keys: torch.Tensor):
+        """(first row, float32 block) over the fp16 `keys`."""
         for start in range(0, self.size, self.block):
-            rows = keys[start : start + self.block]
-            if isinstance(rows, np.ndarray):
-                # The widening copy is torch's, which releases the GIL (numpy's astype would hold it
-                # and freeze a GUI thread); the read-only view is never written.
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                    rows = torch.from_numpy(np.asarray(rows))
-            yield start, rows.to(dtype=torch.float32)
+            yield start, keys[start : start + self.block].to(device=self.device, dtype=torch.float32)
 
     def set_nprobe(self, nprobe: int) -> None:  # exact: nothing to probe
         pass
@@ -58,23 +64,53 @@ class ExactSearch:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.size)
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
-        distances, ids = [], []
-        for chunk in q.split(self.QUERY_CHUNK):
-            best, best_ids = self._search_chunk(chunk, k)
-            distances.append((best + (chunk * chunk).sum(dim=1, keepdim=True)).clamp(min=0))
-            ids.append(best_ids)
-        return torch.cat(distances).cpu().numpy(), torch.cat(ids).cpu().numpy().astype(np.int64)
+        if len(q) <= FEW_QUERIES:
+            best, ids = self._search_fp16(q, k)
+        else:
+            found = [self._search_fp32(chunk, k) for chunk in q.split(self.QUERY_CHUNK)]
+            best, ids = torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+        distances = (best + (q * q).sum(dim=1, keepdim=True)).clamp(min=0)
+        return distances.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
 
-    def _search_chunk(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k smallest ‖k‖² − 2 q·k per query, over all blocks."""
-        best = torch.full((len(chunk), 0), float("inf"), device=chunk.device)
-        best_ids = torch.empty((len(chunk), 0), dtype=torch.long, device=chunk.device)
-        with torch.inference_mode():
-            for start, block in self._blocks(self.keys):
-                partial = torch.addmm(self.norms[start : start + len(block)], chunk, block.T, alpha=-2.0)
-                d, i = partial.topk(min(k, len(block)), dim=1, largest=False)
-                merged = torch.cat((best, d), dim=1)
-                merged_ids = torch.cat((best_ids, i + start), dim=1)
-                keep = merged.topk(min(k, merged.shape[1]), dim=1, largest=False)
-                best, best_ids = keep.values, merged_ids.gather(1, keep.indices)
+    def _search_fp32(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k smallest ‖k‖² − 2 q·k per query, over float32 blocks."""
+        return self._merged_topk(chunk, k, ((start, torch.addmm(self.norms[start : start + len(block)], chunk,
+                                                                  block.T, alpha=-2.0))
+                                             for start, block in self._blocks(self._keys16)))
+
+    def _search_fp16(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates from an fp16 product, then their ‖k‖² − 2 q·k in float32."""
+        candidates = min(self.size, max(RERANK * k, MIN_CANDIDATES))
+        scale = max(self.max_norm * float(q.norm(dim=1).max()), 1e-30) / FP16_RANGE
+        q16 = (q / scale).to(torch.float16)
+
+        def scores():
+            for start in range(0, self.size, FP16_BLOCK):
+                block = self._keys16[start : start + FP16_BLOCK]
+                dots = torch.mm(q16, block.T).float() * scale
+                yield start, self.norms[start : start + len(block)] - 2.0 * dots
+
+        _, ids = self._merged_topk(q, candidates, scores())
+        picked = self._keys16[ids.reshape(-1)].to(torch.float32).reshape(*ids.shape, self.dim)
+        exact = self.norms[ids] - 2.0 * (picked @ q[:, :, None])[..., 0]
+        best = exact.topk(k, dim=1, largest=False)
+        return best.values, ids.gather(1, best.indices)
+
+    @staticmethod
+    def _merged_topk(q: torch.Tensor, k: int, scored) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k smallest scores per row over (first row, scores) blocks, with their ids."""
+        best = torch.full((len(q), 0), float("inf"), device=q.device)
+        best_ids = torch.empty((len(q), 0), dtype=torch.long, device=q.device)
+        for start, partial in scored:
+            d, i = partial.topk(min(k, partial.shape[1]), dim=1, largest=False)
+            merged, merged_ids = torch.cat((best, d), dim=1), torch.cat((best_ids, i + start), dim=1)
+            keep = merged.topk(min(k, merged.shape[1]), dim=1, largest=False)
+            best, best_ids = keep.values, merged_ids.gather(1, keep.indices)
         return best, best_ids
+
+
+def tensor_view(keys: np.ndarray) -> torch.Tensor:
+    """The array as a tensor without a copy; a read-only memmap is never written through it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(keys))
