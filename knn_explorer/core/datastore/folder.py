@@ -32,7 +32,7 @@ import torch
 
 from .compression import Projection
 from .exact_search import ExactSearch, tensor_view
-from .index import FaissSearch, IndexSpec
+from .index import MAX_CANDIDATES, FaissSearch, IndexSpec
 from .query_chunks import neighbour_key_bytes, query_chunks
 
 FORMAT_VERSION = 1
@@ -252,9 +252,10 @@ class Datastore:
         if self.projection is not None:  # stored keys live in the reduced space
             queries = np.ascontiguousarray(self.projection(queries), dtype=np.float32)
         k = min(k, self.size)
-        candidates = k if not exact or self.index_spec.kind == "flat" else min(self.size, k * self.index_spec.rerank)
+        approximate = not isinstance(self.searcher, ExactSearch)
+        candidates = min(self.size, max(k, min(k * self.index_spec.rerank, MAX_CANDIDATES))) if exact and approximate else k
         distances, ids = self.searcher.search(queries, candidates)
-        if exact:
+        if exact and approximate:  # an exact search's distances are exact already
             distances = np.where(ids < 0, np.inf, self.exact_distances(queries, ids))  # missing ones sort last
             order = np.argsort(distances, axis=1, kind="stable")
             distances = np.take_along_axis(distances, order, axis=1)

@@ -25,7 +25,10 @@ FLAT_SCAN_MAX_BYTES = 128 * 2**20  # "auto": exact search while one scan reads a
 TRAIN_MAX_BYTES = 512 * 2**20  # the float32 training sample; bounded, so build memory does not grow with N
 MAX_LISTS = 4096  # k-means time grows with lists × sample: 4096 lists train in minutes on 2 cores
 NPROBE_MIN, NPROBE_FRACTION = 32, 64  # probe nlist / 64 lists, at least 32
-RERANK = 8  # approximate indexes hand rerank·k candidates to the exact re-rank
+# Approximate indexes hand rerank·k candidates to the exact re-rank (at most MAX_CANDIDATES): PQ codes
+# rank near-duplicates poorly, so recall comes from re-ranking many (docs/SCALE.md); HNSW's own
+# candidate list is efSearch long.
+RERANK_IVF, RERANK_HNSW, MAX_CANDIDATES = 32, 4, 4096
 ADD_CHUNK = 65_536
 
 
@@ -65,7 +68,7 @@ def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
     if kind == "flat":
         return IndexSpec("flat")
     if kind == "hnsw":
-        return IndexSpec("hnsw", rerank=RERANK)
+        return IndexSpec("hnsw", rerank=RERANK_HNSW)
     if kind != "ivfpq":
         raise ValueError(f"unknown index kind {kind!r}: use auto, flat, ivfpq or hnsw")
     # ~4·sqrt(N) lists, a power of two, at most MAX_LISTS, with >= 39 training points per list as
@@ -77,7 +80,7 @@ def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
     m = _pq_subquantizers(dim)
     nbits = 8 if train_size >= 256 * 39 else max(1, int(math.log2(max(2, train_size // 39))))
     nprobe = min(nlist, max(NPROBE_MIN, nlist // NPROBE_FRACTION))
-    return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, train_size=train_size, rerank=RERANK)
+    return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, train_size=train_size, rerank=RERANK_IVF)
 
 
 def train_max_bytes() -> int:
