@@ -65,22 +65,29 @@ class ExactSearch:
         k = min(k, self.size)
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
         if len(q) <= FEW_QUERIES:
-            best, ids = self._search_fp16(q, k)
+            candidates = self._search_fp16(q, min(self.size, max(RERANK * k, MIN_CANDIDATES)))
         else:
-            found = [self._search_fp32(chunk, k) for chunk in q.split(self.QUERY_CHUNK)]
-            best, ids = torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+            candidates = torch.cat([self._search_fp32(chunk, k) for chunk in q.split(self.QUERY_CHUNK)])
+        best, ids = self._rescored(q, candidates, k)
         distances = (best + (q * q).sum(dim=1, keepdim=True)).clamp(min=0)
         return distances.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
 
-    def _search_fp32(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k smallest ‖k‖² − 2 q·k per query, over float32 blocks."""
+    def _rescored(self, q: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k smallest ‖k‖² − 2 q·k among each query's candidates, computed one way whichever
+        scan found them, so a query's distances do not depend on the batch it came in."""
+        picked = self._keys16[ids.reshape(-1)].to(torch.float32).reshape(*ids.shape, self.dim)
+        scores = self.norms[ids] - 2.0 * (picked @ q[:, :, None])[..., 0]
+        best = scores.topk(k, dim=1, largest=False)
+        return best.values, ids.gather(1, best.indices)
+
+    def _search_fp32(self, chunk: torch.Tensor, k: int) -> torch.Tensor:
+        """The ids of the k smallest ‖k‖² − 2 q·k per query, over float32 blocks."""
         return self._merged_topk(chunk, k, ((start, torch.addmm(self.norms[start : start + len(block)], chunk,
                                                                   block.T, alpha=-2.0))
-                                             for start, block in self._blocks(self._keys16)))
+                                             for start, block in self._blocks(self._keys16)))[1]
 
-    def _search_fp16(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidates from an fp16 product, then their ‖k‖² − 2 q·k in float32."""
-        candidates = min(self.size, max(RERANK * k, MIN_CANDIDATES))
+    def _search_fp16(self, q: torch.Tensor, candidates: int) -> torch.Tensor:
+        """The ids of the `candidates` best-scored keys per query by one fp16 product."""
         scale = max(self.max_norm * float(q.norm(dim=1).max()), 1e-30) / FP16_RANGE
         q16 = (q / scale).to(torch.float16)
 
@@ -90,11 +97,7 @@ class ExactSearch:
                 dots = torch.mm(q16, block.T).float() * scale
                 yield start, self.norms[start : start + len(block)] - 2.0 * dots
 
-        _, ids = self._merged_topk(q, candidates, scores())
-        picked = self._keys16[ids.reshape(-1)].to(torch.float32).reshape(*ids.shape, self.dim)
-        exact = self.norms[ids] - 2.0 * (picked @ q[:, :, None])[..., 0]
-        best = exact.topk(k, dim=1, largest=False)
-        return best.values, ids.gather(1, best.indices)
+        return self._merged_topk(q, candidates, scores())[1]
 
     @staticmethod
     def _merged_topk(q: torch.Tensor, k: int, scored) -> tuple[torch.Tensor, torch.Tensor]:
