@@ -312,15 +312,17 @@ def lm_step_ms(model, prompt_ids: np.ndarray) -> float:
     return run(STEP_TOKENS)
 
 
-def knn_ppl(heldout: dict, values_of, distances: np.ndarray, ids: np.ndarray, k: int) -> float:
-    """kNN-LM perplexity at KnnLmSettings' default λ and temperature."""
+def knn_ppl(heldout: dict, values_of, distances: np.ndarray, ids: np.ndarray, k: int,
+            log_counts: np.ndarray | None = None) -> float:
+    """kNN-LM perplexity at KnnLmSettings' default λ and temperature (a pruned datastore's
+    entries weighted by their counts)."""
     from knn_explorer.core.evaluation.sweeps import mixed_log_probs, target_knn_probs
     from knn_explorer.core.mechanisms.knnlm import KnnLmSettings
 
     settings = KnnLmSettings()
     values = np.where(ids >= 0, values_of(np.maximum(ids, 0)), -1)
     distances = np.where(ids >= 0, distances, np.inf)
-    p_knn = target_knn_probs(values, distances, heldout["targets"], k, settings.temperature)
+    p_knn = target_knn_probs(values, distances, heldout["targets"], k, settings.temperature, log_counts)
     return float(np.exp(-mixed_log_probs(heldout["log_p_lm"], p_knn, settings.lambda_).mean()))
 
 
@@ -366,7 +368,7 @@ def child(args) -> None:
     truth = exact["ids"][rows]
     recall = float(np.mean([len(np.intersect1d(f[f >= 0], t)) / k for f, t in zip(found, truth)]))
     distances, ids = datastore.search(heldout["keys"], k)
-    ppl = knn_ppl(heldout, lambda i: datastore.values[i], distances, ids, k)
+    ppl = knn_ppl(heldout, lambda i: datastore.values[i], distances, ids, k, datastore.log_counts(ids))
     peak = proc_status_kb("VmHWM")["VmHWM"]
     print(json.dumps({
         "index": datastore.index_spec.describe(), "rerank": datastore.index_spec.rerank,
@@ -432,10 +434,45 @@ def parse_args(argv=None):
     p.add_argument("--nprobe", type=int, default=None, help="override the IVF index's nprobe")
     p.add_argument("--rerank", type=int, default=None, help="exact re-rank of rerank·k index candidates")
     p.add_argument("--json", action="store_true", help="one JSON object per configuration per line")
+    p.add_argument("--pca", type=int, default=0, metavar="DIM",
+                   help="also measure each size with its keys reduced to DIM dimensions by PCA (indexed with auto)")
+    p.add_argument("--prune", type=int, default=0, metavar="K",
+                   help="also measure each size pruned by greedy merging over K neighbours (with --pca: both)")
     p.add_argument("--child", metavar="FOLDER", help=argparse.SUPPRESS)
     p.add_argument("--heldout-file", help=argparse.SUPPRESS)
     p.add_argument("--exact-file", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def ensure_compressed(work: Path, keys_folder: Path, entries: int, compression) -> tuple[Path, dict]:
+    """A copy of the key folder with `compression` applied by the project's own compressing phase
+    and indexed with `auto`; returns the folder and {build_s (compress + index), index_mb}."""
+    from knn_explorer.core.datastore.builder import index_folder
+    from knn_explorer.core.datastore.compress_phase import compress_folder
+    from knn_explorer.core.datastore.folder import write_json_atomic
+
+    folder = work / f"n{entries}-pca{compression.pca_dim}-prune{compression.prune_k}"
+    record = folder / "build.json"
+    if record.exists():
+        return folder, json.loads(record.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in ("keys.f16", "values.i32", "positions.i64", "documents.jsonl", "tokens.i32", "skipped.json"):
+        if (keys_folder / name).exists():
+            os.link(keys_folder / name, folder / name)
+    (folder / "texts").symlink_to(keys_folder / "texts", target_is_directory=True)
+    manifest = json.loads((keys_folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest.update(state="compressing", parameters={**manifest.get("parameters", {}), **compression.to_json()})
+    write_json_atomic(folder / "manifest.json", manifest)
+    log(f"compressing {entries:,} entries: {compression}")
+    started = time.perf_counter()
+    manifest = compress_folder(folder, manifest, compression)
+    compressed_s = time.perf_counter() - started
+    index_folder(folder, manifest, "auto")
+    result = {"compress_s": round(compressed_s, 2), "build_s": round(time.perf_counter() - started, 2),
+              "index_mb": round(file_mb(folder / "index.faiss"), 1) if (folder / "index.faiss").exists() else 0.0}
+    record.write_text(json.dumps(result))
+    return folder, result
 
 
 def measure_size(args, work: Path, real: Path, entries: int, dim: int, heldout_path: Path, heldout: dict,
@@ -467,6 +504,23 @@ def measure_size(args, work: Path, real: Path, entries: int, dim: int, heldout_p
         row["overhead"] = row["retrieval_ms"] / row["lm_step_ms"]
         log(f"  {row['retrieval_ms']:.2f} ms/query, recall {row['recall_at_k']:.3f}, "
             f"ppl {row['ppl_index']:.2f} (exact {ppl_exact:.2f})")
+        if args.json:
+            print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.pca or args.prune:
+        from knn_explorer.core.datastore.compression import Compression
+
+        compression = Compression(pca_dim=args.pca, prune_k=args.prune)
+        folder, built = ensure_compressed(work, keys_folder, entries, compression)
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        log(f"measuring {entries:,} compressed ({manifest['index_description']}) in a fresh process")
+        measured = run_child(args, folder, heldout_path, exact_path)
+        row = {"entries": entries, "dim": manifest["dim"], "requested": f"auto, {compression.to_json()}",
+               "k": args.k, "ppl_exact": ppl_exact, **common, "compression": manifest["compression"],
+               "keys_file_mb": round(file_mb(folder / "keys.f16"), 1), **built, **measured}
+        row["overhead"] = row["retrieval_ms"] / row["lm_step_ms"]
+        log(f"  {row['retrieval_ms']:.2f} ms/query, recall {row['recall_at_k']:.3f} (of the uncompressed exact "
+            f"neighbours), ppl {row['ppl_index']:.2f} (exact {ppl_exact:.2f})")
         if args.json:
             print(json.dumps(row), flush=True)
         rows.append(row)
