@@ -1,4 +1,6 @@
 """Index choice and the IVF-PQ paths (FAISS training, and torch k-means training as on a GPU)."""
+import dataclasses
+
 import faiss
 import numpy as np
 import pytest
@@ -13,12 +15,12 @@ def clustered_keys(n=20_000, d=32, seed=0):
     return (centres[rng.integers(0, 50, n)] + rng.normal(size=(n, d))).astype(np.float16)
 
 
-def recall_at_10(index, keys, queries):
-    """1-recall@10: how often the true nearest neighbour is among the index's top 10."""
+def recall_at_10(index, keys, queries, candidates=10):
+    """How often the true nearest neighbour is among the index's top `candidates` (1-recall@10 by default)."""
     exact = faiss.IndexFlatL2(keys.shape[1])
     exact.add(keys.astype(np.float32))
     _, truth = exact.search(queries, 1)
-    _, found = index.search(queries, 10)
+    _, found = index.search(queries, candidates)
     return np.mean([t[0] in f for t, f in zip(truth, found)])
 
 
@@ -47,14 +49,29 @@ def test_ivfpq_recall_is_useful(trainer):
     keys = clustered_keys()
     spec = choose_index("ivfpq", len(keys), keys.shape[1])
     if trainer == "faiss":
+        assert not spec.fast_scan and spec.nbits == 8  # 32 dimensions: too few for 4-bit codes
         index = build_index(keys, spec)
-    else:  # the GPU path's trainer, run on the CPU here
+    else:  # the GPU path's trainer (8-bit codes), run on the CPU here
+        spec = dataclasses.replace(spec, fast_scan=False, nbits=8)
         index = empty_index(spec, keys.shape[1])
         torch_train_ivfpq(index, sample_rows(keys, spec.train_size), torch.device("cpu"))
         index.add(keys.astype(np.float32))
     queries = keys[::997][:20].astype(np.float32) + 0.05
     assert index.ntotal == len(keys)
-    assert recall_at_10(index, keys, queries) >= 0.9
+    # the true nearest is among the candidates the exact re-rank sees (rerank·k of them)
+    assert recall_at_10(index, keys, queries, candidates=10 * spec.rerank) >= 0.9
+
+
+def test_wide_keys_get_fast_scan_codes_whose_candidates_hold_the_true_neighbours():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 512)) * 3
+    keys = (centres[rng.integers(0, 40, 20_000)] + rng.normal(size=(20_000, 512))).astype(np.float16)
+    spec = choose_index("ivfpq", len(keys), 512)
+    assert spec.fast_scan and spec.nbits == 4 and "PQ64x4fs" in spec.describe()
+    index = build_index(keys, spec)
+    assert isinstance(index, faiss.IndexIVFPQFastScan) and index.ntotal == len(keys)
+    queries = keys[::997][:20].astype(np.float32) + 0.05
+    assert recall_at_10(index, keys, queries, candidates=10 * spec.rerank) >= 0.9
 
 
 def test_kmeans_finds_separated_clusters():
