@@ -208,6 +208,18 @@ def index_folder_name(spec) -> str:
     return "flat"
 
 
+def linked_copy(keys_folder: Path, folder: Path) -> dict:
+    """A fresh `folder` sharing the key folder's files (hard links; texts/ as a link); returns the
+    key folder's manifest for the caller to adapt."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in ("keys.f16", "values.i32", "positions.i64", "documents.jsonl", "tokens.i32", "skipped.json"):
+        if (keys_folder / name).exists():
+            os.link(keys_folder / name, folder / name)
+    (folder / "texts").symlink_to(keys_folder / "texts", target_is_directory=True)
+    return json.loads((keys_folder / "manifest.json").read_text(encoding="utf-8"))
+
+
 def ensure_index(work: Path, keys_folder: Path, entries: int, spec) -> tuple[Path, dict]:
     """A datastore folder sharing the key folder's files, with its own manifest and index.faiss.
     Returns the folder and {build_s, index_mb} (build_s from when it was built)."""
@@ -225,13 +237,7 @@ def ensure_index(work: Path, keys_folder: Path, entries: int, spec) -> tuple[Pat
             manifest.update(index=spec.to_json(), index_description=spec.describe())
             write_json_atomic(folder / "manifest.json", manifest)
         return folder, json.loads(record.read_text())
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for name in ("keys.f16", "values.i32", "positions.i64", "documents.jsonl", "tokens.i32", "skipped.json"):
-        if (keys_folder / name).exists():
-            os.link(keys_folder / name, folder / name)
-    (folder / "texts").symlink_to(keys_folder / "texts", target_is_directory=True)
-    manifest = json.loads((keys_folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest = linked_copy(keys_folder, folder)
     build_s = 0.0
     if spec.kind != "flat":
         log(f"building {spec.describe()} over {entries:,} keys")
@@ -455,13 +461,7 @@ def ensure_compressed(work: Path, keys_folder: Path, entries: int, compression) 
     record = folder / "build.json"
     if record.exists():
         return folder, json.loads(record.read_text())
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for name in ("keys.f16", "values.i32", "positions.i64", "documents.jsonl", "tokens.i32", "skipped.json"):
-        if (keys_folder / name).exists():
-            os.link(keys_folder / name, folder / name)
-    (folder / "texts").symlink_to(keys_folder / "texts", target_is_directory=True)
-    manifest = json.loads((keys_folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest = linked_copy(keys_folder, folder)
     manifest.update(state="compressing", parameters={**manifest.get("parameters", {}), **compression.to_json()})
     write_json_atomic(folder / "manifest.json", manifest)
     log(f"compressing {entries:,} entries: {compression}")
