@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from knn_explorer.core.datastore.index import FLAT_SCAN_MAX_BYTES, build_index, choose_index, empty_index, kmeans, sample_rows, torch_train_ivfpq
+from knn_explorer.core.datastore.index import (FLAT_SCAN_MAX_BYTES, IndexSpec, build_index, choose_index, empty_index, kmeans,
+                                               sample_rows, torch_train_ivfpq)
 
 
 def clustered_keys(n=20_000, d=32, seed=0):
@@ -90,3 +91,11 @@ def test_ivfpq_trained_on_gpu_matches_cpu_recall():
     cpu = build_index(keys, spec, device="cpu")
     queries = keys[::997][:20].astype(np.float32) + 0.05
     assert recall_at_10(gpu, keys, queries) >= recall_at_10(cpu, keys, queries) - 0.15
+
+
+def test_an_index_spec_from_before_the_rerank_gets_the_current_one():
+    old = {"kind": "ivfpq", "nlist": 64, "m": 8, "nbits": 8, "nprobe": 32, "train_size": 5000, "hnsw_m": 32,
+           "ef_search": 128}
+    assert IndexSpec.from_json(old).rerank == choose_index("ivfpq", 100_000, 64).rerank > 1
+    assert IndexSpec.from_json({"kind": "flat"}).rerank == 1
+    assert IndexSpec.from_json(choose_index("hnsw", 10, 8).to_json()) == choose_index("hnsw", 10, 8)

@@ -51,6 +51,9 @@ class IndexSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "IndexSpec":
+        data = dict(data)
+        # datastores built before the re-rank get the current one: it needs nothing but keys.f16
+        data.setdefault("rerank", {"ivfpq": RERANK_IVF, "hnsw": RERANK_HNSW}.get(data.get("kind"), 1))
         return cls(**data)
 
     def describe(self) -> str:
