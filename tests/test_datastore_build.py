@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -212,6 +213,12 @@ def test_approximate_indexes_work_and_exact_distances_are_recomputed(tmp_path, m
     assert np.all(np.diff(exact_d, axis=1) >= 0)
     direct = ((keys[exact_ids] - queries[:, None]) ** 2).sum(-1)
     assert np.allclose(exact_d, direct, rtol=1e-5)
+    if kind == "ivfpq":  # the manifest's nprobe is applied, whatever the file was saved with
+        assert datastore.searcher.index.nprobe == datastore.index_spec.nprobe
+        index = faiss.read_index(str(report.folder / "index.faiss"))
+        index.nprobe = 1
+        faiss.write_index(index, str(report.folder / "index.faiss"))
+        assert open_datastore(catalog, kind, model).searcher.index.nprobe == datastore.index_spec.nprobe > 1
     if kind == "ivfpq":  # PQ distances are estimates: they differ from the true ones
         true_for_approx = ((keys[approx_ids] - queries[:, None]) ** 2).sum(-1)
         assert not np.allclose(approx_d, true_for_approx, rtol=1e-3)

@@ -29,7 +29,7 @@ def test_auto_picks_exact_for_small_and_ivfpq_for_large():
     assert choose_index("auto", 1_000, 256).kind == "flat"
     assert choose_index("auto", FLAT_SCAN_MAX_BYTES // (2 * 768), 768).kind == "flat"
     big = choose_index("auto", FLAT_SCAN_MAX_BYTES // (2 * 768) + 1, 768)
-    assert big.kind == "ivfpq" and 768 % big.m == 0 and big.m <= 64
+    assert big.kind == "ivfpq" and 768 % big.m == 0 and big.m <= 128 and big.fast_scan  # 6 dims per 4-bit code
     assert big.train_size >= 39 * big.nlist
     assert choose_index("hnsw", 10, 8).kind == "hnsw"
     with pytest.raises(ValueError):
@@ -68,7 +68,7 @@ def test_wide_keys_get_fast_scan_codes_whose_candidates_hold_the_true_neighbours
     centres = rng.normal(size=(40, 512)) * 3
     keys = (centres[rng.integers(0, 40, 20_000)] + rng.normal(size=(20_000, 512))).astype(np.float16)
     spec = choose_index("ivfpq", len(keys), 512)
-    assert spec.fast_scan and spec.nbits == 4 and "PQ64x4fs" in spec.describe()
+    assert spec.fast_scan and spec.nbits == 4 and "PQ64x4fs" in spec.describe()  # 512 = 64 × 8: the divisor nearest 6
     index = build_index(keys, spec)
     assert isinstance(index, faiss.IndexIVFPQFastScan) and index.ntotal == len(keys)
     queries = keys[::997][:20].astype(np.float32) + 0.05

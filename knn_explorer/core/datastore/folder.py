@@ -235,7 +235,10 @@ class Datastore:
             raise damaged_error(self.name, "index.faiss holds other entries than its manifest says")
         if device.startswith("cuda") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        return FaissSearch(index)
+        search = FaissSearch(index)
+        if self.index_spec.nprobe:  # the manifest's, not whatever the file was saved with
+            search.set_nprobe(self.index_spec.nprobe)
+        return search
 
     def check_compatible(self, model_fingerprint: str, tokenizer_fingerprint: str, model_name: str) -> None:
         check_compatible(self.manifest, model_fingerprint, tokenizer_fingerprint, model_name)

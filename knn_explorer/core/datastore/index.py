@@ -28,7 +28,7 @@ NPROBE_MIN, NPROBE_FRACTION = 32, 128  # probe nlist / 128 lists, at least 32
 # Approximate indexes hand rerank·k candidates to the exact re-rank (at most MAX_CANDIDATES): PQ codes
 # rank near-duplicates poorly, so recall comes from re-ranking many (docs/SCALE.md); HNSW's own
 # candidate list is efSearch long.
-RERANK_IVF, RERANK_HNSW, MAX_CANDIDATES = 32, 4, 4096
+RERANK_IVF, RERANK_HNSW, MAX_CANDIDATES = 64, 4, 4096
 FAST_SCAN_MIN_DIM = 512
 ADD_CHUNK = 65_536
 
@@ -87,9 +87,9 @@ def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
     nprobe = min(nlist, max(NPROBE_MIN, nlist // NPROBE_FRACTION))
     # 4-bit codes scanned 32 at a time by SIMD: measured at d = 768 (docs/SCALE.md); with few
     # dimensions the 16-centroid sub-quantizers are too coarse (d = 32: 1-recall 0.85 at 320 candidates)
-    if dim >= FAST_SCAN_MIN_DIM and m % 2 == 0 and train_size >= 16 * 39:
-        return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=4, nprobe=nprobe, train_size=train_size, rerank=RERANK_IVF,
-                         fast_scan=True)
+    if dim >= FAST_SCAN_MIN_DIM and train_size >= 16 * 39:  # ~6 dimensions per 4-bit sub-quantizer
+        return IndexSpec("ivfpq", nlist=nlist, m=_pq_subquantizers(dim, 6, 128), nbits=4, nprobe=nprobe,
+                         train_size=train_size, rerank=RERANK_IVF, fast_scan=True)
     nbits = 8 if train_size >= 256 * 39 else max(1, int(math.log2(max(2, train_size // 39))))
     return IndexSpec("ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, train_size=train_size, rerank=RERANK_IVF)
 
@@ -104,9 +104,9 @@ def train_max_bytes() -> int:
     return max(16 * 2**20, min(TRAIN_MAX_BYTES, physical // 16))
 
 
-def _pq_subquantizers(dim: int) -> int:
-    """About 8 dimensions per sub-quantizer, at most 64, and it must divide dim."""
-    target = min(64, max(1, dim // 8))
+def _pq_subquantizers(dim: int, per: int = 8, most: int = 64) -> int:
+    """About `per` dimensions per sub-quantizer, at most `most`, and it must divide dim."""
+    target = min(most, max(1, dim // per))
     for m in range(target, 0, -1):
         if dim % m == 0:
             return m
