@@ -483,6 +483,17 @@ def ensure_compressed(work: Path, keys_folder: Path, entries: int, compression) 
     return folder, result
 
 
+def finished_row(args, row: dict, recall_of: str = "") -> dict:
+    """The row with its overheads, logged, and printed as a JSON line with --json."""
+    row["overhead"] = row["retrieval_ms"] / row["lm_step_ms"]
+    row["overhead_warm"] = row["retrieval_warm_ms"] / row["lm_step_ms"]
+    log(f"  {row['retrieval_ms']:.2f} ms/query ({row['retrieval_warm_ms']:.2f} warm), recall "
+        f"{row['recall_at_k']:.3f}{recall_of}, ppl {row['ppl_index']:.2f} (exact {row['ppl_exact']:.2f})")
+    if args.json:
+        print(json.dumps(row), flush=True)
+    return row
+
+
 def measure_size(args, work: Path, real: Path, entries: int, dim: int, heldout_path: Path, heldout: dict,
                  common: dict) -> list[dict]:
     from knn_explorer.core.datastore.index import choose_index
@@ -508,14 +519,7 @@ def measure_size(args, work: Path, real: Path, entries: int, dim: int, heldout_p
         folder, built = ensure_index(work, keys_folder, entries, spec)
         log(f"measuring {entries:,} {requested} ({spec.describe()}) in a fresh process")
         measured = run_child(args, folder, heldout_path, exact_path)
-        row = {**base, **built, **measured}
-        row["overhead"] = row["retrieval_ms"] / row["lm_step_ms"]
-        row["overhead_warm"] = row["retrieval_warm_ms"] / row["lm_step_ms"]
-        log(f"  {row['retrieval_ms']:.2f} ms/query ({row['retrieval_warm_ms']:.2f} warm), recall {row['recall_at_k']:.3f}, "
-            f"ppl {row['ppl_index']:.2f} (exact {ppl_exact:.2f})")
-        if args.json:
-            print(json.dumps(row), flush=True)
-        rows.append(row)
+        rows.append(finished_row(args, {**base, **built, **measured}))
     if args.pca or args.prune:
         from knn_explorer.core.datastore.compression import Compression
 
@@ -527,12 +531,7 @@ def measure_size(args, work: Path, real: Path, entries: int, dim: int, heldout_p
         row = {"entries": entries, "dim": manifest["dim"], "requested": f"auto, {compression.to_json()}",
                "k": args.k, "ppl_exact": ppl_exact, **common, "compression": manifest["compression"],
                "keys_file_mb": round(file_mb(folder / "keys.f16"), 1), **built, **measured}
-        row["overhead"] = row["retrieval_ms"] / row["lm_step_ms"]
-        log(f"  {row['retrieval_ms']:.2f} ms/query, recall {row['recall_at_k']:.3f} (of the uncompressed exact "
-            f"neighbours), ppl {row['ppl_index']:.2f} (exact {ppl_exact:.2f})")
-        if args.json:
-            print(json.dumps(row), flush=True)
-        rows.append(row)
+        rows.append(finished_row(args, row, " (of the uncompressed exact neighbours)"))
     return rows
 
 
