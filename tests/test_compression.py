@@ -109,3 +109,15 @@ def test_impossible_compression_is_refused_and_leaves_nothing(small_datastore):
     assert catalog.datastore("too-wide") is None
     with pytest.raises(LibraryError, match="nothing to do"):
         compress_datastore(catalog, "small", "same", Compression())
+
+
+def test_a_pruned_datastore_refuses_to_train_what_finds_entries_by_document(original):
+    from knn_explorer.core.training.spalm_training import TokenStream
+
+    model, catalog, _datastore, _keys = original
+    if catalog.datastore("small-pruned-2") is None:
+        compress_datastore(catalog, "small", "small-pruned-2", Compression(prune_k=4))
+    pruned = open_datastore(catalog, "small-pruned-2", model)
+    with pytest.raises(ValueError, match="is pruned"):
+        TokenStream.of(pruned)
+    open_datastore(catalog, "small", model).require_entries_in_document_order()  # unpruned: fine

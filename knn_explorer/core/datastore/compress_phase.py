@@ -62,8 +62,11 @@ def _write_compressed(folder: Path, manifest: dict, compression: Compression, on
     kept = np.arange(entries)
     if compression.prune_k:
         meter = PhaseMeter("pruning", entries, "entries", on_progress)
-        counts = greedy_merge(keys, values, compression.prune_k, search=_neighbour_search(keys),
-                              on_progress=meter.update, should_stop=lambda: _stop(should_stop))
+        try:
+            counts = greedy_merge(keys, values, compression.prune_k, search=_neighbour_search(keys),
+                                  on_progress=meter.update, should_stop=should_stop)
+        except InterruptedError:
+            raise Cancelled("build cancelled") from None
         kept = np.flatnonzero(counts)
         counts[kept].astype(np.int32).tofile(folder / f"{COUNTS_FILE}.tmp")
         record["entries_after"] = int(len(kept))
@@ -71,7 +74,7 @@ def _write_compressed(folder: Path, manifest: dict, compression: Compression, on
     if compression.prune_k or projection is None:  # gather the kept rows into the final key file
         out = KeyFile.create(folder / "keys.f16.tmp", len(kept), out_dim)
         _copy_rows(keys, kept, out, None, "copying kept keys", on_progress, should_stop)
-        if keys is not None and projection is not None:
+        if projection is not None:  # the projected keys were an intermediate
             os.remove(keys.path)
     else:
         os.replace(keys.path, folder / "keys.f16.tmp")
@@ -105,7 +108,6 @@ def _neighbour_search(keys: KeyFile):
     return lambda queries, k: index.search(queries, k)[1]
 
 
-def _stop(should_stop) -> bool:
+def _stop(should_stop) -> None:
     if should_stop():
         raise Cancelled("build cancelled")
-    return False

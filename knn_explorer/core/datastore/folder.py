@@ -267,6 +267,13 @@ class Datastore:
         distances = np.where(ids < 0, np.inf, distances).astype(np.float32)
         return distances, ids
 
+    def require_entries_in_document_order(self) -> None:
+        """Refuse what finds a document's own entries by number (SPALM's and adaptive retrieval's
+        training): pruning merges entries across documents."""
+        if self.counts is not None:
+            raise ValueError(f"datastore '{self.name}' is pruned (entries merged across documents); "
+                             "train on the datastore it was pruned from")
+
     def log_counts(self, ids: np.ndarray) -> np.ndarray | None:
         """log(how many original entries each found entry stands for), or None when unpruned."""
         if self.counts is None:

@@ -133,9 +133,7 @@ def collect_rows(model: LoadedModel, datastore: Datastore, settings: AdaptiveTra
                  on_progress: ProgressCallback | None = None,
                  should_stop: Callable[[], bool] | None = None) -> TrainingRows:
     """Features, log p_LM(target) and p_kNN(target) without what is left out, for the datastore's own tokens."""
-    if datastore.counts is not None:  # own-document entries are found by their numbers, which pruning changes
-        raise ValueError(f"datastore '{datastore.name}' is pruned (entries merged across documents); "
-                         "train on the datastore it was pruned from")
+    datastore.require_entries_in_document_order()
     length = min(int(datastore.manifest.get("context_length", 256)), model.max_positions)
     stride = int(datastore.manifest.get("stride", length // 2))
     spans = document_windows(datastore, length, stride, settings.max_tokens)

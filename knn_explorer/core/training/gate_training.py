@@ -33,9 +33,20 @@ class GateTrainingSettings:
     checkpoint_every: int = 50  # steps; 0 = only at the end
 
 
-def _segments(model: LoadedModel, documents: list[str], length: int) -> list[list[int]]:
-    encoded = [model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] for text in documents]
-    return [ids for ids in encoded if len(ids) > length]  # one segment only: nothing to remember
+def memory_documents(model: LoadedModel, retrofit: MemorizingRetrofit, documents: list[str] | list[list[int]],
+                     segment_length: int) -> tuple[int, list[list[int]]]:
+    """The segment length the model allows and the documents (texts, or token ids already) as token
+    ids, those longer than one segment (a shorter one has nothing to remember); refuses a retrofit
+    without gates, or documents that leave nothing to train on."""
+    if retrofit.settings.mode != "gated":
+        raise ValueError("only the gated mode has gates to train")
+    length = max(2, min(segment_length, model.max_positions))
+    encoded = [list(d) if not isinstance(d, str) else
+               model.tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"] for d in documents]
+    docs = [ids for ids in encoded if len(ids) > length + 1]
+    if not docs:
+        raise ValueError(f"no document is longer than one segment ({length} tokens): there is nothing to remember")
+    return length, docs
 
 
 def train_memorizing_gates(
@@ -48,12 +59,7 @@ def train_memorizing_gates(
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> GateTrainingResult:
-    if retrofit.settings.mode != "gated":
-        raise ValueError("only the gated mode has gates to train")
-    length = max(2, min(settings.segment_length, model.max_positions))
-    docs = _segments(model, documents, length)
-    if not docs:
-        raise ValueError(f"no document is longer than one segment ({length} tokens): there is nothing to remember")
+    length, docs = memory_documents(model, retrofit, documents, settings.segment_length)
     segments_per_epoch = sum(math.ceil((len(ids) - 1) / length) - 1 for ids in docs)
     per_update = max(1, settings.segments_per_step)
     optimiser = torch.optim.Adam([retrofit.gate_bias], lr=settings.learning_rate, eps=1e-20)

@@ -30,6 +30,7 @@ import torch
 from ..mechanisms.memorizing import MemorizingRetrofit
 from ..models import LoadedModel
 from ..progress import Cancelled, ProgressCallback
+from .gate_training import memory_documents
 from .update_loop import GateTrainingResult, TrainingStep, UpdateLoop, frozen
 
 
@@ -54,14 +55,6 @@ class FineTuneSettings:
             raise ValueError("steps must be at least 1")
 
 
-def encode_documents(model: LoadedModel, documents: list[str] | list[list[int]], length: int) -> list[list[int]]:
-    """The documents (texts, or token ids already) as token ids, those longer than one segment (a
-    shorter one has nothing to remember)."""
-    encoded = [list(d) if not isinstance(d, str) else
-               model.tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"] for d in documents]
-    return [ids for ids in encoded if len(ids) > length + 1]
-
-
 def _segments(documents: list[list[int]], length: int):
     """(document index, start, end) of every segment, documents in order, each cut from its start."""
     for number, ids in enumerate(documents):
@@ -80,12 +73,7 @@ def train_with_memory(
 ) -> GateTrainingResult:
     """Fine-tune `retrofit` (gated mode) and the layers from the memory up, on `documents`; the
     retrofit keeps what was learned (`save_memorizing_adapter` writes it)."""
-    if retrofit.settings.mode != "gated":
-        raise ValueError("only the gated mode has gates to train")
-    length = max(2, min(settings.segment_length, model.max_positions))
-    docs = encode_documents(model, documents, length)
-    if not docs:
-        raise ValueError(f"no document is longer than one segment ({length} tokens): there is nothing to remember")
+    length, docs = memory_documents(model, retrofit, documents, settings.segment_length)
     segments = list(_segments(docs, length))
     per_step = settings.segments_per_step
     steps = settings.steps or math.ceil(len(segments) / per_step)

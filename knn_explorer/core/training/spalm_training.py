@@ -108,9 +108,7 @@ class TokenStream:
 
     @classmethod
     def of(cls, datastore: Datastore) -> "TokenStream":
-        if datastore.counts is not None:  # own-document entries are found by their numbers, which pruning changes
-            raise ValueError(f"datastore '{datastore.name}' is pruned (entries merged across documents); "
-                             "train on the datastore it was pruned from")
+        datastore.require_entries_in_document_order()
         stored = np.fromfile(datastore.folder / "tokens.i32", dtype=np.int32).astype(np.int64)
         tokens, entries, documents = [], [], []
         for d in sorted(datastore.documents.values(), key=lambda d: d.id):
