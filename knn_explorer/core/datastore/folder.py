@@ -33,6 +33,7 @@ import torch
 from .compression import Projection
 from .exact_search import ExactSearch, tensor_view
 from .index import MAX_CANDIDATES, FaissSearch, IndexSpec
+from .key_prefetch import prefetch_keys
 from .query_chunks import neighbour_key_bytes, query_chunks
 
 FORMAT_VERSION = 1
@@ -218,6 +219,8 @@ class Datastore:
         self.counts = (np.memmap(self.folder / "counts.i32", dtype=np.int32, mode="r", shape=(self.size,))
                        if compression.get("prune_k") else None)
         self.searcher = self._searcher(device)
+        # An index's exact re-rank reads keys.f16 row by row: map it ahead (an exact search read it all)
+        self.key_prefetch = prefetch_keys(self.keys) if isinstance(self.searcher, FaissSearch) else None
         self._key_rows = tensor_view(self.keys)  # the same mapped keys, for torch's row gathers
         self._text = lru_cache(maxsize=64)(self._read_text)
 
