@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--stride", type=_at_least(1), default=128, help="window step in tokens (default 128)")
     build.add_argument("--batch-size", type=_at_least(1), default=8)
     build.add_argument("--max-file-mb", type=_positive, default=50.0, help="skip files larger than this")
+    cluster = build.add_argument_group("on a Ray cluster (pip install 'knn-explorer[cluster]', docs/CLUSTER.md)")
+    cluster.add_argument("--cluster", metavar="ADDRESS", default="",
+                         help="encode and index on a Ray cluster: 'local' starts one here, else its address")
+    cluster.add_argument("--shards", type=_at_least(1), default=2, help="key shards, one retrieval actor each (default 2)")
+    cluster.add_argument("--encoders", type=_at_least(1), default=None,
+                         help="model actors (default: one per GPU of the cluster, or one per CPU)")
+    cluster.add_argument("--storage", metavar="FOLDER", default="",
+                         help="where the datastore is written; every node must reach it (default: the data home)")
     _compression_flags(build)
     _common_model_flags(build)
     _json_flag(build)
@@ -367,6 +375,8 @@ def cmd_build(args) -> int:
         context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,
         device=str(model.device.type), max_file_bytes=int(args.max_file_mb * 1024 * 1024),
         pca_dim=args.pca, prune_k=args.prune,
+        **({"cluster": args.cluster, "shards": args.shards, "encoders": args.encoders or 0, "storage": args.storage}
+           if args.cluster else {}),
     )
     report = build_datastore(Catalog(), args.name, model, args.docs, params, on_progress=_progress_printer())
     fitted = _remember_demo_fit(args, model)
@@ -375,7 +385,8 @@ def cmd_build(args) -> int:
         "name": m["name"], "folder": str(report.folder), "model": m["model"]["name"], "entries": m["entries"],
         "tokens": m["tokens"], "dim": m["dim"], "key_site": m["key_site"]["description"],
         "index": m["index_description"], "seconds": report.seconds, "resumed_from": report.resumed_from,
-        "compression": m.get("compression"),
+        "compression": m.get("compression"), "cluster": m.get("cluster") if m.get("shards") else None,
+        "shards": len(m["shards"]) if m.get("shards") else None,
         "documents": [{"path": d["path"], "status": "indexed", "tokens": d["token_count"]} for d in report.documents],
         "skipped": [{"path": s["path"], "status": "skipped", "reason": s["reason"]} for s in report.skipped],
         **({"fitted": fitted} if fitted else {}),
@@ -426,7 +437,7 @@ def cmd_list(args) -> int:
         datastores.append({
             "name": row.name, "model": row.model_name, "entries": row.entries, "dim": row.dim,
             "size_mb": round(row.size_bytes / 2**20, 2), "index": row.index_description,
-            "compression": row.compression,
+            "compression": row.compression, "location": row.location, "cluster": row.cluster, "shards": row.shards,
             "created": row.created.isoformat(timespec="seconds"), "status": "damaged" if damage else "complete",
             **({"reason": damage} if damage else {}), "folder": row.folder,
             "documents": [
@@ -453,7 +464,8 @@ def cmd_list(args) -> int:
         skipped = sum(doc["status"] == "skipped" for doc in d["documents"])
         damaged = f"\tDAMAGED: {d['reason']} (remove it and build it again)" if d["status"] == "damaged" else ""
         compressed = f" ({describe_applied(d['compression'])})" if d["compression"] else ""
-        print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}{compressed}\tmodel {d['model']}\t"
+        where = f"\ton {d['location']}" if d["cluster"] else ""
+        print(f"{d['name']}\t{d['entries']:,} entries\t{d['size_mb']} MB\t{d['index']}{compressed}{where}\tmodel {d['model']}\t"
               f"{len(d['documents']) - skipped} documents, {skipped} skipped{damaged}")
     for b in unfinished:
         if b["status"] == "building":

@@ -30,6 +30,7 @@ class Neighbour:
     context: str  # passage around the offset
     highlight: tuple[int, int]  # [start, end) of the next token inside `context`
     knn_weight: float | None = None  # SPALM records: its kNN-LM weight (softmax of −distance / T), to compare
+    shard: int | None = None  # which shard of a sharded datastore (on a Ray cluster) answered with it
 
 
 @dataclass(frozen=True)

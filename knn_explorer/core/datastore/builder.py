@@ -30,7 +30,7 @@ from .folder import (COMPLETE, FORMAT_VERSION, DatastoreError, KeyFile, read_doc
                      write_json_atomic)
 from .compress_phase import compress_folder
 from .compression import Compression
-from .index import build_index, choose_index
+from .index import IndexSpec, build_index, choose_index
 from ..models import LoadedModel
 from ..progress import Cancelled, PhaseMeter, ProgressCallback
 from .tokenizing import tokenize_pieces
@@ -49,6 +49,10 @@ class BuildParameters:
     max_file_bytes: int = docs.DEFAULT_MAX_BYTES
     pca_dim: int = 0  # keys reduced to this many dimensions by PCA before indexing (0: kept)
     prune_k: int = 0  # entries merged greedily with their k nearest same-token neighbours (0: not pruned)
+    cluster: str = ""  # "" encodes in this process; "local" or a Ray address: on that cluster (core/cluster)
+    shards: int = 1  # cluster builds: key shards, each searched by its own retrieval actor
+    encoders: int = 0  # cluster builds: model actors (0: one per GPU, or one per CPU without GPUs)
+    storage: str = ""  # cluster builds: the folder every node reaches, for the datastore (default: data home)
 
     @property
     def compression(self) -> Compression:
@@ -257,9 +261,7 @@ class DatastoreBuilder:
     # ---- phase 2: encoding ---------------------------------------------------------------
     def windows(self, documents: list) -> Iterator[Window]:
         """Every document's sliding windows, in a fixed order (progress counts them)."""
-        for doc_index, doc in enumerate(documents):
-            for span in sliding_windows(doc.token_count, self.context_length, self.stride):
-                yield Window(doc_index, *span)
+        return document_windows(documents, self.context_length, self.stride)
 
     def _encode(self, manifest: dict) -> None:
         documents = read_documents(self.folder)
@@ -292,26 +294,8 @@ class DatastoreBuilder:
         _checkpoint(self.folder, windows_done + len(batch), entries_done)
         meter.update(entries_done, force=True)
 
-    @torch.inference_mode()
     def _encode_batch(self, batch: list[Window], documents, tokens: np.ndarray, keys: KeyFile) -> int:
-        longest = max(w.end - w.begin for w in batch)
-        pad = self.model.tokenizer.pad_token_id
-        ids = torch.full((len(batch), longest), pad if pad is not None else 0, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, w in enumerate(batch):
-            start = documents[w.doc_index].token_start
-            ids[row, : w.end - w.begin] = torch.from_numpy(tokens[start + w.begin : start + w.end].astype(np.int64))
-            mask[row, : w.end - w.begin] = 1
-        hidden = encode_keys(self.model, ids, mask)
-        written = 0
-        for row, w in enumerate(batch):
-            doc = documents[w.doc_index]
-            # The key predicting token t is the representation at position t - 1.
-            rows = hidden[row, w.first_target - 1 - w.begin : w.end - 1 - w.begin]
-            first_entry = doc.entry_start + w.first_target - 1
-            keys.write(first_entry, rows)
-            written += len(rows)
-        return written
+        return encode_window_batch(self.model, batch, documents, tokens, keys.write)
 
     # ---- phase 3: indexing ---------------------------------------------------------------
     def _index(self, manifest: dict) -> None:
@@ -319,16 +303,18 @@ class DatastoreBuilder:
 
 
 def index_folder(folder: Path, manifest: dict, kind: str, device: str = "cpu",
-                 on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> None:
-    """Index the folder's keys (phase 3) and mark the datastore complete."""
+                 on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None,
+                 spec: IndexSpec | None = None, trained: faiss.Index | None = None) -> None:
+    """Index the folder's keys (phase 3) and mark the datastore complete. `spec` and `trained`
+    (an empty index trained elsewhere) come from a sharded build, where all shards share them."""
     entries, dim = manifest["entries"], manifest["dim"]
-    spec = choose_index(kind, entries, dim)
+    spec = spec or choose_index(kind, entries, dim)
     keys = KeyFile(folder / "keys.f16", entries, dim)
     meter = PhaseMeter("indexing", entries, "keys", on_progress)
     meter.update(0, force=True)
     if spec.kind != "flat":  # flat datastores are searched exactly on keys.f16: no index file
         index = build_index(keys, spec, device=device, on_progress=lambda done, _total: meter.update(done),
-                            should_stop=should_stop)
+                            should_stop=should_stop, trained=trained)
         tmp = folder / "index.faiss.tmp"
         faiss.write_index(index, str(tmp))
         os.replace(tmp, folder / "index.faiss")
@@ -341,6 +327,54 @@ def _compression_of(manifest: dict) -> Compression:
     """The compression a build's manifest asked for (none, for builds older than compression)."""
     parameters = manifest.get("parameters") or {}
     return Compression(pca_dim=int(parameters.get("pca_dim", 0)), prune_k=int(parameters.get("prune_k", 0)))
+
+
+def document_windows(documents: list, context_length: int, stride: int) -> Iterator[Window]:
+    """Every document's sliding windows, in a fixed order: a build's entries follow it."""
+    for doc_index, doc in enumerate(documents):
+        for span in sliding_windows(doc.token_count, context_length, stride):
+            yield Window(doc_index, *span)
+
+
+def window_batches(documents: list, context_length: int, stride: int, batch_size: int) -> Iterator[list[Window]]:
+    """The windows in batches of `batch_size` (the last may be smaller), as a fresh build runs them."""
+    batch: list[Window] = []
+    for window in document_windows(documents, context_length, stride):
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def window_entries(window: Window) -> int:
+    """How many entries (scored next tokens) a window writes."""
+    return window.end - window.first_target
+
+
+@torch.inference_mode()
+def encode_window_batch(model: LoadedModel, batch: list[Window], documents, tokens: np.ndarray,
+                        write: Callable[[int, np.ndarray], None]) -> int:
+    """Run one padded batch of windows through the model and hand each window's keys to
+    `write(first entry, rows)`; returns how many entries were written."""
+    longest = max(w.end - w.begin for w in batch)
+    pad = model.tokenizer.pad_token_id
+    ids = torch.full((len(batch), longest), pad if pad is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, w in enumerate(batch):
+        start = documents[w.doc_index].token_start
+        ids[row, : w.end - w.begin] = torch.from_numpy(tokens[start + w.begin : start + w.end].astype(np.int64))
+        mask[row, : w.end - w.begin] = 1
+    hidden = encode_keys(model, ids, mask)
+    written = 0
+    for row, w in enumerate(batch):
+        doc = documents[w.doc_index]
+        # The key predicting token t is the representation at position t - 1.
+        rows = hidden[row, w.first_target - 1 - w.begin : w.end - 1 - w.begin]
+        write(doc.entry_start + w.first_target - 1, rows)
+        written += len(rows)
+    return written
 
 
 def encode_keys(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

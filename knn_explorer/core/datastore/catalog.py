@@ -59,6 +59,17 @@ class DatastoreRow(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
     # What was applied after encoding: {"pca_dim", "prune_k", "input_dim", "entries_before", ...}; None: nothing
     compression: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Sharded datastores: the Ray cluster that serves them ("local" or an address) and their shard
+    # count; None for a datastore on this machine. `folder` is then the storage every node reaches.
+    cluster: Mapped[str | None] = mapped_column(String, nullable=True)
+    shards: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    @property
+    def location(self) -> str:
+        """Where the datastore lives, for lists: "this machine" or "Ray 'local' · 2 shards"."""
+        if not self.cluster:
+            return "this machine"
+        return f"Ray '{self.cluster}' · {self.shards} shard{'s' if self.shards != 1 else ''}"
 
     documents: Mapped[list["DocumentRow"]] = relationship(
         back_populates="datastore", cascade="all, delete-orphan", order_by="DocumentRow.id"
@@ -227,6 +238,8 @@ class Catalog:
                 dim=manifest["dim"], entries=manifest["entries"], index_kind=manifest["index"]["kind"],
                 index_description=manifest["index_description"], size_bytes=size_bytes,
                 compression=manifest.get("compression"),
+                cluster=manifest.get("cluster") if manifest.get("shards") else None,
+                shards=len(manifest["shards"]) if manifest.get("shards") else None,
             )
             row.documents = [
                 DocumentRow(path=d["path"], size=d["size"], mtime=d["mtime"], sha256=d["sha256"], status="indexed",

@@ -26,6 +26,7 @@ FP16_BLOCK = 262_144  # keys per fp16 product (bounds its output to 256k scores 
 FEW_QUERIES = 16  # up to this many queries take the fp16 scan
 RERANK = 8  # the fp16 scan hands RERANK·k candidates (at least MIN_CANDIDATES) to the exact distances
 MIN_CANDIDATES = 256
+TIE_MARGIN = 8  # the float32 scan keeps k + this many, so that keys tied at the k-th place are all seen
 FP16_RANGE = 16_384.0  # dot products are scaled into ±this before the fp16 product (fp16 tops out at 65,504)
 
 
@@ -67,18 +68,22 @@ class ExactSearch:
         if len(q) <= FEW_QUERIES:
             candidates = self._search_fp16(q, min(self.size, max(RERANK * k, MIN_CANDIDATES)))
         else:
-            candidates = torch.cat([self._search_fp32(chunk, k) for chunk in q.split(self.QUERY_CHUNK)])
+            wider = min(self.size, k + TIE_MARGIN)
+            candidates = torch.cat([self._search_fp32(chunk, wider) for chunk in q.split(self.QUERY_CHUNK)])
         best, ids = self._rescored(q, candidates, k)
         distances = (best + (q * q).sum(dim=1, keepdim=True)).clamp(min=0)
         return distances.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
 
     def _rescored(self, q: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k smallest ‖k‖² − 2 q·k among each query's candidates, computed one way whichever
-        scan found them, so a query's distances do not depend on the batch it came in."""
+        scan found them, so a query's distances do not depend on the batch it came in. Equal
+        scores (duplicate keys: the same context in two places) go to the lower entry first, so a
+        search and a sharded search of the same keys pick the same ones."""
+        ids = ids.sort(dim=1).values
         picked = self._keys16[ids.reshape(-1)].to(torch.float32).reshape(*ids.shape, self.dim)
         scores = self.norms[ids] - 2.0 * (picked @ q[:, :, None])[..., 0]
-        best = scores.topk(k, dim=1, largest=False)
-        return best.values, ids.gather(1, best.indices)
+        order = scores.sort(dim=1, stable=True).indices[:, :k]
+        return scores.gather(1, order), ids.gather(1, order)
 
     def _search_fp32(self, chunk: torch.Tensor, k: int) -> torch.Tensor:
         """The ids of the k smallest ‖k‖² − 2 q·k per query, over float32 blocks."""

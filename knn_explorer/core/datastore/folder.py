@@ -70,7 +70,10 @@ def damage(folder: Path, manifest: dict) -> str | None:
     dim, entries = manifest.get("dim"), manifest.get("entries")
     if not all(isinstance(v, int) and v > 0 for v in (dim, entries)) or not isinstance(manifest.get("index"), dict):
         return "its manifest.json lacks the key dimension, entry count or index"
+    shards = manifest.get("shards")
     for name, per_entry in ENTRY_FILES.items():
+        if shards and name == "keys.f16":  # a sharded datastore's keys live in its shards
+            continue
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -88,6 +91,8 @@ def damage(folder: Path, manifest: dict) -> str | None:
             return "counts.i32 is missing or does not match its manifest"
     if not (folder / "documents.jsonl").is_file() or not (folder / "texts").is_dir():
         return "its document list or extracted texts are missing"
+    if shards:
+        return shards_damage(folder, shards)
     if manifest["index"].get("kind") != "flat":
         index = folder / "index.faiss"
         if not index.is_file() or index.stat().st_size == 0:
@@ -95,6 +100,23 @@ def damage(folder: Path, manifest: dict) -> str | None:
         with open(index, "rb") as f:
             if f.read(1) != b"I":  # every FAISS index file starts with its type's code: IwPQ, IHNf, IxF2…
                 return "index.faiss is not a FAISS index"
+    return None
+
+
+def shards_damage(folder: Path, shards: list[dict]) -> str | None:
+    """What is wrong with a sharded datastore's shards (each a complete datastore folder), or None."""
+    for number, shard in enumerate(shards):
+        try:
+            manifest = read_manifest(folder / shard["folder"])
+        except (DatastoreError, KeyError, TypeError) as exc:
+            return f"shard {number} is unreadable ({exc})"
+        if manifest.get("state") != COMPLETE:
+            return f"shard {number} is not complete"
+        if manifest.get("entries") != shard.get("entries"):
+            return f"shard {number} holds other entries than the manifest says"
+        reason = damage(folder / shard["folder"], manifest)
+        if reason is not None:
+            return f"shard {number}: {reason}"
     return None
 
 
@@ -207,7 +229,6 @@ class Datastore:
             self.documents = {d.id: d for d in read_documents(self.folder)}
         except (KeyError, TypeError, ValueError) as exc:
             raise damaged_error(self.name, f"its manifest or document list is unreadable: {exc!r}") from None
-        self.keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(self.size, self.dim))
         # Mapped, not read: at 100M entries values and positions are 2 GB, of which a lookup touches k.
         self.values = np.memmap(self.folder / "values.i32", dtype=np.int32, mode="r", shape=(self.size,))
         self.positions = np.memmap(self.folder / "positions.i64", dtype=np.int64, mode="r", shape=(self.size, 2))
@@ -218,11 +239,23 @@ class Datastore:
                            if compression.get("pca_dim") else None)
         self.counts = (np.memmap(self.folder / "counts.i32", dtype=np.int32, mode="r", shape=(self.size,))
                        if compression.get("prune_k") else None)
+        self._open_keys(device)
+        self._text = lru_cache(maxsize=64)(self._read_text)
+
+    def _open_keys(self, device: str) -> None:
+        """The keys and what searches them (a sharded datastore's live with its shards' actors)."""
+        self.keys = np.memmap(self.folder / "keys.f16", dtype=np.float16, mode="r", shape=(self.size, self.dim))
         self.searcher = self._searcher(device)
         # An index's exact re-rank reads keys.f16 row by row: map it ahead (an exact search read it all)
         self.key_prefetch = prefetch_keys(self.keys) if isinstance(self.searcher, FaissSearch) else None
         self._key_rows = tensor_view(self.keys)  # the same mapped keys, for torch's row gathers
-        self._text = lru_cache(maxsize=64)(self._read_text)
+
+    def shard_of(self, entry: int) -> int | None:
+        """Which shard holds `entry` (None: the datastore is not sharded)."""
+        return None
+
+    def describe_location(self) -> str:
+        return "this machine"
 
     def _searcher(self, device: str):
         """Exact search for flat datastores, and on a GPU that can hold the keys (a scan at GPU
@@ -263,7 +296,7 @@ class Datastore:
         distances, ids = self.searcher.search(queries, candidates)
         if exact and approximate:  # an exact search's distances are exact already
             distances = np.where(ids < 0, np.inf, self.exact_distances(queries, ids))  # missing ones sort last
-            order = np.argsort(distances, axis=1, kind="stable")
+            order = np.lexsort((ids, distances), axis=1)  # equal distances: the lower entry first
             distances = np.take_along_axis(distances, order, axis=1)
             ids = np.take_along_axis(ids, order, axis=1)
             distances, ids = distances[:, :k], ids[:, :k]

@@ -151,11 +151,14 @@ def build_index(
     device: str = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    trained: faiss.Index | None = None,
 ) -> faiss.Index:
-    """Train (if needed) and fill an index from `keys` (N×d, any float dtype, may be a memmap)."""
+    """Train (if needed) and fill an index from `keys` (N×d, any float dtype, may be a memmap).
+    `trained` is an empty index trained elsewhere, filled instead (a sharded datastore's shards share
+    one coarse quantizer and codebooks, so that their distances compare)."""
     n, dim = keys.shape
-    index = empty_index(spec, dim)
-    if spec.kind == "ivfpq":
+    index = trained if trained is not None else empty_index(spec, dim)
+    if spec.kind == "ivfpq" and trained is None:
         sample = sample_rows(keys, spec.train_size)
         if device == "cuda" and torch.cuda.is_available() and not spec.fast_scan:  # fast scan: FAISS trains it
             torch_train_ivfpq(index, sample, torch.device("cuda"))

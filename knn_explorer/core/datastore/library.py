@@ -75,9 +75,11 @@ def _check_new(catalog: Catalog, name: str, sources: list[str | Path]) -> str:
 
 
 def _build_locked(catalog, name, model, sources, params, on_progress, should_stop) -> BuildReport:
-    folder = _resumable_folder(catalog, name) or datastores_dir() / f"{_slug(name)}-{secrets.token_hex(3)}"
+    parent = Path(params.storage).expanduser().resolve() if params.storage else datastores_dir()
+    folder = _resumable_folder(catalog, name) or parent / f"{_slug(name)}-{secrets.token_hex(3)}"
+    builder_class = _cluster_builder() if params.cluster else DatastoreBuilder
     build_id = catalog.start_build(name, folder, model.name, params.to_json())
-    builder = DatastoreBuilder(folder, name, model, list(sources), params, on_progress, should_stop)
+    builder = builder_class(folder, name, model, list(sources), params, on_progress, should_stop)
     try:
         report = builder.run()
     except Cancelled:
@@ -96,6 +98,16 @@ def _build_locked(catalog, name, model, sources, params, on_progress, should_sto
     for stale in catalog.unfinished_builds(name):
         catalog.finish_build(stale.id, "resumed")
     return report
+
+
+def _cluster_builder():
+    """The Ray build (an optional extra): imported only when a build asks for a cluster."""
+    try:
+        from ..cluster.cluster_builder import ClusterBuilder
+    except ImportError as exc:
+        raise LibraryError(f"building on a Ray cluster needs the cluster extra: pip install "
+                           f"'knn-explorer[cluster]' ({exc})") from None
+    return ClusterBuilder
 
 
 def _resumable_folder(catalog: Catalog, name: str) -> Path | None:
@@ -200,10 +212,27 @@ def open_datastore(catalog: Catalog, name: str, model: LoadedModel | None = None
         known = ", ".join(r.name for r in catalog.datastores()) or "none"
         raise LibraryError(f"no datastore named '{name}' (known: {known})")
     # searched where the model runs: exact on a GPU that holds the keys (folder.py)
-    datastore = Datastore(Path(row.folder), device=model.device.type if model is not None else "cpu")
+    reader = _reader(Path(row.folder), name)
+    datastore = reader(Path(row.folder), device=model.device.type if model is not None else "cpu")
     if model is not None:
         datastore.check_compatible(model.model_fingerprint, model.tokenizer_fingerprint, model.name)
     return datastore
+
+
+def _reader(folder: Path, name: str) -> type[Datastore]:
+    """Datastore, or for a datastore sharded on a Ray cluster the reader that searches its shards."""
+    try:
+        sharded = bool(read_manifest(folder).get("shards"))
+    except DatastoreError:
+        return Datastore  # which gives the reason it cannot be opened
+    if not sharded:
+        return Datastore
+    try:
+        from ..cluster.sharded_datastore import ShardedDatastore
+    except ImportError as exc:
+        raise LibraryError(f"datastore '{name}' is sharded on a Ray cluster, which needs the cluster extra: "
+                           f"pip install 'knn-explorer[cluster]' ({exc})") from None
+    return ShardedDatastore
 
 
 def compatibility(row: DatastoreRow, model: LoadedModel) -> Compatibility:

@@ -183,7 +183,8 @@ class StepGenerator:
             out.append(Neighbour(rank=rank + 1, token=token, token_id=token_id, distance=float(r.distances[row, rank]),
                                  weight=float(weights[row, rank]), document=document.path, offset=offset,
                                  context=context, highlight=highlight,
-                                 knn_weight=None if knn_weights is None else float(knn_weights[row, rank])))
+                                 knn_weight=None if knn_weights is None else float(knn_weights[row, rank]),
+                                 shard=datastore.shard_of(entry)))
         return out
 
 

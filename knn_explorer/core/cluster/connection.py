@@ -1,0 +1,49 @@
+"""Joining a Ray cluster: "local" starts one inside this process; anything else is an address
+(`ray://head:10001`, `head:6379`, or `auto` on a node of a running cluster)."""
+from __future__ import annotations
+
+import ray
+
+from ..datastore.folder import DatastoreError
+
+LOCAL = "local"
+NAMESPACE = "knn-explorer"  # named retrieval actors live here, so a second open attaches to them
+
+
+class ClusterError(DatastoreError):
+    """The cluster cannot be used; str() is a one-line reason."""
+
+
+_joined: str | None = None
+
+
+def connect(address: str) -> None:
+    """Join the cluster at `address` once per process (Ray holds one connection per process)."""
+    global _joined
+    address = (address or LOCAL).strip()
+    if ray.is_initialized():
+        if _joined not in (None, address):
+            raise ClusterError(f"this process is joined to the Ray cluster '{_joined}'; "
+                               f"restart it to use '{address}'")
+        _joined = _joined or address
+        return
+    options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        if address == LOCAL:
+            ray.init(**options)
+        else:
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ClusterError(f"could not join the Ray cluster at '{address}': {reason}") from None
+    _joined = address
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def default_encoders() -> int:
+    """One model actor per GPU, or per CPU on a cluster without GPUs."""
+    resources = ray.cluster_resources()
+    return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
