@@ -197,3 +197,57 @@ def test_nothing_imports_ray_until_a_cluster_is_used():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.slow
+def test_the_build_dialog_builds_on_the_cluster_and_the_app_shows_where_it_lives(qtbot, local_cluster, tiny_gpt2_dir,
+                                                                                  tmp_path):
+    from PySide6.QtCore import Qt
+
+    from corpus import write_corpus
+    from knn_explorer.core.models import load_model
+    from knn_explorer.core.records import Neighbour
+    from knn_explorer.gui.dialogs.build import RAY, BuildDialog
+    from knn_explorer.gui.pages.library import INDEX, CatalogView
+    from knn_explorer.gui.widgets.neighbour_table import NeighbourTable, NeighbourTableModel
+
+    catalog = Catalog()
+    dialog = BuildDialog(catalog, load_model(str(tiny_gpt2_dir), device="cpu"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.add_sources([str(write_corpus(tmp_path / "docs"))])
+    dialog.name_edit.setText("sharded")
+    dialog.context_spin.setValue(32)
+    dialog.stride_spin.setValue(16)
+    assert not dialog.cluster_row.isVisible()
+    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData(RAY))
+    assert dialog.cluster_row.isVisible()
+    dialog.cluster_edit.setText("local")
+    dialog.shards_spin.setValue(2)
+    dialog.pca_spin.setValue(8)
+    assert "not available on a Ray cluster" in dialog.start_problem()
+    dialog.pca_spin.setValue(0)
+    assert dialog.start_problem() is None
+    assert (dialog.parameters().cluster, dialog.parameters().shards) == ("local", 2)
+    qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
+    assert "on Ray cluster “local”, 2 shards" in dialog.details_label.text()
+    with qtbot.waitSignal(dialog.tracker.finished, timeout=180_000):
+        pass
+    row = catalog.datastore("sharded")
+    assert (row.cluster, row.shards) == ("local", 2)
+
+    view = CatalogView(catalog)
+    qtbot.addWidget(view)
+    item = next(view.tree.topLevelItem(i) for i in range(view.tree.topLevelItemCount())
+                if view.tree.topLevelItem(i).text(0) == "sharded")
+    assert item.text(INDEX).endswith("Ray ×2") and "Ray cluster “local” in 2 shards" in item.toolTip(INDEX)
+
+    table = NeighbourTable()
+    qtbot.addWidget(table)
+    neighbour = dict(rank=1, token="x", token_id=1, distance=1.0, weight=1.0, document="/d.txt", offset=0,
+                     context="x", highlight=(0, 1))
+    table.set_neighbours([Neighbour(**neighbour)])
+    assert table.isColumnHidden(NeighbourTableModel.SHARD)  # a local datastore: no shard column
+    table.set_neighbours([Neighbour(**neighbour, shard=1)])
+    assert not table.isColumnHidden(NeighbourTableModel.SHARD)
+    assert table.model().index(0, NeighbourTableModel.SHARD).data() == "1"

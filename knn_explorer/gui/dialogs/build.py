@@ -6,6 +6,7 @@ discards the partial folder, so nothing is kept.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,14 @@ from ...core.models import LoadedModel
 from ...core.progress import Progress, format_seconds
 from ..build_tracker import BuildTracker, running_builds
 from ..widgets.source_list import SourceList
+
+RAY = "ray"  # the "Run on" choice that builds on a Ray cluster
+
+
+def ray_installed() -> bool:
+    """Whether the cluster extra is installed (found, not imported: Ray loads only when used)."""
+    return importlib.util.find_spec("ray") is not None
+
 
 INDEX_CHOICES = [  # (label, BuildParameters.index, tooltip)
     ("Auto", "auto", "Pick the index from the datastore size: exact (flat) when small, IVF-PQ when large"),
@@ -160,7 +169,15 @@ class BuildDialog(QDialog):
         self.device_combo = QComboBox()
         self.device_combo.addItem("CPU", "cpu")
         self.device_combo.addItem("GPU", "cuda")
+        self.device_combo.addItem("Ray cluster", RAY)
         self.device_combo.setItemData(0, "Train the index on the CPU", Qt.ItemDataRole.ToolTipRole)
+        if ray_installed():
+            self.device_combo.setItemData(2, "Encode with model actors on a Ray cluster and keep the keys in shards, "
+                                             "each searched by its own actor there", Qt.ItemDataRole.ToolTipRole)
+        else:
+            self.device_combo.model().item(2).setEnabled(False)
+            self.device_combo.setItemData(2, "Needs the cluster extra: pip install 'knn-explorer[cluster]'",
+                                          Qt.ItemDataRole.ToolTipRole)
         self.cuda_available = bool(torch.cuda.is_available())
         if self.cuda_available:
             self.device_combo.setItemData(1, "Train the index on the GPU (CUDA)", Qt.ItemDataRole.ToolTipRole)
@@ -172,6 +189,24 @@ class BuildDialog(QDialog):
             gpu.setEnabled(False)
             self.device_combo.setItemData(1, "GPU unavailable: no CUDA device", Qt.ItemDataRole.ToolTipRole)
             self.device_combo.setToolTip("Where the index is trained. GPU unavailable: no CUDA device")
+
+        self.cluster_edit = QLineEdit()
+        self.cluster_edit.setPlaceholderText("local, or the head's address (ray://head:10001)")
+        self.cluster_edit.setToolTip("The Ray cluster: “local” starts one on this machine; otherwise the address "
+                                     "of a running cluster, whose nodes reach this datastore's folder")
+        self.shards_spin = QSpinBox()
+        self.shards_spin.setRange(1, 1024)
+        self.shards_spin.setValue(2)
+        self.shards_spin.setToolTip("Key shards: each is searched by one retrieval actor on the cluster")
+        self.cluster_row = QWidget()
+        cluster_layout = QHBoxLayout(self.cluster_row)
+        cluster_layout.setContentsMargins(0, 0, 0, 0)
+        cluster_layout.addWidget(QLabel("Cluster"))
+        cluster_layout.addWidget(self.cluster_edit, 1)
+        cluster_layout.addWidget(QLabel("Shards"))
+        cluster_layout.addWidget(self.shards_spin)
+        self.cluster_row.setVisible(False)
+        self.device_combo.currentIndexChanged.connect(self._device_changed)
 
         max_context = model.max_positions if model is not None else 8192
         self.context_spin = QSpinBox()
@@ -209,7 +244,7 @@ class BuildDialog(QDialog):
         form.addWidget(self.name_hint, 1, 1, 1, 3)
         form.addWidget(QLabel("Index"), 2, 0)
         form.addWidget(self.index_combo, 2, 1)
-        form.addWidget(QLabel("Index device"), 2, 2)
+        form.addWidget(QLabel("Run on"), 2, 2)
         form.addWidget(self.device_combo, 2, 3)
         form.addWidget(QLabel("Context length"), 3, 0)
         form.addWidget(self.context_spin, 3, 1)
@@ -219,6 +254,7 @@ class BuildDialog(QDialog):
         form.addWidget(self.pca_spin, 4, 1)
         form.addWidget(QLabel("Prune"), 4, 2)
         form.addWidget(self.prune_spin, 4, 3)
+        form.addWidget(self.cluster_row, 5, 0, 1, 4)
         form.setColumnStretch(1, 1)
         form.setColumnStretch(3, 1)
         for row, col, tip in ((0, 0, self.name_edit.toolTip()), (2, 0, self.index_combo.toolTip()),
@@ -416,11 +452,18 @@ class BuildDialog(QDialog):
 
     # ---- settings ------------------------------------------------------------------------------
     def parameters(self) -> BuildParameters:
+        on_cluster = self.device_combo.currentData() == RAY
         return replace(
             self._base_parameters, context_length=self.context_spin.value(), stride=self.stride_spin.value(),
-            index=self.index_combo.currentData(), device=self.device_combo.currentData(),
+            index=self.index_combo.currentData(), device="cpu" if on_cluster else self.device_combo.currentData(),
             pca_dim=self.pca_spin.value(), prune_k=self.prune_spin.value(),
+            cluster=(self.cluster_edit.text().strip() or "local") if on_cluster else "",
+            shards=self.shards_spin.value() if on_cluster else 1,
         )
+
+    def _device_changed(self, _index: int) -> None:
+        self.cluster_row.setVisible(self.device_combo.currentData() == RAY)
+        self._update_state()
 
     def fill_from(self, build: UnfinishedBuild) -> None:
         """Fill in the name, sources and settings of an interrupted build, so that Start resumes it."""
@@ -431,7 +474,9 @@ class BuildDialog(QDialog):
         self.name_edit.setText(build.name)
         self._name_touched = True
         self.index_combo.setCurrentIndex(max(0, self.index_combo.findData(params.index)))
-        self.device_combo.setCurrentIndex(1 if params.device == "cuda" and self.cuda_available else 0)
+        self.device_combo.setCurrentIndex(2 if params.cluster else 1 if params.device == "cuda" and self.cuda_available else 0)
+        self.cluster_edit.setText(params.cluster)
+        self.shards_spin.setValue(max(1, params.shards))
         self.context_spin.setValue(params.context_length)
         self.stride_spin.setValue(params.stride)
         self.pca_spin.setValue(params.pca_dim)
@@ -489,6 +534,8 @@ class BuildDialog(QDialog):
             return "The build is running"
         if not self.source_paths():
             return "Add at least one file or folder to index"
+        if self.device_combo.currentData() == RAY and (self.pca_spin.value() or self.prune_spin.value()):
+            return "PCA and pruning are not available on a Ray cluster — turn them off, or build on this machine"
         return self.name_problem()
 
     def _name_edited(self, _text: str) -> None:
@@ -553,7 +600,8 @@ class BuildDialog(QDialog):
             self.details_label.setText(
                 f"Datastore “{tracker.name}” from {where}\n"
                 f"Context {params.context_length} tokens, stride {params.stride} · index: {index} · "
-                f"index device: {params.device.upper() if params.device == 'cpu' else 'GPU'}")
+                + (f"on Ray cluster “{params.cluster}”, {params.shards} shards" if params.cluster else
+                   f"index device: {params.device.upper() if params.device == 'cpu' else 'GPU'}"))
         self.progress_bar.setValue(0)
         for label in (self.count_label, self.rate_label, self.eta_label, self.elapsed_label):
             label.setText("—")

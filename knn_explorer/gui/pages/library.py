@@ -415,7 +415,7 @@ class CatalogView(QWidget):
             docs += f", {len(skipped)} skipped"
         item.setToolTip(NAME, f"{row.name} — {docs}\n{row.entries:,} entries · {_human_size(row.size_bytes)} · "
                               f"{row.index_description} · built {_local_time(row.created)}\n"
-                              f"Model: {row.model_name}\nFolder: {row.folder}")
+                              f"Model: {row.model_name}\nLives on: {row.location}\nFolder: {row.folder}")
         item.setToolTip(MODEL, f"Built by {row.model_name}\nKeys: input of {row.key_site} ({row.dim} dimensions)")
         item.setToolTip(ENTRIES, f"{row.entries:,} entries")
         item.setToolTip(SIZE, f"{row.size_bytes / 2**20:,.1f} MB ({row.size_bytes:,} bytes) on disk")
@@ -424,6 +424,10 @@ class CatalogView(QWidget):
         if compressed:  # "IVF-PQ · PCA+pruned": the details are in the tooltip
             applied = "+".join(tag for tag, key in (("PCA", "pca_dim"), ("pruned", "prune_k")) if row.compression.get(key))
             item.setText(INDEX, f"{_short_index(row.index_description)} · {applied}")
+        if row.cluster:  # "flat · Ray ×2": searched by the shards' actors on a Ray cluster
+            item.setText(INDEX, f"{item.text(INDEX)} · Ray ×{row.shards}")
+            item.setToolTip(INDEX, f"{item.toolTip(INDEX)}\nLives on the Ray cluster “{row.cluster}” in {row.shards} "
+                                   f"shards, each searched by its own actor; storage: {row.folder}")
         item.setToolTip(CREATED, f"Built {_local_time(row.created)}")
         for column in NUMBERS:
             item.setTextAlignment(column, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

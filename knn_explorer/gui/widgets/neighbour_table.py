@@ -43,8 +43,8 @@ _DISPLAY, _TOOLTIP, _ALIGNMENT = int(Qt.DisplayRole.value), int(Qt.ToolTipRole.v
 _FOREGROUND, _FONT = int(Qt.ForegroundRole.value), int(Qt.FontRole.value)
 
 class NeighbourTableModel(QAbstractTableModel):
-    RANK, TOKEN, DISTANCE, WEIGHT, KNN_WEIGHT, DOCUMENT, PASSAGE = range(7)
-    COLUMNS = ("#", "Token", "Distance (L2²)", "Weight", "kNN-LM", "Document", "Passage")
+    RANK, TOKEN, DISTANCE, WEIGHT, KNN_WEIGHT, SHARD, DOCUMENT, PASSAGE = range(8)
+    COLUMNS = ("#", "Token", "Distance (L2²)", "Weight", "kNN-LM", "Shard", "Document", "Passage")
     HEADER_TIPS = (
         "Rank of the neighbour (1 = nearest)",
         "The token that followed the neighbour's context in the document",
@@ -53,6 +53,7 @@ class NeighbourTableModel(QAbstractTableModel):
         "kNN-LM: the neighbour's share of p_kNN (softmax of −distance / T over the k neighbours).\n"
         "SPALM: its attention weight in m_t (softmax of e(y)·h over the k retrieved tokens).",
         "SPALM: the same neighbour's kNN-LM weight (softmax of −distance / T), to see where the two disagree",
+        "Which shard of the datastore (on its Ray cluster) answered with this neighbour",
         "Source document (hover for the full path)",
         "The passage around the neighbour; its next token is highlighted. Double-click to open the document.",
     )
@@ -60,7 +61,7 @@ class NeighbourTableModel(QAbstractTableModel):
 
     # Numbers right-aligned: rank, distance, the weights.
     ALIGNMENTS = tuple(int((Qt.AlignRight if right else Qt.AlignLeft) | Qt.AlignVCenter)
-                       for right in (True, False, True, True, True, False, False))
+                       for right in (True, False, True, True, True, True, False, False))
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -75,7 +76,8 @@ class NeighbourTableModel(QAbstractTableModel):
         self._rows = list(neighbours)
         # A view asks for every role of every visible cell on each paint: format the text once here.
         self._display = [(str(n.rank), visible_token(n.token), format_distance(n.distance), f"{n.weight * 100:.1f}%",
-                          "" if n.knn_weight is None else f"{n.knn_weight * 100:.1f}%", Path(n.document).name,
+                          "" if n.knn_weight is None else f"{n.knn_weight * 100:.1f}%",
+                          "" if n.shard is None else str(n.shard), Path(n.document).name,
                           _inline(n.context)) for n in self._rows]
         self.endResetModel()
 
@@ -235,7 +237,7 @@ class NeighbourTable(QTableView):
         header.setStretchLastSection(True)
         header.setDefaultAlignment(Qt.AlignLeft | Qt.AlignVCenter)
         widths = {NeighbourTableModel.RANK: 34, NeighbourTableModel.TOKEN: 90, NeighbourTableModel.DISTANCE: 76,
-                  NeighbourTableModel.WEIGHT: 74, NeighbourTableModel.KNN_WEIGHT: 74,
+                  NeighbourTableModel.WEIGHT: 74, NeighbourTableModel.KNN_WEIGHT: 74, NeighbourTableModel.SHARD: 44,
                   NeighbourTableModel.DOCUMENT: 130}
         for column, width in widths.items():  # at least as wide as the column's title
             title = NeighbourTableModel.COLUMNS[column]
@@ -247,6 +249,8 @@ class NeighbourTable(QTableView):
         self.table_model.set_neighbours(neighbours)
         # The kNN-LM comparison column only for SPALM's records, which carry it.
         self.setColumnHidden(NeighbourTableModel.KNN_WEIGHT, all(n.knn_weight is None for n in neighbours))
+        # The shard column only for a datastore sharded on a Ray cluster.
+        self.setColumnHidden(NeighbourTableModel.SHARD, all(n.shard is None for n in neighbours))
 
     def neighbour(self, row: int) -> Neighbour:
         return self.table_model.neighbour(row)
