@@ -251,3 +251,21 @@ def test_the_build_dialog_builds_on_the_cluster_and_the_app_shows_where_it_lives
     table.set_neighbours([Neighbour(**neighbour, shard=1)])
     assert not table.isColumnHidden(NeighbourTableModel.SHARD)
     assert table.model().index(0, NeighbourTableModel.SHARD).data() == "1"
+
+
+@pytest.mark.slow
+def test_cancelling_a_cluster_build_keeps_nothing(local_cluster, tiny_gpt2_dir, tmp_path):
+    from corpus import write_corpus
+    from knn_explorer.core.models import load_model
+    from knn_explorer.core.progress import Cancelled
+
+    catalog = Catalog()
+    params = BuildParameters(context_length=32, stride=16, batch_size=2, cluster="local", shards=2, encoders=1)
+    encoded = []
+    with pytest.raises(Cancelled):
+        build_datastore(catalog, "cancelled", load_model(str(tiny_gpt2_dir), device="cpu"),
+                        [write_corpus(tmp_path / "docs")], params,
+                        on_progress=lambda p: encoded.append(p.done) if p.phase == "encoding" else None,
+                        should_stop=lambda: any(encoded))
+    assert catalog.datastore("cancelled") is None
+    assert not any(Path(os.environ["KNN_EXPLORER_HOME"], "datastores").iterdir())  # the folder is gone
