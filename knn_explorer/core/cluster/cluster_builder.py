@@ -66,7 +66,7 @@ class ClusterBuilder(DatastoreBuilder):
         gpus = cluster_has_gpus()
         encoders = self.params.encoders or default_encoders()
         items = [{"shard": s.number, "batch": b} for s in pending for b in range(s.first_batch, s.end_batch)]
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are not for users
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset notices are not for users
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # progress is reported through on_progress
         context.print_on_execution_start = False

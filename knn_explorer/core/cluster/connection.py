@@ -2,6 +2,8 @@
 (`ray://head:10001`, `head:6379`, or `auto` on a node of a running cluster)."""
 from __future__ import annotations
 
+import os
+
 import ray
 
 from ..datastore.folder import DatastoreError
@@ -27,6 +29,9 @@ def connect(address: str) -> None:
                                f"restart it to use '{address}'")
         _joined = _joined or address
         return
+    # Ray's C++ core logs notices to stderr (e.g. ray-project/ray#53727 for every Ray Data actor);
+    # real failures reach us as exceptions. A user's own setting wins.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         if address == LOCAL:
