@@ -369,7 +369,7 @@ def cmd_build(args) -> int:
     from .core.datastore.builder import BuildParameters
     from .core.datastore.library import build_datastore, check_can_build
 
-    check_can_build(Catalog(), args.name, args.docs)  # refused at once, before the model loads
+    check_can_build(Catalog(), args.name, args.docs, args.storage)  # refused at once, before the model loads
     model = _load_model(args)
     params = BuildParameters(
         context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,

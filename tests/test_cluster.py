@@ -269,3 +269,19 @@ def test_cancelling_a_cluster_build_keeps_nothing(local_cluster, tiny_gpt2_dir, 
                         should_stop=lambda: any(encoded))
     assert catalog.datastore("cancelled") is None
     assert not any(Path(os.environ["KNN_EXPLORER_HOME"], "datastores").iterdir())  # the folder is gone
+
+
+def test_cluster_build_refusals_are_one_line_and_write_nothing(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("some words to index " * 20)
+    url = cli_helpers.cli("build", "--name", "x", "--model", "demo", "--docs", docs, "--cluster", "local",
+                          "--storage", "s3://bucket/knn", check=False)
+    assert url.returncode != 0 and "mount 's3://bucket/knn'" in url.stderr and len(url.stderr.strip().splitlines()) == 1
+    compressed = cli_helpers.cli("build", "--name", "x", "--model", "demo", "--docs", docs, "--cluster", "local",
+                                 "--pca", 8, check=False)
+    assert compressed.returncode != 0 and "PCA and pruning are not available for cluster builds" in compressed.stderr
+    catalog = Catalog()
+    assert catalog.datastore("x") is None and not catalog.unfinished_builds("x")  # nothing recorded
+    datastores = Path(os.environ["KNN_EXPLORER_HOME"]) / "datastores"
+    assert not datastores.exists() or not any(datastores.iterdir())

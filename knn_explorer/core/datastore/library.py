@@ -48,24 +48,29 @@ def build_datastore(
     Cancelling discards the partial folder; a crash or kill keeps it for the next attempt. The
     name's lock is held throughout: a second build, resume or removal of it is refused at once.
     """
-    name = _check_new(catalog, name, sources)
+    name = _check_new(catalog, name, sources, params.storage)
+    if params.cluster and params.compression:  # refused before anything is recorded
+        raise LibraryError("PCA and pruning are not available for cluster builds; build without them, or on one machine")
     with datastore_lock(name, "build"):
-        _check_new(catalog, name, sources)  # again under the lock: another process may have just finished it
+        _check_new(catalog, name, sources, params.storage)  # again under the lock: another process may have just finished it
         return _build_locked(catalog, name, model, sources, params, on_progress, should_stop)
 
 
-def check_can_build(catalog: Catalog, name: str, sources: list[str | Path]) -> str:
+def check_can_build(catalog: Catalog, name: str, sources: list[str | Path], storage: str = "") -> str:
     """The name a build of `name` from `sources` would use, or the one-line reason it cannot start,
     so that a command can refuse before it loads a model."""
-    name = _check_new(catalog, name, sources)
+    name = _check_new(catalog, name, sources, storage)
     busy = holder(name)
     if busy is not None:
         raise DatastoreBusy(busy)
     return name
 
 
-def _check_new(catalog: Catalog, name: str, sources: list[str | Path]) -> str:
+def _check_new(catalog: Catalog, name: str, sources: list[str | Path], storage: str = "") -> str:
     name = validate_name(name)
+    if "://" in storage:
+        raise LibraryError(f"the storage must be a folder: mount '{storage}' (s3fs, gcsfuse, blobfuse) on every "
+                           "node and give the mounted folder")
     missing = [str(s) for s in sources if not Path(s).expanduser().exists()]
     if missing:
         raise LibraryError(f"no such file or folder: {missing[0]}")
