@@ -198,14 +198,13 @@ class BuildDialog(QDialog):
         self.shards_spin.setRange(1, 1024)
         self.shards_spin.setValue(2)
         self.shards_spin.setToolTip("Key shards: each is searched by one retrieval actor on the cluster")
-        self.cluster_row = QWidget()
-        cluster_layout = QHBoxLayout(self.cluster_row)
-        cluster_layout.setContentsMargins(0, 0, 0, 0)
-        cluster_layout.addWidget(QLabel("Cluster"))
-        cluster_layout.addWidget(self.cluster_edit, 1)
-        cluster_layout.addWidget(QLabel("Shards"))
-        cluster_layout.addWidget(self.shards_spin)
-        self.cluster_row.setVisible(False)
+        # Shown only when "Run on" is the Ray cluster, in the grid's columns like every other setting
+        cluster_label, shards_label = QLabel("Cluster"), QLabel("Shards")
+        cluster_label.setToolTip(self.cluster_edit.toolTip())
+        shards_label.setToolTip(self.shards_spin.toolTip())
+        self.cluster_widgets = (cluster_label, self.cluster_edit, shards_label, self.shards_spin)
+        for widget in self.cluster_widgets:
+            widget.setVisible(False)
         self.device_combo.currentIndexChanged.connect(self._device_changed)
 
         max_context = model.max_positions if model is not None else 8192
@@ -254,7 +253,8 @@ class BuildDialog(QDialog):
         form.addWidget(self.pca_spin, 4, 1)
         form.addWidget(QLabel("Prune"), 4, 2)
         form.addWidget(self.prune_spin, 4, 3)
-        form.addWidget(self.cluster_row, 5, 0, 1, 4)
+        for column, widget in enumerate(self.cluster_widgets):
+            form.addWidget(widget, 5, column)
         form.setColumnStretch(1, 1)
         form.setColumnStretch(3, 1)
         for row, col, tip in ((0, 0, self.name_edit.toolTip()), (2, 0, self.index_combo.toolTip()),
@@ -462,8 +462,12 @@ class BuildDialog(QDialog):
         )
 
     def _device_changed(self, _index: int) -> None:
-        self.cluster_row.setVisible(self.device_combo.currentData() == RAY)
+        for widget in self.cluster_widgets:
+            widget.setVisible(self.device_combo.currentData() == RAY)
         self._update_state()
+
+    def cluster_shown(self) -> bool:
+        return self.cluster_edit.isVisible()
 
     def fill_from(self, build: UnfinishedBuild) -> None:
         """Fill in the name, sources and settings of an interrupted build, so that Start resumes it."""
