@@ -204,7 +204,8 @@ def index_folder_name(spec) -> str:
     """One folder per built index: nprobe and rerank are search-time settings, so auto and ivfpq
     share a folder when they resolve to the same index."""
     if spec.kind == "ivfpq":
-        return f"ivfpq-nlist{spec.nlist}-m{spec.m}-nbits{spec.nbits}-train{spec.train_size}"
+        extras = ("-opq" if spec.opq else "") + ("-hnswq" if spec.coarse_hnsw else "")
+        return f"ivfpq-nlist{spec.nlist}-m{spec.m}-nbits{spec.nbits}-train{spec.train_size}{extras}"
     if spec.kind == "hnsw":
         return f"hnsw-m{spec.hnsw_m}"
     return "flat"

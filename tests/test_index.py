@@ -99,3 +99,23 @@ def test_an_index_spec_from_before_the_rerank_gets_the_current_one():
     assert IndexSpec.from_json(old).rerank == choose_index("ivfpq", 100_000, 64).rerank > 1
     assert IndexSpec.from_json({"kind": "flat"}).rerank == 1
     assert IndexSpec.from_json(choose_index("hnsw", 10, 8).to_json()) == choose_index("hnsw", 10, 8)
+
+
+def test_an_opq_rotated_index_over_an_hnsw_coarse_quantizer_is_probed_as_its_spec_says():
+    from knn_explorer.core.datastore.index import FaissSearch
+
+    keys = clustered_keys(n=6_000, d=64)
+    spec = IndexSpec("ivfpq", nlist=64, m=16, nbits=4, nprobe=8, train_size=6_000, rerank=8, fast_scan=True,
+                     opq=True, coarse_hnsw=True)
+    assert spec.factory() == "OPQ16,IVF64_HNSW32,PQ16x4fs" and spec.describe().startswith("OPQ16,IVF64_HNSW32")
+    search = FaissSearch(build_index(keys, spec))
+    assert isinstance(search.index, faiss.IndexPreTransform)  # the rotation comes first
+    search.set_nprobe(12)
+    assert search.ivf.nprobe == 12 and faiss.downcast_index(search.ivf.quantizer).hnsw.efSearch >= 24
+    queries = keys[::97].astype(np.float32) + 0.01
+    assert recall_at_10(search, keys, queries, candidates=80) > 0.9  # 4-bit codes: found among the candidates
+    search.set_nprobe(1)
+    _, one_list = search.search(queries, 10)
+    search.set_nprobe(64)
+    _, every_list = search.search(queries, 10)
+    assert not np.array_equal(one_list, every_list)  # nprobe reaches the IVF behind the rotation

@@ -23,7 +23,7 @@ from ..datastore.folder import COMPLETE as DATASTORE_COMPLETE
 from ..datastore.folder import DatastoreError, KeyFile, read_documents, read_manifest, write_json_atomic
 from ..datastore.index import IndexSpec, choose_index, empty_index, sample_rows
 from ..progress import Cancelled, PhaseMeter
-from .connection import cluster_has_gpus, connect, default_encoders
+from .connection import cluster_has_gpus, connect, default_encoders, one_line
 from .key_encoder import KeyEncoder
 from .shard_plan import COMPLETE, ENCODING, INDEXING, Shard, plan_shards, start_shard, write_shard_manifest
 
@@ -146,10 +146,3 @@ def shard_state(folder: Path, shard: Shard) -> str:
         return read_manifest(folder / shard.folder).get("state", ENCODING)
     except DatastoreError:
         return ENCODING
-
-
-def one_line(exc: BaseException) -> str:
-    """The root cause of a Ray error, on one line (Ray wraps it in a multi-line trace)."""
-    cause = getattr(exc, "cause", None) or exc
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(cause).__name__)[:300]

@@ -52,3 +52,10 @@ def default_encoders() -> int:
     """One model actor per GPU, or per CPU on a cluster without GPUs."""
     resources = ray.cluster_resources()
     return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
+
+
+def one_line(exc: BaseException) -> str:
+    """The root cause of a Ray error, on one line (Ray wraps it in a multi-line trace)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(cause).__name__)[:300]

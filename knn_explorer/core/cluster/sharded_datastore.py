@@ -17,11 +17,12 @@ import numpy as np
 import ray
 
 from ..datastore.folder import Datastore, DatastoreError
-from .connection import connect
+from .connection import connect, one_line
 from .shard_plan import Shard
 
 RESTARTS = 3  # times Ray restarts a dead retrieval actor (and retries the call it was answering)
 ANSWER_SECONDS = 600.0  # a shard that has not answered by then is treated as gone
+INLINE_QUERY_BYTES = 1 << 20
 
 
 class ShardActor:
@@ -54,14 +55,15 @@ class ShardedSearch:
             try:
                 answers.append(ray.get(call, timeout=ANSWER_SECONDS))
             except (ray.exceptions.RayError, TimeoutError) as exc:
-                from .cluster_builder import one_line
                 raise DatastoreError(f"shard {shard.number} of datastore '{self.name}' did not answer "
                                      f"({one_line(exc)})") from None
         return answers
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        reference = ray.put(queries)  # sent once, read by every shard
+        # A batch (eval) goes into the object store once for every shard to read; one query is
+        # small enough to travel inside each call.
+        reference = ray.put(queries) if queries.nbytes > INLINE_QUERY_BYTES else queries
         answers = self._gather([actor.search.remote(reference, k, exact) for actor in self.actors])
         distances = np.concatenate([d for d, _ in answers], axis=1)
         ids = np.concatenate([i for _, i in answers], axis=1)

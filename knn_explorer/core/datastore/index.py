@@ -31,6 +31,7 @@ NPROBE_MIN, NPROBE_FRACTION = 48, 85  # probe ~1.2% of the lists, at least 48 (1
 RERANK_IVF, RERANK_HNSW, MAX_CANDIDATES = 48, 4, 4096
 FAST_SCAN_MIN_DIM = 512
 FAST_SCAN_ONE_QUERY = 15  # IndexIVFFastScan.implem: multithreaded over queries × probes, reservoir
+COARSE_HNSW_M, COARSE_HNSW_EF = 32, 128  # the graph over many lists' centroids, and its search list
 ADD_CHUNK = 65_536
 
 
@@ -46,6 +47,8 @@ class IndexSpec:
     ef_search: int = 128
     rerank: int = 1  # an exact search takes rerank·k candidates from the index and keeps the k nearest
     fast_scan: bool = False  # IVF-PQ with 4-bit codes scanned by SIMD (IndexIVFPQFastScan)
+    opq: bool = False  # keys rotated by a learned OPQ matrix before PQ (finer codes: fewer candidates to re-rank)
+    coarse_hnsw: bool = False  # the IVF lists found through an HNSW graph over their centroids (many lists)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,11 +60,16 @@ class IndexSpec:
         data.setdefault("rerank", {"ivfpq": RERANK_IVF, "hnsw": RERANK_HNSW}.get(data.get("kind"), 1))
         return cls(**data)
 
+    def factory(self) -> str:
+        """The IVF-PQ index as FAISS's index_factory names it ("OPQ128_768,IVF8192_HNSW32,PQ128x4fs")."""
+        opq = f"OPQ{self.m}," if self.opq else ""
+        coarse = f"IVF{self.nlist}" + (f"_HNSW{COARSE_HNSW_M}" if self.coarse_hnsw else "")
+        return f"{opq}{coarse},PQ{self.m}x{self.nbits}{'fs' if self.fast_scan else ''}"
+
     def describe(self) -> str:
         rerank = f" re-rank {self.rerank}k" if self.rerank > 1 else ""
         if self.kind == "ivfpq":
-            fs = "fs" if self.fast_scan else ""
-            return f"IVF{self.nlist},PQ{self.m}x{self.nbits}{fs} nprobe={self.nprobe}{rerank}"
+            return f"{self.factory()} nprobe={self.nprobe}{rerank}"
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw_m} efSearch={self.ef_search}{rerank}"
         return "Flat (exact)"
@@ -122,6 +130,11 @@ def empty_index(spec: IndexSpec, dim: int) -> faiss.Index:
     if spec.kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m)
         index.hnsw.efSearch = spec.ef_search
+        return index
+    if spec.opq or spec.coarse_hnsw:
+        factory = spec.factory().replace(f"OPQ{spec.m},", f"OPQ{spec.m}_{dim},")
+        index = faiss.index_factory(dim, factory)
+        faiss.extract_index_ivf(index).nprobe = spec.nprobe
         return index
     quantizer = faiss.IndexFlatL2(dim)
     if spec.fast_scan:
@@ -206,15 +219,23 @@ class FaissSearch:
 
     def __init__(self, index: faiss.Index):
         self.index = index
+        try:  # the IVF inside (behind an OPQ rotation, say); None for HNSW
+            self.ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        except RuntimeError:
+            self.ivf = None
 
     def set_nprobe(self, nprobe: int) -> None:
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = nprobe
+        if self.ivf is None:
+            return
+        self.ivf.nprobe = nprobe
+        quantizer = faiss.downcast_index(self.ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):  # its search list must hold the lists to probe
+            quantizer.hnsw.efSearch = max(COARSE_HNSW_EF, 2 * nprobe)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(self.index, faiss.IndexIVFFastScan):
+        if isinstance(self.ivf, faiss.IndexIVFFastScan):
             # One query (generation) is scanned by every thread over its probes (implementation 15:
             # multithreaded over queries × probes, results in a reservoir): 1.38 ms against 1.88 at
             # 10M with 2 threads; batches are spread over queries as usual (0: FAISS's choice).
-            self.index.implem = FAST_SCAN_ONE_QUERY if len(queries) < faiss.omp_get_max_threads() * 2 else 0
+            self.ivf.implem = FAST_SCAN_ONE_QUERY if len(queries) < faiss.omp_get_max_threads() * 2 else 0
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
