@@ -25,12 +25,18 @@ def recall_at_10(index, keys, queries, candidates=10):
     return np.mean([t[0] in f for t, f in zip(truth, found)])
 
 
-def test_auto_picks_exact_for_small_and_ivfpq_for_large():
+def test_auto_picks_exact_for_small_and_ivfpq_for_large(monkeypatch):
+    monkeypatch.setattr("knn_explorer.core.datastore.index.train_max_bytes", lambda: 512 * 2**20)  # any machine's
     assert choose_index("auto", 1_000, 256).kind == "flat"
     assert choose_index("auto", FLAT_SCAN_MAX_BYTES // (2 * 768), 768).kind == "flat"
     big = choose_index("auto", FLAT_SCAN_MAX_BYTES // (2 * 768) + 1, 768)
     assert big.kind == "ivfpq" and 768 % big.m == 0 and big.m <= 128 and big.fast_scan  # 6 dims per 4-bit code
-    assert big.train_size >= 39 * big.nlist
+    assert big.train_size >= 39 * big.nlist and not big.opq
+    # millions of wide keys: more lists behind an HNSW graph, OPQ-rotated codes, fewer to re-rank
+    huge = choose_index("auto", 10_000_000, 768)
+    assert (huge.nlist, huge.coarse_hnsw, huge.opq, huge.nprobe) == (8192, True, True, 64)
+    assert huge.rerank < big.rerank and huge.train_size >= 20 * huge.nlist
+    assert not choose_index("auto", 10_000_000, 256).opq  # narrow keys keep 8-bit codes on a flat quantizer
     assert choose_index("hnsw", 10, 8).kind == "hnsw"
     with pytest.raises(ValueError):
         choose_index("lsh", 10, 8)
