@@ -19,7 +19,7 @@ from knn_explorer.core.cluster.shard_plan import plan_shards  # noqa: E402
 from knn_explorer.core.datastore.builder import BuildParameters  # noqa: E402
 from knn_explorer.core.datastore.catalog import Catalog  # noqa: E402
 from knn_explorer.core.datastore.folder import DatastoreError  # noqa: E402
-from knn_explorer.core.datastore.library import build_datastore, open_datastore  # noqa: E402
+from knn_explorer.core.datastore.library import build_datastore, open_datastore, unfinished_build  # noqa: E402
 from knn_explorer.core.home import DEMO_DOCS_DIR as DEMO_DOCS, RESOURCES  # noqa: E402
 from knn_explorer.core.progress import Interrupted  # noqa: E402
 
@@ -170,6 +170,9 @@ def test_a_killed_cluster_build_resumes_shard_by_shard(local_cluster, tiny_gpt2_
     with pytest.raises(Interrupted):
         build_datastore(catalog, "resumed", model, [docs], params, on_progress=stop_after_first_shard)
     folder = next(Path(os.environ["KNN_EXPLORER_HOME"], "datastores").iterdir())
+    interrupted = unfinished_build(catalog, "resumed")
+    assert interrupted.parameters.cluster == "local" and interrupted.state == "encoding"
+    assert 0 < interrupted.fraction < 1  # the finished shard counts, the rest does not
     first_keys = folder / "shards" / "000" / "keys.f16"
     written = first_keys.stat().st_mtime_ns
     report = build_datastore(catalog, "resumed", model, [docs], params)

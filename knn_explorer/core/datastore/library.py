@@ -173,10 +173,7 @@ def unfinished_build(catalog: Catalog, name: str) -> UnfinishedBuild | None:
     state = manifest.get("state")
     fraction = None
     if state == "encoding" and manifest.get("entries"):
-        try:
-            done = json.loads((Path(build.folder) / "progress.json").read_text(encoding="utf-8")).get("entries", 0)
-        except (OSError, ValueError, AttributeError):
-            done = 0
+        done = _entries_encoded(Path(build.folder), manifest)
         fraction = min(1.0, max(0.0, done / manifest["entries"]))
     recorded = manifest.get("parameters") or build.parameters or {}
     known = {f.name for f in fields(BuildParameters)}
@@ -188,6 +185,24 @@ def unfinished_build(catalog: Catalog, name: str) -> UnfinishedBuild | None:
         tokenizer_fingerprint=manifest.get("tokenizer_fingerprint"),
         error=build.error if build.status == "failed" else None,
     )
+
+
+def _entries_encoded(folder: Path, manifest: dict) -> int:
+    """How many entries an interrupted build has on disk: its progress file, or for a cluster build
+    the entries of the shards whose encoding finished (a shard resumes from its start)."""
+    if manifest.get("shards"):
+        return sum(shard.get("entries", 0) for shard in manifest["shards"] if _shard_encoded(folder, shard))
+    try:
+        return json.loads((folder / "progress.json").read_text(encoding="utf-8")).get("entries", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _shard_encoded(folder: Path, shard: dict) -> bool:
+    try:
+        return read_manifest(folder / shard["folder"]).get("state") not in (None, "encoding")
+    except (DatastoreError, KeyError, TypeError):
+        return False
 
 
 def resume_problem(build: UnfinishedBuild, model: LoadedModel | None) -> str | None:
