@@ -28,7 +28,10 @@ MAX_LISTS = 4096  # k-means time grows with lists × sample: 4096 lists train in
 # 4-bit codes re-ranked 24·k (10M × 768: 9.4% of the LM step, recall@32 0.92, perplexity +1.5%).
 # k-means gets ~21 points per list from the 512 MiB sample (FAISS asks 39; measured fine).
 MAX_LISTS_ROTATED, MIN_TRAIN_PER_LIST_ROTATED, NPROBE_ROTATED, RERANK_ROTATED = 8192, 20, 64, 24
-NPROBE_MIN, NPROBE_FRACTION = 48, 85  # probe ~1.2% of the lists, at least 48 (10M: perplexity +1.8% vs +2.3% at 32)
+# Probe ~1.2% of the lists, at least 48 (8-bit codes); fast-scan codes ~2.3%: at 1M × 768 (4,096 lists)
+# nprobe 48 / 64 / 96 / 128 gave perplexity +2.3% / +2.15% / +0.71% / +0.28% against exact search in
+# the same ~1.9 ms (SIMD scans the small lists fast; collecting the 48·k candidates dominates)
+NPROBE_MIN, NPROBE_FRACTION, NPROBE_FRACTION_FAST_SCAN = 48, 85, 43
 # Approximate indexes hand rerank·k candidates to the exact re-rank (at most MAX_CANDIDATES): PQ codes
 # rank near-duplicates poorly, so recall comes from re-ranking many (docs/SCALE.md); HNSW's own
 # candidate list is efSearch long.
@@ -109,6 +112,7 @@ def choose_index(kind: str, entries: int, dim: int) -> IndexSpec:
     # 4-bit codes scanned 32 at a time by SIMD: measured at d = 768 (docs/SCALE.md); with few
     # dimensions the 16-centroid sub-quantizers are too coarse (d = 32: 1-recall 0.85 at 320 candidates)
     if dim >= FAST_SCAN_MIN_DIM and train_size >= 16 * 39:  # ~6 dimensions per 4-bit sub-quantizer
+        nprobe = min(nlist, max(NPROBE_MIN, nlist // NPROBE_FRACTION_FAST_SCAN))
         return IndexSpec("ivfpq", nlist=nlist, m=_pq_subquantizers(dim, 6, 128), nbits=4, nprobe=nprobe,
                          train_size=train_size, rerank=RERANK_IVF, fast_scan=True)
     nbits = 8 if train_size >= 256 * 39 else max(1, int(math.log2(max(2, train_size // 39))))
