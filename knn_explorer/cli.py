@@ -6,6 +6,7 @@ usage, 130: interrupted); set KNN_EXPLORER_DEBUG=1 to see tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -369,15 +370,15 @@ def cmd_build(args) -> int:
     from .core.datastore.builder import BuildParameters
     from .core.datastore.library import build_datastore, check_can_build
 
-    check_can_build(Catalog(), args.name, args.docs, args.storage)  # refused at once, before the model loads
-    model = _load_model(args)
     params = BuildParameters(
         context_length=args.context, stride=args.stride, batch_size=args.batch_size, index=args.index,
-        device=str(model.device.type), max_file_bytes=int(args.max_file_mb * 1024 * 1024),
-        pca_dim=args.pca, prune_k=args.prune,
+        max_file_bytes=int(args.max_file_mb * 1024 * 1024), pca_dim=args.pca, prune_k=args.prune,
         **({"cluster": args.cluster, "shards": args.shards, "encoders": args.encoders or 0, "storage": args.storage}
            if args.cluster else {}),
     )
+    check_can_build(Catalog(), args.name, args.docs, params)  # refused at once, before the model loads
+    model = _load_model(args)
+    params = dataclasses.replace(params, device=str(model.device.type))
     report = build_datastore(Catalog(), args.name, model, args.docs, params, on_progress=_progress_printer())
     fitted = _remember_demo_fit(args, model)
     m = report.manifest

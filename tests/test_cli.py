@@ -236,8 +236,7 @@ def test_compress_makes_a_smaller_datastore_that_eval_uses(built, tiny_gpt2_dir,
 
 def test_without_the_cluster_extra_a_cluster_build_and_a_sharded_datastore_say_what_to_install(
         tmp_path, tiny_gpt2_dir, monkeypatch):
-    import json as json_module
-
+    from knn_explorer.core.datastore.catalog import DatastoreRow
     from knn_explorer.core.datastore.library import LibraryError, _reader
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where the extra is not installed
@@ -246,8 +245,5 @@ def test_without_the_cluster_extra_a_cluster_build_and_a_sharded_datastore_say_w
     docs = write_corpus(tmp_path / "docs")
     result = cli("build", "--name", "n", "--model", tiny_gpt2_dir, "--docs", docs, "--cluster", "local", check=False)
     assert_one_line_error(result, 1, "pip install 'knn-explorer[cluster]'")
-    sharded = tmp_path / "sharded"
-    sharded.mkdir()
-    (sharded / "manifest.json").write_text(json_module.dumps({"state": "complete", "shards": [{"folder": "shards/000"}]}))
     with pytest.raises(LibraryError, match=r"sharded on a Ray cluster.*pip install 'knn-explorer\[cluster\]'"):
-        _reader(sharded, "n")
+        _reader(DatastoreRow(name="n", folder=str(tmp_path), cluster="local", shards=2))

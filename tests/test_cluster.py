@@ -228,7 +228,7 @@ def test_the_build_dialog_builds_on_the_cluster_and_the_app_shows_where_it_lives
     dialog.cluster_edit.setText("local")
     dialog.shards_spin.setValue(2)
     dialog.pca_spin.setValue(8)
-    assert "not available on a Ray cluster" in dialog.start_problem()
+    assert "not available for cluster builds" in dialog.start_problem()
     dialog.pca_spin.setValue(0)
     assert dialog.start_problem() is None
     assert (dialog.parameters().cluster, dialog.parameters().shards) == ("local", 2)

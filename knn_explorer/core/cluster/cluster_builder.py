@@ -31,10 +31,7 @@ BLOCKS_PER_ENCODER = 16  # Ray Data blocks per model actor: small enough to spre
 
 
 class ClusterBuilder(DatastoreBuilder):
-    def run(self):
-        if self.params.compression:
-            raise DatastoreError("PCA and pruning are not available for cluster builds; build without "
-                                 "them, or on one machine")
+    def run(self):  # the parameters were checked by library.check_parameters
         connect(self.params.cluster)
         return super().run()
 

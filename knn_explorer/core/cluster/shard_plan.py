@@ -16,6 +16,7 @@ import numpy as np
 from ..datastore.folder import KeyFile, write_json_atomic
 
 ENCODING, INDEXING, COMPLETE = "encoding", "indexing", "complete"
+COPY_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ def start_shard(folder: Path, shard: Shard, manifest: dict) -> None:
     for name, per_entry in (("values.i32", 4), ("positions.i64", 16)):
         with open(folder / name, "rb") as source, open(target / name, "wb") as out:
             source.seek(shard.first_entry * per_entry)
-            out.write(source.read(shard.entries * per_entry))
+            left = shard.entries * per_entry
+            while left:  # in pieces: a shard of 100M entries has 1.6 GB of positions
+                piece = source.read(min(left, COPY_BYTES))
+                if not piece:
+                    break  # a short source: damage() then names the short shard file
+                out.write(piece)
+                left -= len(piece)
     shutil.copy2(folder / "documents.jsonl", target / "documents.jsonl")
     os.symlink(os.path.join("..", "..", "texts"), target / "texts")  # passages read the datastore's texts
     write_shard_manifest(folder, shard, manifest, ENCODING)

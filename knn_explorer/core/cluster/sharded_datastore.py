@@ -81,7 +81,6 @@ class ShardedDatastore(Datastore):
         self.cluster: str = self.manifest.get("cluster") or "local"
         connect(self.cluster)
         self.shards = [Shard.from_json(s) for s in self.manifest["shards"]]
-        self._first_entries = np.array([s.first_entry for s in self.shards], dtype=np.int64)
         remote = ray.remote(ShardActor)
         tag = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:12]
         self.actors = [
@@ -91,41 +90,37 @@ class ShardedDatastore(Datastore):
             for s in self.shards
         ]
         self.searcher = ShardedSearch(self.name, self.actors, self.shards)
-        self.keys = ShardKeys([self.folder / s.folder / "keys.f16" for s in self.shards],
-                              [s.entries for s in self.shards], self.dim)
+        self.keys = ShardKeys(self.folder, self.shards, self.dim)
         self.key_prefetch = None
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
         return self.searcher.search(queries, min(k, self.size), exact)
 
-    def exact_distances(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        keys = self.keys[np.maximum(ids, 0).reshape(-1)].astype(np.float32).reshape(*ids.shape, self.dim)
-        distances = ((keys - queries[:, None, :].astype(np.float32)) ** 2).sum(axis=2)
-        return np.where(ids < 0, np.inf, distances).astype(np.float32)
-
     def shard_of(self, entry: int) -> int | None:
-        return int(np.searchsorted(self._first_entries, entry, side="right") - 1)
-
-    def describe_location(self) -> str:
-        return f"Ray cluster '{self.cluster}', {len(self.shards)} shards"
+        return int(self.keys.shard_of(np.asarray(entry)))
 
 
 class ShardKeys:
     """The shards' key files read as one N×d array by rows (the `size` sweep picks a subset)."""
 
-    def __init__(self, paths: list[Path], entries: list[int], dim: int):
-        self.parts = [np.memmap(p, dtype=np.float16, mode="r", shape=(n, dim)) for p, n in zip(paths, entries)]
-        self.starts = np.cumsum([0] + entries[:-1])
-        self.shape, self.dtype = (sum(entries), dim), np.dtype(np.float16)
+    def __init__(self, folder: Path, shards: list[Shard], dim: int):
+        self.parts = [np.memmap(folder / s.folder / "keys.f16", dtype=np.float16, mode="r", shape=(s.entries, dim))
+                      for s in shards]
+        self.starts = np.array([s.first_entry for s in shards], dtype=np.int64)
+        self.shape, self.dtype = (sum(s.entries for s in shards), dim), np.dtype(np.float16)
         self.nbytes = self.shape[0] * dim * 2
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    def shard_of(self, rows: np.ndarray) -> np.ndarray:
+        """The shard holding each of `rows` (entries of the whole datastore)."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.shape[1]), dtype=np.float16)
-        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        shard = self.shard_of(rows)
         for number, part in enumerate(self.parts):
             here = shard == number
             if here.any():

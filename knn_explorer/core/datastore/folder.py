@@ -66,7 +66,8 @@ ENTRY_FILES = {"keys.f16": None, "values.i32": 4, "positions.i64": 16}  # bytes 
 
 def damage(folder: Path, manifest: dict) -> str | None:
     """What is wrong with a complete datastore's folder, in a few words, or None when its files
-    agree with its manifest. Cheap enough for every `list`: it checks presence and sizes, reads nothing."""
+    agree with its manifest. Cheap enough for every `list`: it checks presence and sizes, and reads
+    nothing but a sharded datastore's shard manifests."""
     dim, entries = manifest.get("dim"), manifest.get("entries")
     if not all(isinstance(v, int) and v > 0 for v in (dim, entries)) or not isinstance(manifest.get("index"), dict):
         return "its manifest.json lacks the key dimension, entry count or index"
@@ -253,9 +254,6 @@ class Datastore:
     def shard_of(self, entry: int) -> int | None:
         """Which shard holds `entry` (None: the datastore is not sharded)."""
         return None
-
-    def describe_location(self) -> str:
-        return "this machine"
 
     def _searcher(self, device: str):
         """Exact search for flat datastores, and on a GPU that can hold the keys (a scan at GPU

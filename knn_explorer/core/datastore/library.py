@@ -48,29 +48,36 @@ def build_datastore(
     Cancelling discards the partial folder; a crash or kill keeps it for the next attempt. The
     name's lock is held throughout: a second build, resume or removal of it is refused at once.
     """
-    name = _check_new(catalog, name, sources, params.storage)
-    if params.cluster and params.compression:  # refused before anything is recorded
-        raise LibraryError("PCA and pruning are not available for cluster builds; build without them, or on one machine")
+    name = _check_new(catalog, name, sources)
+    check_parameters(params)  # refused before anything is recorded
     with datastore_lock(name, "build"):
-        _check_new(catalog, name, sources, params.storage)  # again under the lock: another process may have just finished it
+        _check_new(catalog, name, sources)  # again under the lock: another process may have just finished it
         return _build_locked(catalog, name, model, sources, params, on_progress, should_stop)
 
 
-def check_can_build(catalog: Catalog, name: str, sources: list[str | Path], storage: str = "") -> str:
+def check_can_build(catalog: Catalog, name: str, sources: list[str | Path],
+                    params: BuildParameters = BuildParameters()) -> str:
     """The name a build of `name` from `sources` would use, or the one-line reason it cannot start,
     so that a command can refuse before it loads a model."""
-    name = _check_new(catalog, name, sources, storage)
+    name = _check_new(catalog, name, sources)
+    check_parameters(params)
     busy = holder(name)
     if busy is not None:
         raise DatastoreBusy(busy)
     return name
 
 
-def _check_new(catalog: Catalog, name: str, sources: list[str | Path], storage: str = "") -> str:
+def check_parameters(params: BuildParameters) -> None:
+    """Refuse build settings that cannot go together, with a one-line reason."""
+    if "://" in params.storage:
+        raise LibraryError(f"the storage must be a folder: mount '{params.storage}' (s3fs, gcsfuse, blobfuse) on "
+                           "every node and give the mounted folder")
+    if params.cluster and params.compression:
+        raise LibraryError("PCA and pruning are not available for cluster builds; build without them, or on one machine")
+
+
+def _check_new(catalog: Catalog, name: str, sources: list[str | Path]) -> str:
     name = validate_name(name)
-    if "://" in storage:
-        raise LibraryError(f"the storage must be a folder: mount '{storage}' (s3fs, gcsfuse, blobfuse) on every "
-                           "node and give the mounted folder")
     missing = [str(s) for s in sources if not Path(s).expanduser().exists()]
     if missing:
         raise LibraryError(f"no such file or folder: {missing[0]}")
@@ -232,25 +239,20 @@ def open_datastore(catalog: Catalog, name: str, model: LoadedModel | None = None
         known = ", ".join(r.name for r in catalog.datastores()) or "none"
         raise LibraryError(f"no datastore named '{name}' (known: {known})")
     # searched where the model runs: exact on a GPU that holds the keys (folder.py)
-    reader = _reader(Path(row.folder), name)
-    datastore = reader(Path(row.folder), device=model.device.type if model is not None else "cpu")
+    datastore = _reader(row)(Path(row.folder), device=model.device.type if model is not None else "cpu")
     if model is not None:
         datastore.check_compatible(model.model_fingerprint, model.tokenizer_fingerprint, model.name)
     return datastore
 
 
-def _reader(folder: Path, name: str) -> type[Datastore]:
+def _reader(row: DatastoreRow) -> type[Datastore]:
     """Datastore, or for a datastore sharded on a Ray cluster the reader that searches its shards."""
-    try:
-        sharded = bool(read_manifest(folder).get("shards"))
-    except DatastoreError:
-        return Datastore  # which gives the reason it cannot be opened
-    if not sharded:
+    if not row.shards:
         return Datastore
     try:
         from ..cluster.sharded_datastore import ShardedDatastore
     except ImportError as exc:
-        raise LibraryError(f"datastore '{name}' is sharded on a Ray cluster, which needs the cluster extra: "
+        raise LibraryError(f"datastore '{row.name}' is sharded on a Ray cluster, which needs the cluster extra: "
                            f"pip install 'knn-explorer[cluster]' ({exc})") from None
     return ShardedDatastore
 

@@ -44,7 +44,8 @@ from ...core.datastore import build_lock
 from ...core.datastore.catalog import Catalog
 from ...core.datastore.builder import BuildParameters, BuildReport
 from ...core.datastore.documents import SUPPORTED_SUFFIXES, path_text
-from ...core.datastore.library import LibraryError, UnfinishedBuild, resume_problem, unfinished_build, validate_name
+from ...core.datastore.library import (LibraryError, UnfinishedBuild, check_parameters, resume_problem, unfinished_build,
+                                      validate_name)
 from ...core.models import LoadedModel
 from ...core.progress import Progress, format_seconds
 from ..build_tracker import BuildTracker, running_builds
@@ -538,8 +539,10 @@ class BuildDialog(QDialog):
             return "The build is running"
         if not self.source_paths():
             return "Add at least one file or folder to index"
-        if self.device_combo.currentData() == RAY and (self.pca_spin.value() or self.prune_spin.value()):
-            return "PCA and pruning are not available on a Ray cluster — turn them off, or build on this machine"
+        try:
+            check_parameters(self.parameters())  # the library's own rules, as a build would meet them
+        except LibraryError as exc:
+            return str(exc)[0].upper() + str(exc)[1:]
         return self.name_problem()
 
     def _name_edited(self, _text: str) -> None:
