@@ -288,3 +288,18 @@ def test_cluster_build_refusals_are_one_line_and_write_nothing(tmp_path):
     assert catalog.datastore("x") is None and not catalog.unfinished_builds("x")  # nothing recorded
     datastores = Path(os.environ["KNN_EXPLORER_HOME"]) / "datastores"
     assert not datastores.exists() or not any(datastores.iterdir())
+
+
+@pytest.mark.slow
+def test_a_cluster_joined_from_a_job_thread_outlives_that_thread():
+    """The app opens datastores in job threads: the local cluster a job starts must outlive the job
+    (Linux sends its processes the parent-death signal when the thread that started them ends)."""
+    code = ("import threading, ray\n"
+            "from knn_explorer.core.cluster.connection import connect\n"
+            "job = threading.Thread(target=connect, args=('local',)); job.start(); job.join()\n"
+            "answer = []\n"
+            "later = threading.Thread(target=lambda: answer.append(ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60)))\n"
+            "later.start(); later.join(); print(answer)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a cluster of its own
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert out.stdout.strip() == "[42]", out.stderr[-2000:]

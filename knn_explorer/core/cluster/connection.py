@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 import ray
 
@@ -17,10 +19,41 @@ class ClusterError(DatastoreError):
 
 
 _joined: str | None = None
+_joining = threading.Lock()
+
+
+def _init_on_a_lasting_thread(**options) -> None:
+    """ray.init, on a thread that lives as long as the process. A local cluster's processes get
+    Linux's parent-death signal from the *thread* that started them: started from a job's worker
+    thread (the app opens datastores in jobs), the cluster died when that job ended, and the next
+    search killed the app."""
+    if threading.current_thread() is threading.main_thread():
+        ray.init(**options)
+        return
+    outcome: queue.Queue = queue.Queue()
+
+    def own_the_cluster() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # handed to the caller
+            outcome.put(exc)
+            return
+        outcome.put(None)
+        threading.Event().wait()  # never set: the thread, and so the cluster, last until exit
+
+    threading.Thread(target=own_the_cluster, name="ray-cluster-owner", daemon=True).start()
+    error = outcome.get()
+    if error is not None:
+        raise error
 
 
 def connect(address: str) -> None:
     """Join the cluster at `address` once per process (Ray holds one connection per process)."""
+    with _joining:  # the app may open two sharded datastores from two jobs at once
+        _connect(address)
+
+
+def _connect(address: str) -> None:
     global _joined
     address = (address or LOCAL).strip()
     if ray.is_initialized():
@@ -34,10 +67,7 @@ def connect(address: str) -> None:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        if address == LOCAL:
-            ray.init(**options)
-        else:
-            ray.init(address=address, **options)
+        _init_on_a_lasting_thread(**options, **({} if address == LOCAL else {"address": address}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise ClusterError(f"could not join the Ray cluster at '{address}': {reason}") from None
