@@ -229,8 +229,9 @@ def test_the_build_dialog_builds_on_the_cluster_and_the_app_shows_where_it_lives
     dialog.shards_spin.setValue(2)
     dialog.pca_spin.setValue(8)
     assert "not available for cluster builds" in dialog.start_problem()
+    assert not dialog.start_button.isEnabled() and "not available for cluster builds" in dialog.message.text()
     dialog.pca_spin.setValue(0)
-    assert dialog.start_problem() is None
+    assert dialog.start_problem() is None and dialog.start_button.isEnabled()
     assert (dialog.parameters().cluster, dialog.parameters().shards) == ("local", 2)
     qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
     assert "on Ray cluster “local”, 2 shards" in dialog.details_label.text()

@@ -235,6 +235,9 @@ class BuildDialog(QDialog):
         self.prune_spin.setSuffix(" neighbours")
         self.prune_spin.setToolTip("Prune by merging each entry with those of its k nearest neighbours that predict "
                                    "the same token (kept entries count what they absorbed). Off keeps every entry.")
+        # settings that check_parameters weighs together: Start and its reason follow each change
+        self.pca_spin.valueChanged.connect(self._update_state)
+        self.prune_spin.valueChanged.connect(self._update_state)
 
         form = QGridLayout()
         form.setHorizontalSpacing(12)
